@@ -1,0 +1,61 @@
+"""The `bus` command line. Errors are one clear line (a traceback only with `--debug`).
+
+Exit codes: 0 success, 1 runtime failure, 2 usage or validation error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from bus.cli import dlq, ops, run, topology
+from bus.cli.common import state
+from bus.errors import BusError
+
+app = typer.Typer(
+    help="An event bus over RabbitMQ: topology, publishing, subscribers, retries and the DLQ.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(topology.app, name="topology")
+app.add_typer(dlq.app, name="dlq")
+run.register(app)
+ops.register(app)
+
+
+@app.callback()
+def _global(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    log_format: str = typer.Option(
+        "text", "--log-format", help="text or json", envvar="BUS_LOG_FORMAT"
+    ),
+    log_level: str = typer.Option("INFO", "--log-level", envvar="BUS_LOG_LEVEL"),
+) -> None:
+    from bus.logs import configure
+
+    state.debug = debug
+    configure(log_format, log_level)
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except BusError as exc:
+        if state.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

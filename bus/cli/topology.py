@@ -1,0 +1,92 @@
+"""`bus topology validate | plan | apply | export`."""
+
+from __future__ import annotations
+
+import typer
+
+from bus.cli.common import TopologyOption, UrlOption, console, run_async, settings, topology_of
+from bus.connection import connect_plain
+from bus.topology import apply as applier
+from bus.topology.model import Topology
+from bus.topology.plan import Action, Step, desired, diff
+
+app = typer.Typer(help="Validate, plan and apply topology/topology.yaml.", no_args_is_help=True)
+
+
+@app.command()
+def validate(topology: str | None = TopologyOption) -> None:
+    """Check the file: every problem at once, with its path; exit code 2 when invalid."""
+    s = settings(topology=topology)
+    t = topology_of(s)
+    spec = t.spec
+    counts = ", ".join(
+        _n(len(part), noun)
+        for part, noun in ((spec.exchanges, "exchange"), (spec.events, "event"),
+                           (spec.subscribers, "subscriber"), (spec.schedules, "schedule"))
+    )  # fmt: skip
+    console.print(f"{s.topology}: valid ({counts})")
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+async def _plan(url: str, t: Topology, prune: bool, execute: bool) -> list[Step]:
+    conn = await connect_plain(url, "topology")
+    try:
+        want = desired(t)
+        steps = diff(want, await applier.observe(conn, want), prune=prune)
+        if execute:
+            await applier.apply(conn, steps, want)
+        return steps
+    finally:
+        await conn.close()
+
+
+def _report(steps: list[Step], verb: str) -> int:
+    changes = [s for s in steps if s.action is not Action.UNCHANGED]
+    for s in changes:
+        style = {"create": "green", "delete": "red", "drift": "bold red", "keep": "yellow"}[
+            s.action
+        ]
+        console.print(f"[{style}]{s.line()}[/]", soft_wrap=True)
+    unchanged = len(steps) - len(changes)
+    counts = {a: sum(1 for s in changes if s.action is a) for a in Action}
+    summary = (
+        f"{verb}: {counts[Action.CREATE]} to create, {counts[Action.DELETE]} to delete, "
+        f"{unchanged} unchanged"
+    )
+    if counts[Action.DRIFT]:
+        summary += f", {counts[Action.DRIFT]} drifted (left alone: delete and re-apply to change)"
+    if counts[Action.KEEP]:
+        summary += f", {counts[Action.KEEP]} no longer declared (kept)"
+    console.print(summary)
+    return 1 if counts[Action.DRIFT] else 0
+
+
+@app.command()
+def plan(
+    prune: bool = typer.Option(False, "--prune", help="Show what `apply --prune` would remove."),
+    topology: str | None = TopologyOption,
+    url: str | None = UrlOption,
+) -> None:
+    """Show what `apply` would create or change on the live broker (changes nothing)."""
+    s = settings(url, topology)
+    steps = run_async(_plan(s.url, topology_of(s), prune, execute=False))
+    _report(steps, "plan")
+
+
+@app.command()
+def apply(
+    prune: bool = typer.Option(
+        False, "--prune", help="Remove empty queues and bindings no longer declared."
+    ),
+    topology: str | None = TopologyOption,
+    url: str | None = UrlOption,
+) -> None:
+    """Create what the file declares and the broker lacks. Idempotent; drift is reported."""
+    s = settings(url, topology)
+    steps = run_async(_plan(s.url, topology_of(s), prune, execute=True))
+    code = _report(steps, "applied")
+    if code:
+        raise typer.Exit(code)

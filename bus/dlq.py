@@ -1,0 +1,180 @@
+"""Read, replay and purge a subscriber's DLQ over AMQP.
+
+Browsing takes messages with `basic.get` without acking and then closes the channel, which
+returns them to the queue: nothing is removed unless it was republished with a confirm first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+
+from bus.errors import ConfigError
+from bus.retry import (
+    ATTEMPT,
+    DEAD_REASON,
+    EXCEPTION_MESSAGE,
+    EXCEPTION_STACKTRACE,
+    EXCEPTION_TYPE,
+    FAILED_AT,
+    DeadReason,
+    replay_headers,
+)
+from bus.topology.model import Subscriber
+
+
+@dataclass(frozen=True)
+class Parked:
+    """One message in a DLQ, with its failure story."""
+
+    id: str
+    type: str
+    reason: str
+    attempts: str
+    exception_type: str
+    exception_message: str
+    failed_at: str
+    stacktrace: str
+    headers: Mapping[str, Any] = field(repr=False)
+    body: bytes = field(repr=False)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode(errors="replace")
+    return "" if value is None else str(value)
+
+
+def describe(m: AbstractIncomingMessage) -> Parked:
+    h = dict(m.headers or {})
+    reason = _text(h.get(DEAD_REASON))
+    attempts = _text(h.get(ATTEMPT))
+    failed_at = _text(h.get(FAILED_AT))
+    if not reason:  # parked by the broker itself: read its x-death story
+        deaths = h.get("x-death")
+        first: Mapping[str, Any] = {}
+        if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+            first = deaths[0]
+        broker_reason = _text(first.get("reason"))
+        reason = (
+            str(DeadReason.DELIVERY_LIMIT)
+            if broker_reason == "delivery_limit"
+            else f"broker:{broker_reason or '?'}"
+        )
+        attempts = attempts or _text(h.get("x-delivery-count")) or _text(first.get("count"))
+        failed_at = failed_at or _text(first.get("time"))
+    return Parked(
+        id=m.message_id or _text(h.get("cloudEvents_id")) or "?",
+        type=m.type or _text(h.get("cloudEvents_type")) or "?",
+        reason=reason,
+        attempts=attempts or "?",
+        exception_type=_text(h.get(EXCEPTION_TYPE)),
+        exception_message=_text(h.get(EXCEPTION_MESSAGE)),
+        failed_at=failed_at,
+        stacktrace=_text(h.get(EXCEPTION_STACKTRACE)),
+        headers=h,
+        body=m.body,
+    )
+
+
+async def _take_all(
+    channel: AbstractChannel, queue_name: str, limit: int | None
+) -> list[AbstractIncomingMessage]:
+    try:
+        queue = await channel.declare_queue(queue_name, passive=True)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        raise ConfigError(
+            f"queue {queue_name!r} does not exist: run `bus topology apply`"
+        ) from None
+    count = int(queue.declaration_result.message_count or 0)
+    if limit is not None:
+        count = min(count, limit)
+    taken: list[AbstractIncomingMessage] = []
+    for _ in range(count):
+        m = await queue.get(no_ack=False, fail=False, timeout=10)
+        if m is None:
+            break
+        taken.append(m)
+    return taken
+
+
+async def browse(
+    conn: AbstractConnection, sub: Subscriber, limit: int | None = None
+) -> list[Parked]:
+    """Every message in the subscriber's DLQ (left in place)."""
+    channel = await conn.channel(publisher_confirms=False)
+    try:
+        return [describe(m) for m in await _take_all(channel, sub.dlq, limit)]
+    finally:
+        await channel.close()  # unacked messages go back to the queue
+
+
+def group_by_exception(parked: list[Parked]) -> Counter[str]:
+    return Counter(p.exception_type or p.reason for p in parked)
+
+
+async def replay(
+    conn: AbstractConnection,
+    sub: Subscriber,
+    ids: Collection[str] | None,
+    *,
+    dry_run: bool = False,
+    rate: float | None = None,
+) -> list[Parked]:
+    """Republish the selected DLQ messages (all when *ids* is None) to the subscriber's queue
+    with confirms, each acked from the DLQ only after its confirm; the attempt count restarts."""
+    channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+    done: list[Parked] = []
+    try:
+        for m in await _take_all(channel, sub.dlq, None):
+            p = describe(m)
+            if ids is not None and p.id not in ids:
+                continue
+            done.append(p)
+            if dry_run:
+                continue
+            await channel.default_exchange.publish(
+                _copy(m), routing_key=sub.queue, mandatory=True, timeout=30
+            )
+            await m.ack()
+            if rate:
+                await asyncio.sleep(1.0 / rate)
+    finally:
+        await channel.close()
+    return done
+
+
+def _copy(m: AbstractIncomingMessage) -> aio_pika.Message:
+    return aio_pika.Message(
+        m.body,
+        headers=replay_headers(m.headers),
+        content_type=m.content_type,
+        content_encoding=m.content_encoding,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        correlation_id=m.correlation_id,
+        message_id=m.message_id,
+        timestamp=m.timestamp,
+        type=m.type,
+        app_id=m.app_id,
+    )
+
+
+async def purge(conn: AbstractConnection, sub: Subscriber) -> int:
+    """Delete every message of the DLQ; returns how many."""
+    channel = await conn.channel(publisher_confirms=False)
+    try:
+        queue = await channel.declare_queue(sub.dlq, passive=True)
+        result = await queue.purge()
+        return int(result.message_count or 0)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        raise ConfigError(f"queue {sub.dlq!r} does not exist: run `bus topology apply`") from None
+    finally:
+        if not channel.is_closed:
+            await channel.close()

@@ -1,0 +1,31 @@
+"""Durations as the topology writes them: ``250ms``, ``30s``, ``5m``, ``1h``, ``1d``."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_PATTERN = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)\s*$")
+
+
+def parse_ms(text: str) -> int:
+    """Return the duration in milliseconds, or raise ValueError saying it is not a duration."""
+    match = _PATTERN.match(text) if isinstance(text, str) else None
+    if match is None or int(match.group(1)) <= 0:
+        shown = f'"{text}"' if isinstance(text, str) else repr(text)
+        raise ValueError(f"{shown} is not a duration (use e.g. 250ms, 30s, 5m, 1h, 1d)")
+    return int(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def label(ms: int) -> str:
+    """The normalised name of a duration: the largest unit that divides it (60000 -> "1m")."""
+    for unit in ("d", "h", "m", "s"):
+        size = _UNITS_MS[unit]
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def normalise(text: str) -> str:
+    """``"60s"`` -> ``"1m"``; raises ValueError when *text* is not a duration."""
+    return label(parse_ms(text))

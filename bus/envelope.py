@@ -1,0 +1,175 @@
+"""An event on the wire: JSON body, AMQP properties and CloudEvents headers (DESIGN.md, Part 1).
+
+Pure data: nothing here touches the network. The publisher turns a `Wire` into an aio-pika
+message; the subscriber turns the fields of a delivery back into `Meta` and a body.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from bus.errors import InvalidEvent
+
+SPECVERSION = "1.0"
+CONTENT_TYPE = "application/json"
+H_SPECVERSION = "cloudEvents_specversion"
+H_ID = "cloudEvents_id"
+H_SOURCE = "cloudEvents_source"
+H_TYPE = "cloudEvents_type"
+H_TIME = "cloudEvents_time"
+H_TRACEPARENT = "traceparent"
+H_CAUSATION = "bus-causation-id"
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """What a subscriber knows about a delivered event before parsing its body."""
+
+    id: str
+    type: str
+    source: str
+    time: datetime | None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    traceparent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """Body, properties and headers of one AMQP message, ready to publish."""
+
+    body: bytes
+    message_id: str
+    type: str
+    app_id: str
+    timestamp: datetime
+    headers: dict[str, Any]
+    correlation_id: str | None = None
+    content_type: str = CONTENT_TYPE
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """An event to publish."""
+
+    type: str
+    data: Any
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    source: str = "bus"
+    time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    traceparent: str | None = None
+
+
+def dumps(data: Any) -> bytes:
+    """JSON of *data*, UTF-8, compact. Raises InvalidEvent when it is not JSON-serialisable."""
+    try:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidEvent(f"event data is not JSON-serialisable: {exc}") from None
+
+
+def encode(event: Event) -> Wire:
+    """The wire form of *event*: routing key and `type` are the event type, `message_id` its id."""
+    headers: dict[str, Any] = {
+        H_SPECVERSION: SPECVERSION,
+        H_ID: event.id,
+        H_SOURCE: event.source,
+        H_TYPE: event.type,
+        H_TIME: event.time.isoformat().replace("+00:00", "Z"),
+    }
+    if event.traceparent:
+        headers[H_TRACEPARENT] = event.traceparent
+    if event.causation_id:
+        headers[H_CAUSATION] = event.causation_id
+    return Wire(
+        body=dumps(event.data),
+        message_id=event.id,
+        type=event.type,
+        app_id=event.source,
+        timestamp=event.time,
+        headers=headers,
+        correlation_id=event.correlation_id,
+    )
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes | bytearray):
+        try:
+            value = bytes(value).decode()
+        except UnicodeDecodeError:
+            return None
+    if isinstance(value, str) and value.strip():
+        return value
+    return None
+
+
+def _time(value: Any, fallback: datetime | None) -> datetime | None:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    text = _text(value)
+    if text:
+        try:
+            return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+    return fallback
+
+
+def decode_meta(
+    *,
+    message_id: str | None,
+    type: str | None,
+    app_id: str | None,
+    timestamp: datetime | None,
+    correlation_id: str | None,
+    headers: Mapping[str, Any] | None,
+) -> Meta:
+    """Id, type and context of a delivery. Properties win over `cloudEvents_*` headers.
+
+    Raises InvalidEvent when the message has no id or no type: without an id there is no
+    idempotency key, without a type no handler can be chosen.
+    """
+    h = headers or {}
+    event_id = _text(message_id) or _text(h.get(H_ID))
+    event_type = _text(type) or _text(h.get(H_TYPE))
+    if event_id is None or event_type is None:
+        missing = " and ".join(n for n, v in (("id", event_id), ("type", event_type)) if v is None)
+        raise InvalidEvent(f"message has no {missing} (message_id/type or cloudEvents_* headers)")
+    return Meta(
+        id=event_id,
+        type=event_type,
+        source=_text(app_id) or _text(h.get(H_SOURCE)) or "unknown",
+        time=_time(h.get(H_TIME), timestamp),
+        correlation_id=_text(correlation_id),
+        causation_id=_text(h.get(H_CAUSATION)),
+        traceparent=_text(h.get(H_TRACEPARENT)),
+    )
+
+
+def decode_body(body: bytes) -> Any:
+    """The event's data. Raises InvalidEvent when the body is not UTF-8 JSON."""
+    try:
+        return json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidEvent("body is not UTF-8") from None
+    except ValueError as exc:
+        raise InvalidEvent(f"body is not JSON: {exc}") from None
+
+
+def new_traceparent(parent: str | None = None) -> str:
+    """A W3C `traceparent`: a new span in *parent*'s trace, or a new trace."""
+    import random
+
+    span = f"{random.getrandbits(64):016x}"
+    if parent:
+        parts = parent.split("-")
+        if len(parts) == 4 and len(parts[1]) == 32:
+            return f"{parts[0]}-{parts[1]}-{span}-{parts[3]}"
+    return f"00-{random.getrandbits(128):032x}-{span}-01"

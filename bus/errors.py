@@ -1,0 +1,82 @@
+"""Every error the bus raises.
+
+BusError                      base of all failures
+├── ConfigError               bad settings or environment (exit code 2)
+├── TopologyError             the topology file is invalid; carries every problem at once
+├── UnknownEventType          publish of a type the topology does not declare
+├── InvalidEvent              data failing the event's JSON Schema, or a message we cannot decode
+├── BrokerUnavailable         cannot reach RabbitMQ (URL is redacted)
+├── DriftError                a live queue's arguments differ from the file
+└── PublishError              the broker did not confirm a message
+    ├── UnroutableError       the message was returned: no queue is bound for it
+    └── PublishTimeout        no confirm before the deadline
+
+Reject                        control flow, not a failure: a handler's "park this in the DLQ now"
+"""
+
+from __future__ import annotations
+
+
+class BusError(Exception):
+    """Base class of every failure raised by the bus."""
+
+    exit_code = 1
+
+
+class ConfigError(BusError):
+    """Settings or environment are wrong."""
+
+    exit_code = 2
+
+
+class TopologyError(BusError):
+    """The topology file is invalid. `problems` holds every one, each as "path: message"."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str], source: str = "topology") -> None:
+        self.problems = problems
+        self.source = source
+        noun = "problem" if len(problems) == 1 else "problems"
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} {noun}\n{lines}")
+
+
+class UnknownEventType(BusError):
+    """The event type is not declared under `events:` in the topology."""
+
+    exit_code = 2
+
+
+class InvalidEvent(BusError):
+    """The event's data fails its schema, or a delivered message cannot be decoded."""
+
+    exit_code = 2
+
+
+class BrokerUnavailable(BusError):
+    """RabbitMQ does not answer at the configured URL."""
+
+
+class DriftError(BusError):
+    """A live broker object differs from what the topology file declares."""
+
+
+class PublishError(BusError):
+    """The broker did not confirm a published message."""
+
+
+class UnroutableError(PublishError):
+    """The broker returned a `mandatory` message: no queue is bound for its routing key."""
+
+
+class PublishTimeout(PublishError):
+    """No confirm arrived before the publish deadline."""
+
+
+class Reject(Exception):
+    """Raise in a handler to park the message in the DLQ at once, without retries."""
+
+    def __init__(self, reason: str = "rejected by handler") -> None:
+        self.reason = reason
+        super().__init__(reason)

@@ -1,0 +1,49 @@
+"""Prometheus metrics (prefix `bus_`). Definitions only; `bus.health` serves them."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """The bus's metrics in one registry. Pass one explicitly, or use `Metrics.default()`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.published = Counter("bus_published_total", "Events published", ["type"], registry=r)
+        self.consumed = Counter(
+            "bus_consumed_total",
+            "Deliveries handled, by outcome (ok|retried|dead|duplicate)",
+            ["subscriber", "type", "outcome"],
+            registry=r,
+        )
+        self.handler_seconds = Histogram(
+            "bus_handler_seconds", "Handler run time", ["subscriber", "type"], registry=r
+        )
+        self.queue_messages = Gauge(
+            "bus_queue_messages", "Ready messages in a queue", ["queue"], registry=r
+        )
+        self.dlq_oldest_age = Gauge(
+            "bus_dlq_oldest_message_age_seconds",
+            "Age of the oldest message in a subscriber's DLQ (0 when empty)",
+            ["queue"],
+            registry=r,
+        )
+        self.confirm_seconds = Histogram(
+            "bus_publish_confirm_seconds",
+            "Time from publish to broker confirm",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.ready = Gauge(
+            "bus_ready", "1 while connected and consuming", ["subscriber"], registry=r
+        )
+
+    @staticmethod
+    @cache
+    def default() -> Metrics:
+        """Metrics on prometheus-client's global registry, created on first use."""
+        return Metrics(REGISTRY)

@@ -1,0 +1,308 @@
+"""Publish events: validated against the topology before anything is sent, confirmed by the
+broker, persistent, `mandatory` (an unroutable event is an error, not a silent success).
+
+`Publisher` is asyncio; `SyncPublisher` wraps it for WSGI code (Django, Flask).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Coroutine, Iterable, Mapping
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import aio_pika
+import aiormq
+import jsonschema
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from bus.connection import connect
+from bus.envelope import Event, Wire, encode, new_traceparent
+from bus.errors import (
+    ConfigError,
+    InvalidEvent,
+    PublishError,
+    PublishTimeout,
+    UnknownEventType,
+    UnroutableError,
+)
+from bus.metrics import Metrics
+from bus.settings import Settings
+from bus.topology.model import Topology
+from bus.topology.model import load as load_topology
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Errors after which the message may not have reached the broker: publish it again once the
+# robust connection is back. A duplicate is possible and harmless (the event id is the same).
+_TRANSIENT = (
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.ConnectionClosed,
+    ConnectionError,
+    asyncio.TimeoutError,
+    RuntimeError,  # aio-pika: "channel closed" while the robust connection reconnects
+)
+
+EventLike = Event | tuple[str, Any]
+
+
+def to_message(wire: Wire) -> aio_pika.Message:
+    """The aio-pika message for a wire form (persistent, JSON)."""
+    return aio_pika.Message(
+        wire.body,
+        headers=wire.headers,
+        content_type=wire.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=wire.message_id,
+        timestamp=wire.timestamp,
+        type=wire.type,
+        app_id=wire.app_id,
+        correlation_id=wire.correlation_id,
+    )
+
+
+class Publisher:
+    """Publishes declared events with confirms. Use as `async with Publisher.from_env() as pub`."""
+
+    def __init__(
+        self,
+        url: str,
+        topology: Topology,
+        *,
+        source: str = "bus",
+        deadline: float = 30.0,
+        metrics: Metrics | None = None,
+        connection: AbstractRobustConnection | None = None,
+    ) -> None:
+        self.url = url
+        self.topology = topology
+        self.source = source
+        self.deadline = deadline
+        self.metrics = metrics or Metrics.default()
+        self._connection = connection
+        self._owns_connection = connection is None
+        self._channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._validators: dict[str, jsonschema.protocols.Validator | None] = {}
+
+    @classmethod
+    def from_env(cls, *, source: str = "bus", **settings: str | None) -> Publisher:
+        """Broker and topology from `BUS_URL` and `BUS_TOPOLOGY` (keyword overrides win)."""
+        s = Settings.from_env(**settings)
+        return cls(s.url, load_topology(s.topology), source=source)
+
+    async def connect(self) -> Self:
+        if self._connection is None:
+            self._connection = await connect(self.url, f"publisher:{self.source}")
+        self._channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        return self
+
+    async def close(self) -> None:
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+        if self._owns_connection and self._connection is not None:
+            await self._connection.close()
+        self._channel = None
+
+    async def __aenter__(self) -> Self:
+        return await self.connect()
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- building and checking -------------------------------------------------------------
+
+    def event(self, event_type: str, data: Any, **kw: Any) -> Event:
+        """A checked `Event`: the type is declared and the data passes its JSON Schema."""
+        self.check(event_type, data)
+        kw = {k: v for k, v in kw.items() if v is not None}
+        kw.setdefault("traceparent", new_traceparent())
+        return Event(type=event_type, data=data, source=self.source, **kw)
+
+    def check(self, event_type: str, data: Any) -> None:
+        """Raise UnknownEventType or InvalidEvent before anything is sent."""
+        if event_type not in self.topology.events:
+            raise UnknownEventType(
+                f"event type {event_type!r} is not declared in {self.topology.source} "
+                "(add it under `events:`)"
+            )
+        if event_type not in self._validators:
+            schema = self.topology.events[event_type].json_schema
+            self._validators[event_type] = (
+                jsonschema.Draft202012Validator(schema) if schema is not None else None
+            )
+        validator = self._validators[event_type]
+        if validator is not None:
+            error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+            if error is not None:
+                where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+                raise InvalidEvent(
+                    f"{event_type} data fails its schema at {where}: {error.message}"
+                )
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        event_type: str,
+        data: Any,
+        *,
+        id: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> str:
+        """Publish one event and wait for the broker's confirm; returns the event id."""
+        event = self.event(
+            event_type, data, id=id, correlation_id=correlation_id,
+            causation_id=causation_id, traceparent=traceparent,
+        )  # fmt: skip
+        await self.send(event)
+        return event.id
+
+    async def publish_many(self, events: Iterable[EventLike], *, window: int = 1000) -> list[str]:
+        """Publish many events with up to *window* confirms in flight; all are checked first."""
+        checked = [e if isinstance(e, Event) else self.event(e[0], e[1]) for e in events]
+        for e in checked:
+            if isinstance(e, Event):
+                self.check(e.type, e.data)
+        gate = asyncio.Semaphore(window)
+
+        async def one(e: Event) -> None:
+            async with gate:
+                await self.send(e)
+
+        results = await asyncio.gather(*(one(e) for e in checked), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise PublishError(
+                f"{len(failures)} of {len(checked)} events were not confirmed; first: {failures[0]}"
+            ) from failures[0]
+        return [e.id for e in checked]
+
+    async def send(self, event: Event) -> None:
+        """Publish an already-checked event, republishing after reconnects until the deadline."""
+        exchange_name = self.topology.events[event.type].exchange
+        message = to_message(encode(event))
+        started = time.monotonic()
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_delay(self.deadline),
+                wait=wait_random_exponential(multiplier=0.05, max=2.0),
+                retry=retry_if_exception_type(_TRANSIENT),
+                reraise=True,
+            ):
+                with attempt:
+                    remaining = max(0.5, self.deadline - (time.monotonic() - started))
+                    exchange = await self._exchange(exchange_name)
+                    await exchange.publish(
+                        message,
+                        routing_key=event.type,
+                        mandatory=True,
+                        timeout=min(10.0, remaining),
+                    )
+        except aio_pika.exceptions.PublishError as exc:
+            raise UnroutableError(
+                f"{event.type} ({event.id}) was returned by the broker: no queue is bound for it "
+                f"on exchange {exchange_name!r} (run `bus topology apply`?)"
+            ) from exc
+        except aio_pika.exceptions.DeliveryError as exc:
+            raise PublishError(
+                f"{event.type} ({event.id}) was refused by the broker: {exc}"
+            ) from exc
+        except _TRANSIENT as exc:
+            raise PublishTimeout(
+                f"{event.type} ({event.id}) not confirmed within {self.deadline:.0f}s: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        self.metrics.published.labels(event.type).inc()
+        self.metrics.confirm_seconds.observe(time.monotonic() - started)
+
+    async def _exchange(self, name: str) -> AbstractExchange:
+        if self._channel is None:
+            raise ConfigError("Publisher is not connected: use `async with` or `await connect()`")
+        if self._channel.is_closed:
+            # robust channels reopen by themselves; a plain one we reopen here
+            self._exchanges.clear()
+            if self._connection is not None and not self._connection.is_closed:
+                await self._channel.reopen()
+        ex = self._exchanges.get(name)
+        if ex is None:
+            ex = await self._channel.get_exchange(name, ensure=False)
+            self._exchanges[name] = ex
+        return ex
+
+
+class SyncPublisher:
+    """`Publisher` for synchronous code: an event loop on a background thread.
+
+    Thread-safe; one instance per process is enough. `with SyncPublisher.from_env() as pub:`.
+    """
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="bus-publisher", daemon=True
+        )
+        self._started = False
+
+    @classmethod
+    def from_env(cls, *, source: str = "bus", **settings: str | None) -> SyncPublisher:
+        return cls(Publisher.from_env(source=source, **settings))
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return fut.result(timeout)
+
+    def connect(self) -> SyncPublisher:
+        if not self._started:
+            self._thread.start()
+            self._started = True
+            self._run(self._publisher.connect())
+        return self
+
+    def publish(self, event_type: str, data: Any, **kw: Any) -> str:
+        """Same as `Publisher.publish`, blocking until the broker confirmed."""
+        self._publisher.check(event_type, data)
+        return self._run(self._publisher.publish(event_type, data, **kw))
+
+    def publish_many(self, events: Iterable[EventLike], **kw: Any) -> list[str]:
+        return self._run(self._publisher.publish_many(list(events), **kw))
+
+    def close(self) -> None:
+        if self._started:
+            self._run(self._publisher.close())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+            self._loop.close()
+            self._started = False
+
+    def __enter__(self) -> SyncPublisher:
+        return self.connect()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def header_text(headers: Mapping[str, Any] | None, name: str) -> str | None:
+    value = (headers or {}).get(name)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode(errors="replace")
+    return None if value is None else str(value)

@@ -1,0 +1,111 @@
+"""Run one subscriber as a service: `bus run NAME` and `python -m subscribers.NAME`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import sys
+
+from bus.errors import BusError, ConfigError
+from bus.health import HealthServer
+from bus.metrics import Metrics
+from bus.router import Router
+from bus.settings import Settings
+from bus.stores import open_store
+from bus.subscriber import Runtime
+from bus.topology.model import load as load_topology
+
+log = logging.getLogger(__name__)
+
+# Kubernetes sends SIGTERM, waits terminationGracePeriodSeconds (30 by default), then SIGKILLs.
+# Our drain must end before that: keep BUS_GRACE_PERIOD below the pod's grace period.
+DEFAULT_GRACE = 25.0
+
+
+def import_router(spec: str) -> Router:
+    """The `Router` named by ``module:attribute``."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import handlers module {module_name!r}: {exc}") from None
+    router = getattr(module, attr, None)
+    if not isinstance(router, Router):
+        raise ConfigError(f"{spec} is not a bus.Router")
+    return router
+
+
+async def serve(
+    name: str,
+    settings: Settings,
+    *,
+    metrics_port: int | None = None,
+    grace: float = DEFAULT_GRACE,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Consume until SIGTERM/SIGINT (or *stop*), then drain within *grace* seconds."""
+    topology = load_topology(settings.topology)
+    try:
+        sub = topology.subscriber(name)
+    except KeyError as exc:
+        raise ConfigError(str(exc.args[0])) from None
+    router = import_router(sub.handlers)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    metrics = Metrics.default()
+    store = await open_store(settings.store_url)
+    runtime = Runtime(topology, name, router, url=settings.url, store=store, metrics=metrics)
+    http = None
+    try:
+        await runtime.start()
+        if metrics_port is not None:
+            http = HealthServer(metrics_port, metrics.registry, loop, lambda: runtime.ready).start()
+        pruner = asyncio.create_task(_prune_forever(store))
+        await stop.wait()
+        log.info("stopping %s: draining in-flight handlers (grace %.0fs)", name, grace)
+        pruner.cancel()
+        drained = await runtime.stop(grace)
+        log.info("stopped %s%s", name, "" if drained else " (some handlers were cut off)")
+    finally:
+        if http is not None:
+            http.close()
+        await store.close()
+
+
+async def _prune_forever(store: object, every: float = 3600.0) -> None:
+    retention = float(os.environ.get("BUS_STORE_RETENTION_SECONDS", 7 * 86400))
+    while True:
+        try:
+            removed = await store.prune(retention)  # type: ignore[attr-defined]
+            if removed:
+                log.info("pruned %d old idempotency records", removed)
+        except Exception:
+            log.warning("pruning the idempotency store failed", exc_info=True)
+        await asyncio.sleep(every)
+
+
+def main(name: str) -> None:
+    """Entry point of `python -m subscribers.<name>`."""
+    from bus.logs import configure
+
+    configure(os.environ.get("BUS_LOG_FORMAT", "text"), os.environ.get("BUS_LOG_LEVEL", "INFO"))
+    port = os.environ.get("BUS_METRICS_PORT")
+    try:
+        asyncio.run(
+            serve(
+                name,
+                Settings.from_env(),
+                metrics_port=int(port) if port else None,
+                grace=float(os.environ.get("BUS_GRACE_PERIOD", DEFAULT_GRACE)),
+            )
+        )
+    except BusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,55 @@
+"""Configuration as data: read from the environment, overridable by CLI options."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
+DEFAULT_TOPOLOGY = "topology/topology.yaml"
+DEFAULT_STORE_URL = "sqlite:///.bus/processed.db"
+
+
+class Settings(BaseModel):
+    """Where the broker, the topology file and the idempotency store are."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str = DEFAULT_URL
+    topology: str = DEFAULT_TOPOLOGY
+    store_url: str = DEFAULT_STORE_URL
+
+    @field_validator("url")
+    @classmethod
+    def _amqp(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("amqp", "amqps"):
+            raise ValueError(f"BUS_URL must be amqp:// or amqps://, got {redact(value)}")
+        return value
+
+    @classmethod
+    def from_env(cls, **overrides: str | None) -> Settings:
+        """`BUS_URL`, `BUS_TOPOLOGY`, `BUS_STORE_URL`; non-None *overrides* win."""
+        values = {
+            "url": os.environ.get("BUS_URL", DEFAULT_URL),
+            "topology": os.environ.get("BUS_TOPOLOGY", DEFAULT_TOPOLOGY),
+            "store_url": os.environ.get("BUS_STORE_URL", DEFAULT_STORE_URL),
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def redact(url: str) -> str:
+    """*url* with its password replaced by ``***``: safe for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -1,0 +1,44 @@
+"""Idempotency stores: the event id is the operation id.
+
+A processed table with a unique index on (subscriber, event_id). The runtime claims an id
+before the handler runs, marks it done after success, and releases it on failure, so a second
+delivery of a done id is acked without running the handler, and a failed attempt leaves no record.
+A claim is a lease: a replica that died mid-handler does not block the id forever.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bus.errors import ConfigError
+from bus.settings import redact
+from bus.stores.base import Claim, Store
+from bus.stores.memory import MemoryStore
+
+__all__ = ["Claim", "MemoryStore", "Store", "open_store"]
+
+
+async def open_store(url: str) -> Store:
+    """A connected store for `BUS_STORE_URL`: ``sqlite:///path.db``, ``postgresql://…``, ``memory://``."""
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        return MemoryStore()
+    if scheme == "sqlite":
+        from bus.stores.sqlite import SqliteStore
+
+        path = url.removeprefix("sqlite://")
+        path = path[1:] if path.startswith("/") else path  # sqlite:////abs or sqlite:///rel
+        if not path:
+            raise ConfigError(
+                "BUS_STORE_URL: sqlite needs a path, e.g. sqlite:///.bus/processed.db"
+            )
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return await SqliteStore.open(path)
+    if scheme in ("postgresql", "postgres"):
+        from bus.stores.postgres import PostgresStore
+
+        return await PostgresStore.open(url)
+    raise ConfigError(
+        f"BUS_STORE_URL: unsupported store {redact(url)} (use sqlite:///…, postgresql://…, memory://)"
+    )

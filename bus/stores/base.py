@@ -1,0 +1,35 @@
+"""The store interface."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Protocol
+
+DEFAULT_LEASE = 300.0  # seconds a claim holds before another replica may take it over
+DEFAULT_RETENTION = 7 * 86400.0
+
+
+class Claim(StrEnum):
+    CLAIMED = "claimed"  # ours: run the handler
+    DONE = "done"  # already processed: ack without running the handler
+    BUSY = "busy"  # another replica is processing it right now
+
+
+class Store(Protocol):
+    async def claim(self, subscriber: str, event_id: str, lease: float = DEFAULT_LEASE) -> Claim:
+        """Take *event_id* for processing, unless it is done or leased by someone else."""
+        ...
+
+    async def complete(self, subscriber: str, event_id: str) -> None:
+        """Record *event_id* as processed: later deliveries are duplicates."""
+        ...
+
+    async def release(self, subscriber: str, event_id: str) -> None:
+        """Forget a claim after a failed attempt, so a retry can run the handler."""
+        ...
+
+    async def prune(self, older_than: float = DEFAULT_RETENTION) -> int:
+        """Delete done records older than *older_than* seconds; returns how many."""
+        ...
+
+    async def close(self) -> None: ...

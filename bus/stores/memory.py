@@ -1,0 +1,44 @@
+"""An in-process store, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import time
+
+from bus.stores.base import DEFAULT_LEASE, DEFAULT_RETENTION, Claim
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._done: dict[tuple[str, str], float] = {}
+        self._leases: dict[tuple[str, str], float] = {}
+
+    async def claim(self, subscriber: str, event_id: str, lease: float = DEFAULT_LEASE) -> Claim:
+        key = (subscriber, event_id)
+        if key in self._done:
+            return Claim.DONE
+        now = time.monotonic()
+        if self._leases.get(key, 0.0) > now:
+            return Claim.BUSY
+        self._leases[key] = now + lease
+        return Claim.CLAIMED
+
+    async def complete(self, subscriber: str, event_id: str) -> None:
+        key = (subscriber, event_id)
+        self._leases.pop(key, None)
+        self._done[key] = time.time()
+
+    async def release(self, subscriber: str, event_id: str) -> None:
+        self._leases.pop((subscriber, event_id), None)
+
+    async def prune(self, older_than: float = DEFAULT_RETENTION) -> int:
+        cutoff = time.time() - older_than
+        old = [k for k, t in self._done.items() if t < cutoff]
+        for k in old:
+            del self._done[k]
+        return len(old)
+
+    async def close(self) -> None:
+        return None
+
+    def is_done(self, subscriber: str, event_id: str) -> bool:
+        return (subscriber, event_id) in self._done

@@ -1,0 +1,348 @@
+"""The subscriber runtime: consume one queue, dispatch to the router, then ack, retry or park.
+
+Failure hand-off: the message is republished (body and properties intact, `x-death*` stripped,
+failure headers added) to the next `Q.retry.<delay>` or to `Q.dlq` through the default exchange,
+with publisher confirms and `mandatory`, and only then acked. A crash in between yields a
+duplicate, which the idempotency store absorbs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import aiormq
+import jsonschema
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from pydantic import ValidationError
+
+from bus.connection import connect
+from bus.context import Context
+from bus.envelope import Meta, decode_body, decode_meta
+from bus.errors import ConfigError, InvalidEvent, Reject
+from bus.metrics import Metrics
+from bus.publisher import Publisher
+from bus.retry import DeadLetter, DeadReason, Decision, after_failure, attempt_of, failure_headers
+from bus.router import Handler, Router
+from bus.stores.base import DEFAULT_LEASE, Claim, Store
+from bus.topology.model import Topology
+
+log = logging.getLogger(__name__)
+
+OK, RETRIED, DEAD, DUPLICATE = "ok", "retried", "dead", "duplicate"
+
+
+class Runtime:
+    """Runs one subscriber of the topology: `await rt.start()`, later `await rt.stop()`."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        name: str,
+        router: Router,
+        *,
+        url: str,
+        store: Store,
+        metrics: Metrics | None = None,
+        lease: float = DEFAULT_LEASE,
+    ) -> None:
+        self.topology = topology
+        self.sub = topology.subscriber(name)
+        self.router = router
+        self.url = url
+        self.store = store
+        self.metrics = metrics or Metrics.default()
+        self.lease = lease
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._handoff: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._publisher: Publisher | None = None
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self._busy_ids: dict[str, asyncio.Lock] = {}
+        self._validators: dict[str, jsonschema.protocols.Validator | None] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._connection = await connect(self.url, f"subscriber:{self.sub.name}")
+        self._publisher = Publisher(
+            self.url, self.topology, source=self.sub.name, metrics=self.metrics,
+            connection=self._connection,
+        )  # fmt: skip
+        await self._publisher.connect()
+        self._handoff = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        self._channel = await self._connection.channel(publisher_confirms=False)
+        await self._channel.set_qos(prefetch_count=self.sub.prefetch)
+        try:
+            self._queue = await self._channel.declare_queue(self.sub.queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            await self.stop(0)
+            raise ConfigError(
+                f"queue {self.sub.queue!r} of subscriber {self.sub.name!r} does not exist: "
+                "run `bus topology apply` first"
+            ) from None
+        self._consumer_tag = await self._queue.consume(self._on_message)
+        self.metrics.ready.labels(self.sub.name).set(1)
+        log.info(
+            "subscriber %s consuming %s (prefetch %d)", self.sub.name, self.sub.queue,
+            self.sub.prefetch, extra={"subscriber": self.sub.name},
+        )  # fmt: skip
+
+    @property
+    def ready(self) -> bool:
+        """Connected and consuming."""
+        conn = self._connection
+        return (
+            conn is not None
+            and not conn.is_closed
+            and conn.connected.is_set()
+            and self._consumer_tag is not None
+            and not self._stopping
+        )
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    async def stop(self, grace: float = 30.0) -> bool:
+        """Stop consuming, let in-flight handlers finish within *grace* seconds, then close.
+
+        Returns False when handlers were still running at the deadline (their messages are
+        not acked and the broker redelivers them).
+        """
+        self._stopping = True
+        self.metrics.ready.labels(self.sub.name).set(0)
+        if self._queue is not None and self._consumer_tag is not None:
+            try:
+                await self._queue.cancel(self._consumer_tag)
+            except Exception:
+                log.debug("cancel failed", exc_info=True)
+        drained = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            drained = False
+            log.warning("%d handlers still running after %.0fs grace", self._inflight, grace)
+        if self._publisher is not None:
+            await self._publisher.close()
+        if self._connection is not None and not self._connection.is_closed:
+            await self._connection.close()
+        return drained
+
+    # -- one delivery ------------------------------------------------------------------------
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        if self._stopping:
+            return  # never acked: requeued by the broker when we close
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            await self._handle(message)
+        except Exception:
+            log.exception("unexpected error handling a delivery; it will be redelivered")
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def _handle(self, m: AbstractIncomingMessage) -> None:
+        attempt = attempt_of(m.headers)
+        try:
+            meta = decode_meta(
+                message_id=m.message_id, type=m.type, app_id=m.app_id, timestamp=m.timestamp,
+                correlation_id=m.correlation_id, headers=m.headers,
+            )  # fmt: skip
+        except InvalidEvent as exc:
+            await self._hand_off(
+                m, DeadLetter(self.sub.dlq, DeadReason.INVALID), attempt, None, str(exc), "unknown"
+            )
+            return
+        handler = self.router.match(meta.type)
+        if handler is None:
+            reason = f"no handler for event type {meta.type!r} in subscriber {self.sub.name!r}"
+            await self._hand_off(
+                m, DeadLetter(self.sub.dlq, DeadReason.NO_HANDLER), attempt, None, reason, meta.type
+            )
+            return
+        try:
+            event = self._parse(handler, meta.type, m.body)
+        except (InvalidEvent, ValidationError) as exc:
+            await self._hand_off(
+                m,
+                DeadLetter(self.sub.dlq, DeadReason.INVALID),
+                attempt,
+                handler,
+                _short(exc),
+                meta.type,
+            )
+            return
+        await self._run(m, meta, handler, event, attempt)
+
+    async def _run(
+        self, m: AbstractIncomingMessage, meta: Meta, handler: Handler, event: Any, attempt: int
+    ) -> None:
+        name, labels = self.sub.name, (self.sub.name, meta.type)
+        logger = logging.LoggerAdapter(log, {
+            "event_id": meta.id, "event_type": meta.type, "subscriber": name,
+            "attempt": attempt, "correlation_id": meta.correlation_id or meta.id,
+        })  # fmt: skip
+        if await self._claim(meta.id) is Claim.DONE:
+            logger.info("duplicate %s %s: already processed, acked", meta.type, meta.id)
+            await self._ack(m)
+            self.metrics.consumed.labels(*labels, DUPLICATE).inc()
+            return
+        assert self._publisher is not None
+        ctx = Context(
+            meta, attempt, name, m.routing_key or "", m.headers or {}, self._publisher, logger
+        )
+        started = time.perf_counter()
+        try:
+            await handler.func(event, ctx)
+        except Reject as exc:
+            await self.store.release(name, meta.id)
+            logger.warning("rejected %s %s: %s", meta.type, meta.id, exc.reason)
+            await self._hand_off(
+                m, DeadLetter(self.sub.dlq, DeadReason.REJECTED), attempt, handler, exc, meta.type
+            )
+        except Exception as exc:
+            await self.store.release(name, meta.id)
+            decision = after_failure(self.sub, attempt)
+            logger.warning("handler %s failed on attempt %d: %s: %s", handler.name, attempt,
+                           type(exc).__name__, exc)  # fmt: skip
+            await self._hand_off(m, decision, attempt, handler, exc, meta.type)
+        else:
+            await self.store.complete(name, meta.id)
+            await self._ack(m)
+            self.metrics.consumed.labels(*labels, OK).inc()
+            logger.debug("handled %s %s", meta.type, meta.id)
+        finally:
+            self.metrics.handler_seconds.labels(*labels).observe(time.perf_counter() - started)
+
+    def _parse(self, handler: Handler, event_type: str, body: bytes) -> Any:
+        validator = self._validator(event_type)
+        if validator is None and handler.adapter is not None:
+            return handler.parse_json(body)  # one pass: bytes -> model
+        data = decode_body(body)
+        if validator is not None:
+            error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+            if error is not None:
+                where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+                raise InvalidEvent(f"fails the {event_type} schema at {where}: {error.message}")
+        return handler.parse_data(data)
+
+    def _validator(self, event_type: str) -> jsonschema.protocols.Validator | None:
+        if event_type not in self._validators:
+            spec = self.topology.events.get(event_type)
+            schema = spec.json_schema if spec else None
+            self._validators[event_type] = (
+                jsonschema.Draft202012Validator(schema) if schema is not None else None
+            )
+        return self._validators[event_type]
+
+    async def _claim(self, event_id: str) -> Claim:
+        """Claim the id; while another replica holds it, wait for it to finish or expire."""
+        deadline = time.monotonic() + self.lease + 1
+        while True:
+            claim = await self.store.claim(self.sub.name, event_id, self.lease)
+            if claim is not Claim.BUSY or time.monotonic() > deadline:
+                return claim
+            await asyncio.sleep(0.1)
+
+    # -- acks and hand-offs ------------------------------------------------------------------
+
+    async def _ack(self, m: AbstractIncomingMessage) -> None:
+        try:
+            await m.ack()
+        except (aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPError,
+                RuntimeError) as exc:  # fmt: skip
+            # the channel died (reconnect): the broker redelivers, the store absorbs the copy
+            log.warning("ack of %s failed (%s): it will be redelivered", m.message_id, exc)
+
+    async def _hand_off(
+        self,
+        m: AbstractIncomingMessage,
+        decision: Decision,
+        attempt: int,
+        handler: Handler | None,
+        error: BaseException | str,
+        event_type: str,
+    ) -> None:
+        headers = failure_headers(
+            m.headers, decision=decision, attempt=attempt, subscriber=self.sub.name,
+            handler=handler.name if handler else None, error=error, now=datetime.now(UTC),
+            exchange=m.exchange or "", routing_key=m.routing_key or "",
+        )  # fmt: skip
+        outcome = DEAD if isinstance(decision, DeadLetter) else RETRIED
+        try:
+            await self._republish(m, decision.queue, headers)
+        except Exception as exc:
+            # Could not hand off. Reject without requeue: the queue's own dead-letter route
+            # parks the message in Q.dlq (without our headers), so it is never lost.
+            log.error("hand-off of %s to %s failed (%s); rejecting it to %s",
+                      m.message_id, decision.queue, exc, self.sub.dlq)  # fmt: skip
+            try:
+                await m.reject(requeue=False)
+            except Exception:
+                log.warning("reject of %s failed: it will be redelivered", m.message_id)
+            self.metrics.consumed.labels(self.sub.name, event_type, DEAD).inc()
+            return
+        await self._ack(m)
+        self.metrics.consumed.labels(self.sub.name, event_type, outcome).inc()
+        if isinstance(decision, DeadLetter):
+            log.warning("parked %s in %s (%s)", m.message_id, decision.queue, decision.reason,
+                        extra={"event_id": m.message_id, "subscriber": self.sub.name})  # fmt: skip
+
+    async def _republish(
+        self, m: AbstractIncomingMessage, queue: str, headers: Mapping[str, Any]
+    ) -> None:
+        assert self._handoff is not None
+        message = aio_pika.Message(
+            m.body,
+            headers=dict(headers),
+            content_type=m.content_type,
+            content_encoding=m.content_encoding,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            priority=m.priority,
+            correlation_id=m.correlation_id,
+            reply_to=m.reply_to,
+            message_id=m.message_id,
+            timestamp=m.timestamp,
+            type=m.type,
+            app_id=m.app_id,
+        )
+        # aiormq matches returned messages by message_id: never two in flight with one id
+        key = m.message_id or ""
+        lock = self._busy_ids.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                await self._handoff.default_exchange.publish(
+                    message, routing_key=queue, mandatory=True, timeout=30
+                )
+        finally:
+            if not lock.locked() and self._busy_ids.get(key) is lock:
+                del self._busy_ids[key]
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        return f"invalid event: {exc.error_count()} error(s), first at {where}: {first['msg']}"
+    return str(exc)

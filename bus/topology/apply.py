@@ -1,0 +1,217 @@
+"""Observe the broker and apply a plan. The only topology module that talks to RabbitMQ.
+
+AMQP cannot read a queue's arguments back, so drift is detected the way the broker itself
+checks it: an equivalent declaration on a throwaway channel succeeds (a no-op for an existing
+object) and a different one fails with 406 PRECONDITION_FAILED, whose text names the argument.
+The failure closes only that throwaway channel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection
+
+from bus.topology.plan import (
+    STATE_QUEUE,
+    Action,
+    BindingDecl,
+    Decl,
+    ExchangeDecl,
+    Observed,
+    QueueDecl,
+    Role,
+    Step,
+)
+
+log = logging.getLogger(__name__)
+
+
+async def observe(conn: AbstractConnection, want: Sequence[Decl]) -> Observed:
+    """What exists of *want* (and of what the last apply recorded), without changing anything."""
+    recorded = await read_record(conn)
+    exchanges: set[str] = set()
+    queues: dict[str, int] = {}
+    drift: dict[str, str] = {}
+    seen: set[str] = set()
+    for d in [*want, *recorded]:
+        if d.key in seen or isinstance(d, BindingDecl):
+            continue
+        seen.add(d.key)
+        if isinstance(d, ExchangeDecl):
+            if await _exists_exchange(conn, d.name):
+                exchanges.add(d.name)
+                problem = await _probe(conn, d)
+                if problem:
+                    drift[d.key] = problem
+        elif isinstance(d, QueueDecl):
+            depth = await queue_depth(conn, d.name)
+            if depth is not None:
+                queues[d.name] = depth
+                problem = await _probe(conn, d)
+                if problem and d in want:
+                    drift[d.key] = problem
+    return Observed(frozenset(exchanges), queues, drift, tuple(recorded))
+
+
+async def queue_depth(conn: AbstractConnection, name: str) -> int | None:
+    """Ready messages in queue *name*, or None when it does not exist."""
+    channel = await conn.channel(publisher_confirms=False)
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        return int(queue.declaration_result.message_count or 0)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return None
+    finally:
+        await _close(channel)
+
+
+async def _exists_exchange(conn: AbstractConnection, name: str) -> bool:
+    channel = await conn.channel(publisher_confirms=False)
+    try:
+        await channel.declare_exchange(name, passive=True)
+        return True
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return False
+    finally:
+        await _close(channel)
+
+
+async def _probe(conn: AbstractConnection, decl: ExchangeDecl | QueueDecl) -> str | None:
+    """None when *decl* matches the live object, else the broker's complaint in one line."""
+    channel = await conn.channel(publisher_confirms=False)
+    try:
+        await _declare(channel, decl)
+        return None
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        return _broker_text(exc)
+    finally:
+        await _close(channel)
+
+
+async def _declare(channel: AbstractChannel, decl: ExchangeDecl | QueueDecl) -> None:
+    if isinstance(decl, ExchangeDecl):
+        await channel.declare_exchange(decl.name, aio_pika.ExchangeType(decl.type), durable=True)
+    else:
+        await channel.declare_queue(decl.name, durable=True, arguments=dict(decl.arguments))
+
+
+async def apply(conn: AbstractConnection, steps: Sequence[Step], want: Sequence[Decl]) -> None:
+    """Carry out *steps* (creations and prunes), then record *want* as what we own.
+
+    Drifted objects are left alone: their steps carry the broker's complaint and the caller
+    reports them. Bindings are idempotent, so every declared binding is asserted again.
+    """
+    channel = await conn.channel(publisher_confirms=False)
+    try:
+        for step in steps:
+            d = step.decl
+            if step.action is Action.CREATE and isinstance(d, ExchangeDecl | QueueDecl):
+                log.info("creating %s", d.key)
+                await _declare(channel, d)
+        drifted = {s.decl.key for s in steps if s.action is Action.DRIFT}
+        raw = await channel.get_underlay_channel()
+        for d in want:
+            if isinstance(d, BindingDecl) and f"queue {d.queue}" not in drifted:
+                await raw.queue_bind(d.queue, d.exchange, routing_key=d.routing_key)
+        for step in steps:
+            if step.action is Action.DELETE:
+                await _delete(channel, step.decl)
+    finally:
+        await _close(channel)
+    await write_record(conn, [d for d in want if d.key not in drifted] + _kept(steps))
+
+
+def _kept(steps: Sequence[Step]) -> list[Decl]:
+    return [s.decl for s in steps if s.action in (Action.KEEP, Action.DRIFT)]
+
+
+async def _delete(channel: AbstractChannel, decl: Decl) -> None:
+    log.info("deleting %s", decl.key)
+    raw = await channel.get_underlay_channel()
+    if isinstance(decl, QueueDecl):
+        await raw.queue_delete(decl.name, if_empty=True)
+    elif isinstance(decl, BindingDecl):
+        await raw.queue_unbind(decl.queue, decl.exchange, routing_key=decl.routing_key)
+
+
+# The record of what `apply` owns lives on the broker itself, as the one message of a durable
+# classic queue, so `plan` can show removed retry queues and bindings with AMQP alone.
+
+
+async def read_record(conn: AbstractConnection) -> list[Decl]:
+    channel = await conn.channel(publisher_confirms=False)
+    try:
+        queue = await channel.declare_queue(STATE_QUEUE, passive=True)
+        message = await queue.get(no_ack=False, fail=False)
+        if message is None:
+            return []
+        await message.nack(requeue=True)
+        return _from_json(message.body)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return []
+    finally:
+        await _close(channel)
+
+
+async def write_record(conn: AbstractConnection, owned: Sequence[Decl]) -> None:
+    channel = await conn.channel(publisher_confirms=True)
+    try:
+        queue = await channel.declare_queue(
+            STATE_QUEUE, durable=True, arguments={"x-queue-type": "classic", "x-max-length": 1}
+        )
+        body = json.dumps([_to_json(d) for d in owned]).encode()
+        await channel.default_exchange.publish(
+            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=queue.name,
+        )
+    finally:
+        await _close(channel)
+
+
+def _to_json(d: Decl) -> dict[str, object]:
+    if isinstance(d, ExchangeDecl):
+        return {"kind": "exchange", "name": d.name, "type": d.type}
+    if isinstance(d, QueueDecl):
+        return {
+            "kind": "queue",
+            "name": d.name,
+            "owner": d.owner,
+            "role": str(d.role),
+            "arguments": dict(d.arguments),
+        }
+    return {"kind": "binding", "queue": d.queue, "exchange": d.exchange, "key": d.routing_key}
+
+
+def _from_json(body: bytes) -> list[Decl]:
+    out: list[Decl] = []
+    try:
+        items = json.loads(body)
+        for i in items:
+            if i["kind"] == "exchange":
+                out.append(ExchangeDecl(i["name"], i["type"]))
+            elif i["kind"] == "queue":
+                out.append(QueueDecl(i["name"], i["owner"], Role(i["role"]), i["arguments"]))
+            elif i["kind"] == "binding":
+                out.append(BindingDecl(i["queue"], i["exchange"], i["key"]))
+    except (ValueError, KeyError, TypeError):
+        log.warning("ignoring an unreadable record in %s", STATE_QUEUE)
+        return []
+    return out
+
+
+def _broker_text(exc: BaseException) -> str:
+    text = str(exc.args[0] if exc.args else exc)
+    return text.split(" - ", 1)[-1] if " - " in text else text
+
+
+async def _close(channel: AbstractChannel) -> None:
+    if not channel.is_closed:
+        try:
+            await channel.close()
+        except Exception:
+            log.debug("channel close failed", exc_info=True)

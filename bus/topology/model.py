@@ -1,0 +1,407 @@
+"""Load and validate `topology/topology.yaml` (version 1), reporting every problem at once.
+
+Problems carry their path in the file, e.g.
+``subscribers.email.retry.delays[1]: "5 minutes" is not a duration``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import jsonschema
+import yaml
+from croniter import croniter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from bus.durations import normalise, parse_ms
+from bus.errors import TopologyError
+from bus.routing import matches
+
+Duration = Annotated[str, AfterValidator(normalise)]
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
+_HANDLERS = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class QueueType(StrEnum):
+    QUORUM = "quorum"
+    CLASSIC = "classic"
+
+
+class ExchangeType(StrEnum):
+    TOPIC = "topic"
+    FANOUT = "fanout"
+    DIRECT = "direct"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RetrySpec(_Strict):
+    delays: list[Duration] | None = None
+    delivery_limit: Annotated[int, Field(ge=1)] | None = None
+
+
+class DefaultsSpec(_Strict):
+    queue_type: QueueType = QueueType.QUORUM
+    prefetch: Annotated[int, Field(ge=1, le=65535)] = 32
+    retry: RetrySpec = RetrySpec(delays=["1m", "5m", "1h"], delivery_limit=10)
+
+
+class ExchangeSpec(_Strict):
+    type: ExchangeType = ExchangeType.TOPIC
+
+
+class EventSpec(_Strict):
+    exchange: str
+    description: str = ""
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+
+
+class BindingSpec(_Strict):
+    exchange: str
+    keys: list[str] = Field(default_factory=list)
+
+
+class SubscriberSpec(_Strict):
+    handlers: Annotated[str, Field(pattern=_HANDLERS.pattern)]
+    queue: str | None = None
+    bindings: list[BindingSpec] = Field(default_factory=list)
+    retry: RetrySpec | None = None
+    queue_type: QueueType | None = None
+    prefetch: Annotated[int, Field(ge=1, le=65535)] | None = None
+    description: str = ""
+
+
+class ScheduleSpec(_Strict):
+    event: str
+    cron: str | None = None
+    every: Duration | None = None
+    timezone: str = "UTC"
+    data: dict[str, Any] = Field(default_factory=dict)
+    catch_up: Duration | None = None
+
+
+class TopologyFile(_Strict):
+    version: Literal[1]
+    defaults: DefaultsSpec = DefaultsSpec()
+    exchanges: dict[str, ExchangeSpec] = Field(default_factory=dict)
+    events: dict[str, EventSpec] = Field(default_factory=dict)
+    subscribers: dict[str, SubscriberSpec] = Field(default_factory=dict)
+    schedules: dict[str, ScheduleSpec] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    exchange: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriber:
+    """A subscriber with the defaults applied: everything the planner and runtime need."""
+
+    name: str
+    queue: str
+    handlers: str
+    queue_type: QueueType
+    prefetch: int
+    delays: tuple[str, ...]  # normalised labels, e.g. ("1m", "5m", "1h")
+    delivery_limit: int | None
+    bindings: tuple[Binding, ...]
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.queue}.dlq"
+
+    def retry_queue(self, delay: str) -> str:
+        return f"{self.queue}.retry.{delay}"
+
+    @property
+    def retry_queues(self) -> tuple[str, ...]:
+        return tuple(self.retry_queue(d) for d in self.delays)
+
+    def delay_ms(self, delay: str) -> int:
+        return parse_ms(delay)
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    name: str
+    event: str
+    cron: str | None
+    every_ms: int | None
+    timezone: str
+    data: dict[str, Any]
+    catch_up_ms: int | None
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A validated topology file."""
+
+    spec: TopologyFile
+    source: str = "topology"
+
+    @property
+    def exchanges(self) -> dict[str, ExchangeSpec]:
+        return self.spec.exchanges
+
+    @property
+    def events(self) -> dict[str, EventSpec]:
+        return self.spec.events
+
+    @property
+    def subscriber_names(self) -> list[str]:
+        return list(self.spec.subscribers)
+
+    def subscriber(self, name: str) -> Subscriber:
+        """The resolved subscriber *name*; KeyError lists the declared ones."""
+        try:
+            s = self.spec.subscribers[name]
+        except KeyError:
+            known = ", ".join(self.spec.subscribers) or "none"
+            raise KeyError(f"no subscriber {name!r} in {self.source} (declared: {known})") from None
+        d = self.spec.defaults
+        retry_delays = s.retry.delays if s.retry and s.retry.delays is not None else None
+        delays = retry_delays if retry_delays is not None else (d.retry.delays or [])
+        limit = s.retry.delivery_limit if s.retry and s.retry.delivery_limit else None
+        return Subscriber(
+            name=name,
+            queue=s.queue or name,
+            handlers=s.handlers,
+            queue_type=s.queue_type or d.queue_type,
+            prefetch=s.prefetch or d.prefetch,
+            delays=tuple(delays),
+            delivery_limit=limit or d.retry.delivery_limit,
+            bindings=tuple(Binding(b.exchange, k) for b in s.bindings for k in b.keys or ["#"]),
+        )
+
+    def subscribers(self) -> list[Subscriber]:
+        return [self.subscriber(n) for n in self.spec.subscribers]
+
+    def schedules(self) -> list[Schedule]:
+        return [
+            Schedule(
+                name=n,
+                event=s.event,
+                cron=s.cron,
+                every_ms=parse_ms(s.every) if s.every else None,
+                timezone=s.timezone,
+                data=dict(s.data),
+                catch_up_ms=parse_ms(s.catch_up) if s.catch_up else None,
+            )
+            for n, s in self.spec.schedules.items()
+        ]
+
+
+def load(path: str | Path) -> Topology:
+    """Read and validate the topology file at *path*; raises TopologyError with every problem."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TopologyError([f"cannot read {p}: {exc.strerror or exc}"], source=str(p)) from None
+    return loads(text, source=str(p))
+
+
+def loads(text: str, source: str = "topology") -> Topology:
+    """Validate topology YAML given as text."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise TopologyError([f"{where}not valid YAML: {problem}"], source=source) from None
+    return from_dict(raw, source=source)
+
+
+def from_dict(raw: Any, source: str = "topology") -> Topology:
+    """Validate an already-parsed topology document; every problem is reported at once."""
+    if not isinstance(raw, dict):
+        raise TopologyError(["the file must be a mapping with `version: 1`"], source=source)
+    problems: list[str] = []
+    spec: TopologyFile | None = None
+    try:
+        spec = TopologyFile.model_validate(raw)
+    except ValidationError as exc:
+        problems += _pydantic_problems(exc)
+    # Cross-references are checked on the raw document too, so that a typo in one place does
+    # not hide a dangling reference in another.
+    problems += [p for p in _cross_check(_Raw(raw)) if p not in problems]
+    if problems or spec is None:
+        raise TopologyError(problems or ["invalid topology"], source=source)
+    return Topology(spec, source=source)
+
+
+class _Raw:
+    """Lenient read access to an unvalidated document, for cross-reference checks."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.exchanges = _mapping(raw.get("exchanges"))
+        self.events = _mapping(raw.get("events"))
+        self.subscribers = _mapping(raw.get("subscribers"))
+        self.schedules = _mapping(raw.get("schedules"))
+        defaults = _mapping(raw.get("defaults"))
+        retry = _mapping(defaults.get("retry"))
+        self.default_delays = retry.get("delays", ["1m", "5m", "1h"])
+
+    def exchange_type(self, name: str) -> str:
+        return str(_mapping(self.exchanges.get(name)).get("type", "topic"))
+
+    def event_exchange(self, etype: str) -> Any:
+        return _mapping(self.events.get(etype)).get("exchange")
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _strings(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after[normalise(), str]",) or str(part).startswith("function-"):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _pydantic_problems(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        kind, msg = err["type"], err["msg"]
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        elif kind == "missing":
+            msg = "is required"
+        elif kind == "literal_error" and err["loc"] == ("version",):
+            msg = f"unsupported version {json.dumps(err.get('input'))}: this bus reads version 1"
+        elif kind == "string_pattern_mismatch" and err["loc"][-1] == "handlers":
+            msg = f'{json.dumps(err.get("input"))} is not "module:attribute"'
+        elif kind == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        problems.append(f"{_path(tuple(err['loc']))}: {msg}")
+    return problems
+
+
+def _cross_check(doc: _Raw) -> list[str]:
+    problems: list[str] = []
+    for name in doc.exchanges:
+        if not _NAME.match(str(name)) or str(name).startswith("amq."):
+            problems.append(f"exchanges.{name}: not a usable exchange name")
+    for etype, ev in doc.events.items():
+        if not _NAME.match(str(etype)) or "*" in etype or "#" in etype:
+            problems.append(f"events.{etype}: an event type is a plain routing key")
+        exchange = _mapping(ev).get("exchange")
+        if isinstance(exchange, str) and exchange not in doc.exchanges:
+            problems.append(f"events.{etype}.exchange: exchange {exchange!r} is not declared")
+        schema = _mapping(ev).get("schema")
+        if isinstance(schema, dict):
+            try:
+                jsonschema.Draft202012Validator.check_schema(schema)
+            except jsonschema.SchemaError as exc:
+                problems.append(f"events.{etype}.schema: not a JSON Schema: {exc.message}")
+    problems += _check_subscribers(doc)
+    problems += _check_schedules(doc)
+    return problems
+
+
+def _check_schedules(doc: _Raw) -> list[str]:
+    problems: list[str] = []
+    for name, raw in doc.schedules.items():
+        sched, where = _mapping(raw), f"schedules.{name}"
+        event, cron = sched.get("event"), sched.get("cron")
+        if isinstance(event, str) and event not in doc.events:
+            problems.append(f"{where}.event: event type {event!r} is not declared")
+        if ("cron" in sched) == ("every" in sched):
+            problems.append(f"{where}: give exactly one of `cron:` or `every:`")
+        if isinstance(cron, str) and (len(cron.split()) != 5 or not croniter.is_valid(cron)):
+            problems.append(
+                f"{where}.cron: {json.dumps(cron)} is not a 5-field cron expression "
+                "(minute hour day month weekday)"
+            )
+        tz = sched.get("timezone", "UTC")
+        if isinstance(tz, str) and not _valid_timezone(tz):
+            problems.append(f"{where}.timezone: unknown time zone {tz!r}")
+    return problems
+
+
+def _check_subscribers(doc: _Raw) -> list[str]:
+    problems: list[str] = []
+    owners: dict[str, str] = {}
+    for name, raw in doc.subscribers.items():
+        sub, where = _mapping(raw), f"subscribers.{name}"
+        queue = sub.get("queue") or name
+        if not isinstance(queue, str) or not _NAME.match(queue) or queue.startswith("amq."):
+            problems.append(f"{where}.queue: {queue!r} is not a usable queue name")
+            continue
+        retry = _mapping(sub.get("retry"))
+        delays = _strings(retry.get("delays", doc.default_delays))
+        labels = [_label_or_none(d) for d in delays]
+        if len(set(labels)) != len(labels):
+            problems.append(f"{where}.retry.delays: the same delay appears twice")
+        owned = [queue, f"{queue}.dlq", *(f"{queue}.retry.{d}" for d in labels if d)]
+        for q in owned:
+            if q in owners:
+                problems.append(
+                    f"{where}.queue: queue {q!r} is already owned by subscriber {owners[q]!r}"
+                )
+            owners.setdefault(q, name)
+        bindings = sub.get("bindings", [])
+        for i, b in enumerate(bindings if isinstance(bindings, list) else []):
+            problems += _check_binding(doc, f"{where}.bindings[{i}]", _mapping(b))
+    return problems
+
+
+def _check_binding(doc: _Raw, where: str, binding: dict[str, Any]) -> list[str]:
+    exchange = binding.get("exchange")
+    if not isinstance(exchange, str):
+        return []
+    if exchange not in doc.exchanges:
+        return [f"{where}.exchange: exchange {exchange!r} is not declared"]
+    kind = doc.exchange_type(exchange)
+    keys = _strings(binding.get("keys", []))
+    if kind == ExchangeType.FANOUT:
+        return []
+    if not keys:
+        return [f"{where}.keys: give at least one routing key"]
+    on_exchange = [t for t in doc.events if doc.event_exchange(t) == exchange]
+    problems = []
+    for j, key in enumerate(keys):
+        hit = any(matches(key, t) if kind == "topic" else key == t for t in on_exchange)
+        if not hit:
+            problems.append(
+                f"{where}.keys[{j}]: {key!r} matches no event type declared on exchange "
+                f"{exchange!r}"
+            )
+    return problems
+
+
+def _label_or_none(text: str) -> str | None:
+    try:
+        return normalise(text)
+    except ValueError:
+        return None
+
+
+def _valid_timezone(name: str) -> bool:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True

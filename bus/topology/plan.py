@@ -1,0 +1,192 @@
+"""From a topology to broker objects, and from observed broker state to a list of changes.
+
+Pure logic: `desired()` returns the exact objects of the contract table; `diff()` compares them
+with what `bus.topology.apply.observe()` saw and returns the steps `apply` would take.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from bus.durations import parse_ms
+from bus.topology.model import QueueType, Subscriber, Topology
+
+STATE_QUEUE = "bus.topology.state"
+
+
+class Role(StrEnum):
+    MAIN = "main"
+    RETRY = "retry"
+    DLQ = "dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeDecl:
+    name: str
+    type: str
+
+    @property
+    def key(self) -> str:
+        return f"exchange {self.name}"
+
+    def describe(self) -> str:
+        return f"exchange {self.name} ({self.type}, durable)"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDecl:
+    name: str
+    owner: str
+    role: Role
+    arguments: Mapping[str, Any] = field(hash=False, compare=True)
+
+    @property
+    def key(self) -> str:
+        return f"queue {self.name}"
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in sorted(self.arguments.items()))
+        return f"queue {self.name} (durable; {args})"
+
+
+@dataclass(frozen=True, slots=True)
+class BindingDecl:
+    queue: str
+    exchange: str
+    routing_key: str
+
+    @property
+    def key(self) -> str:
+        return f"binding {self.exchange} -> {self.queue} [{self.routing_key}]"
+
+    def describe(self) -> str:
+        return self.key
+
+
+Decl = ExchangeDecl | QueueDecl | BindingDecl
+
+
+def main_queue_arguments(sub: Subscriber) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "x-queue-type": str(sub.queue_type),
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": sub.dlq,
+    }
+    if sub.queue_type is QueueType.QUORUM and sub.delivery_limit:
+        args["x-delivery-limit"] = sub.delivery_limit
+    return args
+
+
+def retry_queue_arguments(sub: Subscriber, delay: str) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "x-queue-type": str(sub.queue_type),
+        "x-message-ttl": parse_ms(delay),
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": sub.queue,
+    }
+    if sub.queue_type is QueueType.QUORUM:
+        # at-least-once dead-lettering (3.10+): an expiring message is never lost in transit
+        args["x-dead-letter-strategy"] = "at-least-once"
+        args["x-overflow"] = "reject-publish"
+    return args
+
+
+def subscriber_objects(sub: Subscriber) -> list[Decl]:
+    """The queues and bindings one subscriber owns."""
+    decls: list[Decl] = [QueueDecl(sub.queue, sub.name, Role.MAIN, main_queue_arguments(sub))]
+    decls += [
+        QueueDecl(sub.retry_queue(d), sub.name, Role.RETRY, retry_queue_arguments(sub, d))
+        for d in sub.delays
+    ]
+    decls.append(QueueDecl(sub.dlq, sub.name, Role.DLQ, {"x-queue-type": str(sub.queue_type)}))
+    decls += [BindingDecl(sub.queue, b.exchange, b.key) for b in sub.bindings]
+    return decls
+
+
+def desired(topology: Topology) -> list[Decl]:
+    """Every object the topology declares, exchanges first, then each subscriber's."""
+    decls: list[Decl] = [ExchangeDecl(n, str(e.type)) for n, e in topology.exchanges.items()]
+    for sub in topology.subscribers():
+        decls += subscriber_objects(sub)
+    return decls
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    UNCHANGED = "unchanged"
+    DRIFT = "drift"
+    DELETE = "delete"
+    KEEP = "keep"  # no longer declared, but kept: not empty, or --prune not given
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    action: Action
+    decl: Decl
+    detail: str = ""
+
+    def line(self) -> str:
+        sign = {"create": "+", "unchanged": "=", "drift": "!", "delete": "-", "keep": "?"}
+        text = f"{sign[self.action]} {self.action:<9} {self.decl.describe()}"
+        return f"{text}: {self.detail}" if self.detail else text
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the broker holds, as far as AMQP can tell.
+
+    `queues` maps existing queue names to their ready-message count; `drift` maps object keys to
+    the broker's own complaint; `recorded` is what the previous `apply` wrote down (AMQP cannot
+    list bindings or queues, so the applier keeps a record of what it owns).
+    """
+
+    exchanges: frozenset[str]
+    queues: Mapping[str, int]
+    drift: Mapping[str, str]
+    recorded: tuple[Decl, ...] = ()
+
+
+def diff(want: Iterable[Decl], seen: Observed, *, prune: bool = False) -> list[Step]:
+    """Steps that take the broker from *seen* to *want*; objects are never deleted unless *prune*
+    and only when they are empty."""
+    want = list(want)
+    recorded_bindings = {d for d in seen.recorded if isinstance(d, BindingDecl)}
+    steps: list[Step] = []
+    for d in want:
+        if d.key in seen.drift:
+            steps.append(Step(Action.DRIFT, d, seen.drift[d.key]))
+        elif isinstance(d, ExchangeDecl):
+            steps.append(Step(Action.UNCHANGED if d.name in seen.exchanges else Action.CREATE, d))
+        elif isinstance(d, QueueDecl):
+            steps.append(Step(Action.UNCHANGED if d.name in seen.queues else Action.CREATE, d))
+        else:
+            known = d in recorded_bindings and d.queue in seen.queues
+            steps.append(Step(Action.UNCHANGED if known else Action.CREATE, d))
+    wanted = {d.key for d in want}
+    for old in seen.recorded:
+        if old.key in wanted or isinstance(old, ExchangeDecl):
+            continue  # exchanges are shared with producers: never pruned
+        if isinstance(old, QueueDecl):
+            if old.name not in seen.queues:
+                continue
+            depth = seen.queues[old.name]
+            if not prune:
+                steps.append(
+                    Step(Action.KEEP, old, "no longer declared; `apply --prune` removes it")
+                )
+            elif depth:
+                steps.append(Step(Action.KEEP, old, f"not empty ({depth} messages): kept"))
+            else:
+                steps.append(Step(Action.DELETE, old))
+        elif old.queue in seen.queues:
+            steps.append(
+                Step(
+                    Action.DELETE if prune else Action.KEEP,
+                    old,
+                    "" if prune else "no longer declared",
+                )
+            )
+    return steps

@@ -1,0 +1,1 @@
+"""The analytics service: counts every event per type and hour."""

@@ -1,0 +1,136 @@
+"""Event counts per type and hour, in SQLite (a file) or PostgreSQL, chosen by URL.
+
+Counting is exactly-once on its own: the event id goes into `analytics_seen` in the same
+transaction that bumps the count, so a redelivered event never counts twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiosqlite
+import asyncpg
+
+SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS analytics_seen (event_id TEXT PRIMARY KEY)",
+    """CREATE TABLE IF NOT EXISTS analytics_counts (
+        event_type TEXT NOT NULL, hour TEXT NOT NULL, count BIGINT NOT NULL,
+        PRIMARY KEY (event_type, hour))""",
+    """CREATE TABLE IF NOT EXISTS analytics_reports (
+        day TEXT PRIMARY KEY, events BIGINT NOT NULL, created_at TEXT NOT NULL)""",
+]
+SEEN = (
+    "INSERT INTO analytics_seen (event_id) VALUES ({0}) ON CONFLICT DO NOTHING RETURNING event_id"
+)
+BUMP = """INSERT INTO analytics_counts (event_type, hour, count) VALUES ({0}, {1}, 1)
+ON CONFLICT (event_type, hour) DO UPDATE SET count = analytics_counts.count + 1"""
+TOTALS = "SELECT event_type, hour, count FROM analytics_counts ORDER BY hour, event_type"
+DAY_TOTAL = "SELECT COALESCE(SUM(count), 0) FROM analytics_counts WHERE hour LIKE {0}"
+REPORT = """INSERT INTO analytics_reports (day, events, created_at) VALUES ({0}, {1}, {2})
+ON CONFLICT (day) DO UPDATE SET events = excluded.events, created_at = excluded.created_at"""
+
+
+def hour_of(when: datetime) -> str:
+    return when.strftime("%Y-%m-%dT%H:00Z")
+
+
+class Counts(Protocol):
+    async def record(self, event_id: str, event_type: str, when: datetime) -> bool: ...
+    async def totals(self) -> list[tuple[str, str, int]]: ...
+    async def write_report(self, day: str, now: datetime) -> int: ...
+    async def close(self) -> None: ...
+
+
+class SqliteCounts:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+
+    @classmethod
+    async def open(cls, path: str) -> SqliteCounts:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, timeout=30)
+        await db.execute("PRAGMA journal_mode=WAL")
+        for stmt in SCHEMA:
+            await db.execute(stmt)
+        await db.commit()
+        return cls(db)
+
+    async def record(self, event_id: str, event_type: str, when: datetime) -> bool:
+        async with self.db.execute(SEEN.format("?"), (event_id,)) as cur:
+            fresh = await cur.fetchone() is not None
+        if fresh:
+            await self.db.execute(BUMP.format("?", "?"), (event_type, hour_of(when)))
+        await self.db.commit()
+        return fresh
+
+    async def totals(self) -> list[tuple[str, str, int]]:
+        async with self.db.execute(TOTALS) as cur:
+            return [(str(a), str(b), int(c)) for a, b, c in await cur.fetchall()]
+
+    async def write_report(self, day: str, now: datetime) -> int:
+        async with self.db.execute(DAY_TOTAL.format("?"), (f"{day}%",)) as cur:
+            row = await cur.fetchone()
+        total = int(row[0]) if row else 0
+        await self.db.execute(REPORT.format("?", "?", "?"), (day, total, now.isoformat()))
+        await self.db.commit()
+        return total
+
+    async def close(self) -> None:
+        await self.db.close()
+
+
+class PostgresCounts:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def open(cls, url: str) -> PostgresCounts:
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=5)
+        async with pool.acquire() as conn:
+            await conn.execute("SELECT pg_advisory_lock(8165)")
+            try:
+                for stmt in SCHEMA:
+                    await conn.execute(stmt)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(8165)")
+        return cls(pool)
+
+    async def record(self, event_id: str, event_type: str, when: datetime) -> bool:
+        async with self.pool.acquire() as conn, conn.transaction():
+            fresh = await conn.fetchval(SEEN.format("$1"), event_id) is not None
+            if fresh:
+                await conn.execute(BUMP.format("$1", "$2"), event_type, hour_of(when))
+        return fresh
+
+    async def totals(self) -> list[tuple[str, str, int]]:
+        rows = await self.pool.fetch(TOTALS)
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
+    async def write_report(self, day: str, now: datetime) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            total = int(await conn.fetchval(DAY_TOTAL.format("$1"), f"{day}%"))
+            await conn.execute(REPORT.format("$1", "$2", "$3"), day, total, now.isoformat())
+        return total
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+async def open_counts(url: str) -> Counts:
+    """`sqlite:///path.db` or `postgresql://…`."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return await PostgresCounts.open(url)
+    if url.startswith("sqlite:///"):
+        return await SqliteCounts.open(url.removeprefix("sqlite:///"))
+    raise ValueError(
+        f"ANALYTICS_DB_URL must be sqlite:///… or postgresql://…, got {url.split('@')[-1]}"
+    )
+
+
+def describe(rows: list[tuple[str, str, int]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for event_type, hour, count in rows:
+        out.setdefault(event_type, {})[hour] = count
+    return out

@@ -1,0 +1,1 @@
+"""The email service: order confirmation and shipping mails over SMTP."""

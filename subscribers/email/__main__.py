@@ -1,0 +1,5 @@
+"""`python -m subscribers.email`: the email service (same as `bus run email`)."""
+
+from bus.service import main
+
+main("email")

@@ -1,0 +1,1 @@
+"""The fulfillment service: asks the warehouse to ship each order."""

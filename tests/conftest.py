@@ -1,0 +1,76 @@
+"""Shared fixtures: the broker URL (DESIGN.md, Part 2 "Testing") and unique names per test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+LOCAL_URL = "amqp://guest:guest@localhost:5672/"
+HOW_TO_GET_A_BROKER = (
+    "no RabbitMQ for the integration tests: set BUS_TEST_URL, start one on localhost:5672 "
+    "(`rabbitmq-server -detached`), or install Docker for testcontainers"
+)
+
+
+def _answers(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection(
+            (parts.hostname or "localhost", parts.port or 5672), timeout=2
+        ):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """`BUS_TEST_URL`, else the local broker, else a testcontainers RabbitMQ, else fail clearly."""
+    explicit = os.environ.get("BUS_TEST_URL")
+    if explicit:
+        yield explicit
+        return
+    if _answers(LOCAL_URL):
+        yield LOCAL_URL
+        return
+    try:
+        from testcontainers.rabbitmq import RabbitMqContainer
+
+        with RabbitMqContainer("rabbitmq:3.13-management") as rabbit:
+            host, port = rabbit.get_container_host_ip(), rabbit.get_exposed_port(5672)
+            yield f"amqp://guest:guest@{host}:{port}/"
+    except Exception:
+        pytest.fail(HOW_TO_GET_A_BROKER, pytrace=False)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A unique name prefix, so tests never see each other's queues or messages."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+async def wait_for(
+    condition: Callable[[], Any] | Callable[[], Awaitable[Any]],
+    timeout: float = 10.0,
+    message: str = "condition",
+    interval: float = 0.02,
+) -> Any:
+    """Poll *condition* until it is truthy; fail with *message* after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.1f}s waiting for {message}", pytrace=False)
+        await asyncio.sleep(interval)
