@@ -10,7 +10,7 @@ import sys
 import click
 import typer
 
-from bus.cli import dlq, ops, run, topology
+from bus.cli import demo, dlq, export, ops, run, scheduler, topology
 from bus.cli.common import state
 from bus.errors import BusError
 
@@ -24,6 +24,8 @@ app.add_typer(topology.app, name="topology")
 app.add_typer(dlq.app, name="dlq")
 run.register(app)
 ops.register(app)
+for _module in (export, demo, scheduler):
+    _module.register(app, topology.app)
 
 
 @app.callback()
