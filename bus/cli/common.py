@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,7 +24,8 @@ class _State:
 
 
 state = _State()
-console = Console(highlight=False)
+# piped output (grep, CI logs) gets wide lines instead of rich's 80-column default
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False)
 
 UrlOption = typer.Option(None, "--url", help="AMQP URL [env: BUS_URL]", show_default=False)

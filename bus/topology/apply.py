@@ -17,7 +17,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from bus.topology.plan import (
-    STATE_QUEUE,
+    STATE_QUEUE_PREFIX,
     Action,
     BindingDecl,
     Decl,
@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 
 async def observe(conn: AbstractConnection, want: Sequence[Decl]) -> Observed:
     """What exists of *want* (and of what the last apply recorded), without changing anything."""
-    recorded = await read_record(conn)
+    recorded: list[Decl] = []
+    for main in _main_queues(want).values():
+        recorded += await read_record(conn, main)
     exchanges: set[str] = set()
     queues: dict[str, int] = {}
     drift: dict[str, str] = {}
@@ -123,30 +125,53 @@ async def apply(conn: AbstractConnection, steps: Sequence[Step], want: Sequence[
                 await _delete(channel, step.decl)
     finally:
         await _close(channel)
-    await write_record(conn, [d for d in want if d.key not in drifted] + _kept(steps))
+    owned = [d for d in want if d.key not in drifted]
+    owned += [s.decl for s in steps if s.action in (Action.KEEP, Action.DRIFT)]
+    mains = _main_queues(want)
+    for owner, main in mains.items():
+        mine = [
+            d
+            for d in owned
+            if (isinstance(d, QueueDecl) and d.owner == owner)
+            or (isinstance(d, BindingDecl) and d.queue == main)
+        ]
+        await write_record(conn, main, mine)
 
 
-def _kept(steps: Sequence[Step]) -> list[Decl]:
-    return [s.decl for s in steps if s.action in (Action.KEEP, Action.DRIFT)]
+def _main_queues(decls: Sequence[Decl]) -> dict[str, str]:
+    """Subscriber name -> its main queue."""
+    return {d.owner: d.name for d in decls if isinstance(d, QueueDecl) and d.role is Role.MAIN}
 
 
 async def _delete(channel: AbstractChannel, decl: Decl) -> None:
     log.info("deleting %s", decl.key)
     raw = await channel.get_underlay_channel()
     if isinstance(decl, QueueDecl):
-        await raw.queue_delete(decl.name, if_empty=True)
+        # quorum queues refuse `if-empty`: check the depth right before deleting instead
+        # (the planner already kept non-empty queues; this narrows the window further)
+        ok = await raw.queue_declare(decl.name, passive=True)
+        if ok.message_count:
+            log.warning("kept %s: %d messages arrived since the plan", decl.name, ok.message_count)
+            return
+        await raw.queue_delete(decl.name)
     elif isinstance(decl, BindingDecl):
         await raw.queue_unbind(decl.queue, decl.exchange, routing_key=decl.routing_key)
 
 
-# The record of what `apply` owns lives on the broker itself, as the one message of a durable
-# classic queue, so `plan` can show removed retry queues and bindings with AMQP alone.
+# What `apply` created for a subscriber is recorded on the broker itself, as the one message of
+# a durable classic queue `bus.state.<queue>`, so `plan` can show retry queues and bindings that
+# left the file with AMQP alone. One record per subscriber: several topology files may share a
+# vhost, and a prune only ever considers objects of subscribers the current file declares.
 
 
-async def read_record(conn: AbstractConnection) -> list[Decl]:
+def state_queue(main_queue: str) -> str:
+    return f"{STATE_QUEUE_PREFIX}{main_queue}"
+
+
+async def read_record(conn: AbstractConnection, main_queue: str) -> list[Decl]:
     channel = await conn.channel(publisher_confirms=False)
     try:
-        queue = await channel.declare_queue(STATE_QUEUE, passive=True)
+        queue = await channel.declare_queue(state_queue(main_queue), passive=True)
         message = await queue.get(no_ack=False, fail=False)
         if message is None:
             return []
@@ -158,11 +183,13 @@ async def read_record(conn: AbstractConnection) -> list[Decl]:
         await _close(channel)
 
 
-async def write_record(conn: AbstractConnection, owned: Sequence[Decl]) -> None:
+async def write_record(conn: AbstractConnection, main_queue: str, owned: Sequence[Decl]) -> None:
     channel = await conn.channel(publisher_confirms=True)
     try:
         queue = await channel.declare_queue(
-            STATE_QUEUE, durable=True, arguments={"x-queue-type": "classic", "x-max-length": 1}
+            state_queue(main_queue),
+            durable=True,
+            arguments={"x-queue-type": "classic", "x-max-length": 1},
         )
         body = json.dumps([_to_json(d) for d in owned]).encode()
         await channel.default_exchange.publish(
@@ -199,7 +226,7 @@ def _from_json(body: bytes) -> list[Decl]:
             elif i["kind"] == "binding":
                 out.append(BindingDecl(i["queue"], i["exchange"], i["key"]))
     except (ValueError, KeyError, TypeError):
-        log.warning("ignoring an unreadable record in %s", STATE_QUEUE)
+        log.warning("ignoring an unreadable topology record")
         return []
     return out
 

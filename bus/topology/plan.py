@@ -14,7 +14,7 @@ from typing import Any
 from bus.durations import parse_ms
 from bus.topology.model import QueueType, Subscriber, Topology
 
-STATE_QUEUE = "bus.topology.state"
+STATE_QUEUE_PREFIX = "bus.state."  # + a subscriber's queue: what `apply` created for it
 
 
 class Role(StrEnum):

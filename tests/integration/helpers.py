@@ -15,7 +15,7 @@ from bus.stores import MemoryStore
 from bus.subscriber import Runtime
 from bus.topology import apply as applier
 from bus.topology.model import Topology, from_dict
-from bus.topology.plan import ExchangeDecl, QueueDecl, desired, diff
+from bus.topology.plan import ExchangeDecl, QueueDecl, Role, desired, diff
 
 ORDER_SCHEMA = {
     "type": "object",
@@ -85,6 +85,8 @@ async def delete_topology(url: str, topology: Topology) -> None:
                 raw = await channel.get_underlay_channel()
                 if isinstance(d, QueueDecl):
                     await raw.queue_delete(d.name)
+                    if d.role is Role.MAIN:
+                        await raw.queue_delete(applier.state_queue(d.name))
                 elif isinstance(d, ExchangeDecl):
                     await raw.exchange_delete(d.name)
             if not channel.is_closed:

@@ -1,0 +1,121 @@
+"""`bus dlq list | show | replay | purge` against parked messages on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bus import Context, Router
+from bus.publisher import Publisher
+from tests.conftest import wait_for
+from tests.integration.helpers import applied, make_topology, queue_depth, running, topology_doc
+
+SUBS = {"email": {"keys": ["order.placed"]}}
+
+
+def bus_cli(
+    *args: str, env: dict[str, str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bus.cli", *args], env={**os.environ, **env},
+        capture_output=True, text=True, timeout=60, input=stdin,
+    )  # fmt: skip
+
+
+async def cli(
+    *args: str, env: dict[str, str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(bus_cli, *args, env=env, stdin=stdin)
+
+
+async def test_parked_messages_are_listed_shown_and_replayed_until_the_dlq_is_empty(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    topo_file = tmp_path / "topology.yaml"
+    topo_file.write_text(yaml.safe_dump(topology_doc(prefix, SUBS, delays=["100ms"])))
+    env = {"BUS_URL": amqp_url, "BUS_TOPOLOGY": str(topo_file)}
+    topology = make_topology(prefix, SUBS, delays=["100ms"])
+    broken = True
+    handled: list[tuple[str, int]] = []
+    router = Router()
+
+    @router.on("order.placed")
+    async def send(event: dict[str, Any], ctx: Context) -> None:
+        if broken:
+            raise TimeoutError(f"smtp timed out for {event['order_id']}")
+        handled.append((ctx.id, ctx.attempt))
+
+    dlq = f"{prefix}.email.dlq"
+    async with applied(amqp_url, topology), running(amqp_url, topology, "email", router):
+        async with Publisher(amqp_url, topology) as pub:
+            for i in range(3):
+                await pub.publish("order.placed", {"order_id": f"o-{i}"}, id=f"e-{i}")
+        await wait_for(lambda: _depth(amqp_url, dlq, 3), timeout=10, message="3 parked messages")
+
+        listed = await cli("dlq", "list", "email", env=env)
+        assert listed.returncode == 0, listed.stderr
+        for i in range(3):
+            assert f"e-{i}" in listed.stdout
+        assert "retries-exhausted" in listed.stdout
+        assert "3  TimeoutError" in listed.stdout, listed.stdout  # grouped by exception type
+
+        shown = await cli("dlq", "show", "email", "e-1", env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert "smtp timed out for o-1" in shown.stdout
+        assert "Traceback" in shown.stdout and '"order_id": "o-1"' in shown.stdout
+
+        dry = await cli("dlq", "replay", "email", "--all", "--dry-run", env=env)
+        assert "would replay 3" in dry.stdout
+        assert await queue_depth(amqp_url, dlq) == 3, "a dry run changes nothing"
+
+        broken = False
+        one = await cli("dlq", "replay", "email", "--id", "e-2", env=env)
+        assert one.returncode == 0, one.stderr
+        await wait_for(lambda: handled == [("e-2", 1)], message="e-2 handled again at attempt 1")
+        assert await queue_depth(amqp_url, dlq) == 2
+
+        rest = await cli("dlq", "replay", "email", "--all", "--rate", "100", env=env)
+        assert "replayed 2" in rest.stdout, rest.stdout + rest.stderr
+        await wait_for(lambda: len(handled) == 3, message="every replayed message handled")
+        assert sorted(handled) == [("e-0", 1), ("e-1", 1), ("e-2", 1)]
+        assert await queue_depth(amqp_url, dlq) == 0
+
+        missing = await cli("dlq", "replay", "email", "--id", "nope", env=env)
+        assert missing.returncode == 1 and "not found" in missing.stdout
+
+
+async def test_purge_asks_for_confirmation_unless_yes(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    topo_file = tmp_path / "topology.yaml"
+    topo_file.write_text(yaml.safe_dump(topology_doc(prefix, SUBS)))
+    env = {"BUS_URL": amqp_url, "BUS_TOPOLOGY": str(topo_file)}
+    topology = make_topology(prefix, SUBS)
+    async with applied(amqp_url, topology):
+        import aio_pika
+
+        conn = await aio_pika.connect(amqp_url)
+        ch = await conn.channel()
+        for i in range(2):
+            await ch.default_exchange.publish(
+                aio_pika.Message(b"{}", message_id=f"p{i}"), f"{prefix}.email.dlq"
+            )
+        await conn.close()
+        dlq = f"{prefix}.email.dlq"
+        await wait_for(lambda: _depth(amqp_url, dlq, 2), message="two parked messages")
+        declined = await cli("dlq", "purge", "email", env=env, stdin="n\n")
+        assert declined.returncode == 1
+        assert await queue_depth(amqp_url, dlq) == 2
+        done = await cli("dlq", "purge", "email", "--yes", env=env)
+        assert done.returncode == 0 and "purged 2" in done.stdout
+        assert await queue_depth(amqp_url, dlq) == 0
+
+
+async def _depth(url: str, queue: str, n: int) -> bool:
+    return await queue_depth(url, queue) == n
