@@ -11,11 +11,13 @@ import signal
 import sys
 
 from bus.errors import BusError, ConfigError
+from bus.gauges import QueueGauges
 from bus.health import HealthServer
 from bus.metrics import Metrics
 from bus.router import Router
 from bus.settings import Settings
 from bus.stores import open_store
+from bus.stores.base import DEFAULT_LEASE
 from bus.subscriber import Runtime
 from bus.topology.model import load as load_topology
 
@@ -61,12 +63,18 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     metrics = Metrics.default()
     store = await open_store(settings.store_url)
-    runtime = Runtime(topology, name, router, url=settings.url, store=store, metrics=metrics)
+    lease = float(os.environ.get("BUS_CLAIM_LEASE_SECONDS", DEFAULT_LEASE))
+    runtime = Runtime(
+        topology, name, router, url=settings.url, store=store, metrics=metrics, lease=lease
+    )
     http = None
+    gauges = None
     try:
         await runtime.start()
         if metrics_port is not None:
             http = HealthServer(metrics_port, metrics.registry, loop, lambda: runtime.ready).start()
+            interval = float(os.environ.get("BUS_GAUGE_INTERVAL", 5))
+            gauges = await QueueGauges(sub, settings.url, metrics, interval=interval).start()
         pruner = asyncio.create_task(_prune_forever(store))
         await stop.wait()
         log.info("stopping %s: draining in-flight handlers (grace %.0fs)", name, grace)
@@ -74,6 +82,8 @@ async def serve(
         drained = await runtime.stop(grace)
         log.info("stopped %s%s", name, "" if drained else " (some handlers were cut off)")
     finally:
+        if gauges is not None:
+            await gauges.stop()
         if http is not None:
             http.close()
         await store.close()

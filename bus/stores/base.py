@@ -5,7 +5,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Protocol
 
-DEFAULT_LEASE = 300.0  # seconds a claim holds before another replica may take it over
+# Seconds a claim holds before another replica may take it over. The runtime renews the lease
+# while the handler runs, so a live handler keeps it however long it takes, and a crashed
+# process blocks the id for at most this long.
+DEFAULT_LEASE = 30.0
 DEFAULT_RETENTION = 7 * 86400.0
 
 
@@ -18,6 +21,10 @@ class Claim(StrEnum):
 class Store(Protocol):
     async def claim(self, subscriber: str, event_id: str, lease: float = DEFAULT_LEASE) -> Claim:
         """Take *event_id* for processing, unless it is done or leased by someone else."""
+        ...
+
+    async def renew(self, subscriber: str, event_id: str, lease: float = DEFAULT_LEASE) -> None:
+        """Extend a claim we hold (a heartbeat while the handler runs)."""
         ...
 
     async def complete(self, subscriber: str, event_id: str) -> None:

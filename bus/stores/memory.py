@@ -22,6 +22,11 @@ class MemoryStore:
         self._leases[key] = now + lease
         return Claim.CLAIMED
 
+    async def renew(self, subscriber: str, event_id: str, lease: float = DEFAULT_LEASE) -> None:
+        key = (subscriber, event_id)
+        if key in self._leases:
+            self._leases[key] = time.monotonic() + lease
+
     async def complete(self, subscriber: str, event_id: str) -> None:
         key = (subscriber, event_id)
         self._leases.pop(key, None)

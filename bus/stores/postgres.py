@@ -43,6 +43,11 @@ class PostgresStore:
             state = await conn.fetchval(sql.dollar(sql.STATE, 2), subscriber, event_id)
         return Claim.DONE if state == "done" else Claim.BUSY
 
+    async def renew(self, subscriber: str, event_id: str, lease: float = DEFAULT_LEASE) -> None:
+        await self._pool.execute(
+            sql.dollar(sql.RENEW, 3), subscriber, event_id, time.time() + lease
+        )
+
     async def complete(self, subscriber: str, event_id: str) -> None:
         await self._pool.execute(sql.dollar(sql.COMPLETE, 3), subscriber, event_id, time.time())
 

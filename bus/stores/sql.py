@@ -30,6 +30,8 @@ VALUES ({{0}}, {{1}}, 'done', 0, {{2}})
 ON CONFLICT (subscriber, event_id) DO UPDATE SET state = 'done', leased_until = 0,
     updated_at = excluded.updated_at
 """
+RENEW = f"""UPDATE {TABLE} SET leased_until = {{2}}
+WHERE subscriber = {{0}} AND event_id = {{1}} AND state = 'claimed'"""
 RELEASE = f"DELETE FROM {TABLE} WHERE subscriber = {{0}} AND event_id = {{1}} AND state = 'claimed'"
 PRUNE = f"DELETE FROM {TABLE} WHERE state = 'done' AND updated_at < {{0}}"
 

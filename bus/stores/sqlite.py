@@ -37,6 +37,10 @@ class SqliteStore:
             state = await cur.fetchone()
         return Claim.DONE if state and state[0] == "done" else Claim.BUSY
 
+    async def renew(self, subscriber: str, event_id: str, lease: float = DEFAULT_LEASE) -> None:
+        await self._db.execute(sql.qmark(sql.RENEW, 3), (subscriber, event_id, time.time() + lease))
+        await self._db.commit()
+
     async def complete(self, subscriber: str, event_id: str) -> None:
         await self._db.execute(sql.qmark(sql.COMPLETE, 3), (subscriber, event_id, time.time()))
         await self._db.commit()

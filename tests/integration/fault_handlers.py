@@ -1,0 +1,80 @@
+"""Handlers for subscriber processes that crash on purpose (run by `bus run` in subprocesses).
+
+State lives in files under `$FAULT_DIR`, so it survives the process being killed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from bus import Context, Router
+from bus.subscriber import Runtime
+
+
+def _dir() -> Path:
+    return Path(os.environ["FAULT_DIR"])
+
+
+def _once(name: str) -> bool:
+    """True the first time *name* is asked for, across processes."""
+    try:
+        (_dir() / name).touch(exist_ok=False)
+        return True
+    except FileExistsError:
+        return False
+
+
+def _effect(ctx: Context) -> None:
+    with (_dir() / "effects").open("a") as f:
+        f.write(f"{ctx.id} {ctx.attempt} {os.getpid()}\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# -- crash between the retry republish (confirmed) and the ack of the original --------------
+
+crash_after_handoff = Router()
+_original_republish = Runtime._republish
+
+
+async def _republish_then_die(self: Runtime, *args: Any, **kwargs: Any) -> None:
+    await _original_republish(self, *args, **kwargs)
+    if os.environ.get("FAULT_MODE") == "crash-after-handoff" and _once("crashed"):
+        os._exit(137)  # like SIGKILL: no ack, no clean close
+
+
+Runtime._republish = _republish_then_die  # type: ignore[method-assign]
+
+
+@crash_after_handoff.on("order.placed")
+async def fails_once_then_records(event: dict[str, Any], ctx: Context) -> None:
+    if _once("failed"):
+        raise ConnectionError("warehouse down")
+    _effect(ctx)
+
+
+# -- a handler that kills its process every time ---------------------------------------------
+
+always_exit = Router()
+
+
+@always_exit.on("order.placed")
+async def dies(event: dict[str, Any], ctx: Context) -> None:
+    with (_dir() / "deliveries").open("a") as f:
+        f.write(f"{ctx.id}\n")
+    os._exit(1)
+
+
+# -- a slow handler, for SIGTERM drain and SIGKILL mid-handler tests -------------------------
+
+slow = Router()
+
+
+@slow.on("order.placed")
+async def takes_a_while(event: dict[str, Any], ctx: Context) -> None:
+    import asyncio
+
+    await asyncio.sleep(float(os.environ.get("FAULT_HANDLER_SECONDS", "0.5")))
+    _effect(ctx)
