@@ -51,7 +51,7 @@ def _why(url: str, exc: BaseException) -> str:
     reason = str(exc) or type(exc).__name__
     if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
         reason = "authentication failed (check the user and password in BUS_URL)"
-    elif isinstance(exc, ConnectionRefusedError):
+    elif isinstance(exc, ConnectionRefusedError) or "Connect call failed" in reason:
         reason = "connection refused"
     elif isinstance(exc, asyncio.TimeoutError):
         reason = "timed out"

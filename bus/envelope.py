@@ -116,7 +116,8 @@ def _time(value: Any, fallback: datetime | None) -> datetime | None:
     text = _text(value)
     if text:
         try:
-            return datetime.fromisoformat(text.replace("Z", "+00:00"))
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
         except ValueError:
             pass
     return fallback

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from pydantic import TypeAdapter
 from bus.routing import is_pattern, matches
 
 HandlerFunc = Callable[[Any, Any], Awaitable[None]]
-_RAW = (inspect.Parameter.empty, Any, dict, object, typing.Mapping)
+_RAW = (inspect.Parameter.empty, Any, dict, object, Mapping, typing.Mapping)
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,6 @@ def _adapter_for(func: HandlerFunc) -> TypeAdapter[Any] | None:
         raise TypeError(f"cannot resolve annotations of {func.__qualname__}: {exc}") from None
     annotation = hints.get(params[0].name, inspect.Parameter.empty)
     origin = typing.get_origin(annotation) or annotation
-    if annotation in _RAW or origin in (dict, typing.Mapping):
+    if annotation in _RAW or origin in (dict, Mapping):
         return None
     return TypeAdapter(annotation)

@@ -8,7 +8,12 @@ from functools import lru_cache
 @lru_cache(maxsize=4096)
 def matches(pattern: str, key: str) -> bool:
     """True when a binding *pattern* routes a message with routing *key*, as RabbitMQ decides."""
-    return _match(tuple(pattern.split(".")), tuple(key.split(".")))
+    # RabbitMQ reads an empty key (or pattern) as zero words, not one empty word
+    return _match(_words(pattern), _words(key))
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split(".")) if text else ()
 
 
 def _match(pat: tuple[str, ...], words: tuple[str, ...]) -> bool:

@@ -15,7 +15,7 @@ DEFAULT_STORE_URL = "sqlite:///.bus/processed.db"
 class Settings(BaseModel):
     """Where the broker, the topology file and the idempotency store are."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)  # URLs hold passwords
 
     url: str = DEFAULT_URL
     topology: str = DEFAULT_TOPOLOGY
@@ -49,7 +49,5 @@ def redact(url: str) -> str:
     if parts.password is None:
         return url
     user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    host = parts.netloc.rpartition("@")[2]  # keeps [::1] brackets and the port
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -360,7 +360,7 @@ class _Heartbeat:
         store, subscriber, event_id, lease = self._args
         try:
             await store.renew(subscriber, event_id, lease)
-        except Exception:  # noqa: BLE001 - a missed heartbeat only shortens the lease
+        except Exception:  # a missed heartbeat only shortens the lease
             log.warning("could not renew the claim on %s", event_id, exc_info=True)
         self._timer = self._loop.call_later(lease / 3, self._beat)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
 
 from bus.cli import demo, dlq, export, ops, run, scheduler, topology
@@ -43,16 +42,9 @@ def _global(
 
 
 def main() -> None:
+    """Entry point: usage errors are click's (exit 2); our own errors are one line."""
     try:
-        code = app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        sys.exit(1)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+        app()  # standalone: click reports usage errors itself, with exit code 2
     except BusError as exc:
         if state.debug:
             raise
@@ -60,4 +52,3 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)

@@ -56,8 +56,11 @@ def publish(
     s = settings(url, topology)
     t = topology_of(s)
 
+    publisher = Publisher(s.url, t, source="bus-cli")
+    publisher.check(event_type, payload)  # refuse before connecting: exit 2 even with no broker
+
     async def go() -> str:
-        async with Publisher(s.url, t, source="bus-cli") as pub:
+        async with publisher as pub:
             return await pub.publish(event_type, payload, id=id)
 
     event_id = run_async(go())

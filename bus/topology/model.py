@@ -47,10 +47,21 @@ class RetrySpec(_Strict):
     delivery_limit: Annotated[int, Field(ge=1)] | None = None
 
 
+DEFAULT_DELAYS = ["1m", "5m", "1h"]
+DEFAULT_DELIVERY_LIMIT = 10
+
+
+class DefaultRetrySpec(_Strict):
+    """`defaults.retry`: a field left out keeps the built-in default."""
+
+    delays: list[Duration] = Field(default_factory=lambda: list(DEFAULT_DELAYS))
+    delivery_limit: Annotated[int, Field(ge=1)] | None = DEFAULT_DELIVERY_LIMIT
+
+
 class DefaultsSpec(_Strict):
     queue_type: QueueType = QueueType.QUORUM
     prefetch: Annotated[int, Field(ge=1, le=65535)] = 32
-    retry: RetrySpec = RetrySpec(delays=["1m", "5m", "1h"], delivery_limit=10)
+    retry: DefaultRetrySpec = DefaultRetrySpec()
 
 
 class ExchangeSpec(_Strict):
@@ -169,7 +180,7 @@ class Topology:
             raise KeyError(f"no subscriber {name!r} in {self.source} (declared: {known})") from None
         d = self.spec.defaults
         retry_delays = s.retry.delays if s.retry and s.retry.delays is not None else None
-        delays = retry_delays if retry_delays is not None else (d.retry.delays or [])
+        delays = retry_delays if retry_delays is not None else d.retry.delays
         limit = s.retry.delivery_limit if s.retry and s.retry.delivery_limit else None
         return Subscriber(
             name=name,
@@ -250,7 +261,7 @@ class _Raw:
         self.schedules = _mapping(raw.get("schedules"))
         defaults = _mapping(raw.get("defaults"))
         retry = _mapping(defaults.get("retry"))
-        self.default_delays = retry.get("delays", ["1m", "5m", "1h"])
+        self.default_delays = retry.get("delays", DEFAULT_DELAYS)
 
     def exchange_type(self, name: str) -> str:
         return str(_mapping(self.exchanges.get(name)).get("type", "topic"))
@@ -353,7 +364,8 @@ def _check_subscribers(doc: _Raw) -> list[str]:
         labels = [_label_or_none(d) for d in delays]
         if len(set(labels)) != len(labels):
             problems.append(f"{where}.retry.delays: the same delay appears twice")
-        owned = [queue, f"{queue}.dlq", *(f"{queue}.retry.{d}" for d in labels if d)]
+        unique = list(dict.fromkeys(d for d in labels if d))  # a repeat is reported above
+        owned = [queue, f"{queue}.dlq", *(f"{queue}.retry.{d}" for d in unique)]
         for q in owned:
             if q in owners:
                 problems.append(

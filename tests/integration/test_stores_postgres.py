@@ -1,0 +1,59 @@
+"""PostgresStore passes the store contract against a real PostgreSQL.
+
+`BUS_TEST_POSTGRES_URL` if set, else postgresql://postgres@127.0.0.1:5432/test. Every test uses
+its own subscriber name, so tests never see each other's records in the shared table.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from types import ModuleType
+from typing import ClassVar
+
+import pytest
+
+import bus.stores.postgres
+from bus.errors import BrokerUnavailable
+from bus.stores import Store, open_store
+from bus.stores.postgres import PostgresStore
+from tests.unit.store_contract import StoreContract
+
+POSTGRES_URL = os.environ.get("BUS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def _open() -> PostgresStore:
+    try:
+        return await PostgresStore.open(POSTGRES_URL)
+    except BrokerUnavailable as exc:
+        pytest.fail(f"no PostgreSQL for the store tests: {exc} (set BUS_TEST_POSTGRES_URL)")
+
+
+class TestPostgresStore(StoreContract):
+    clock_module: ClassVar[ModuleType] = bus.stores.postgres
+
+    @pytest.fixture
+    async def store(self) -> AsyncIterator[Store]:
+        s = await _open()
+        yield s
+        await s.close()
+
+    @pytest.fixture
+    async def other(self, store: Store) -> AsyncIterator[Store]:
+        s = await _open()  # a second pool: another replica
+        yield s
+        await s.close()
+
+
+async def test_open_store_postgresql_url() -> None:
+    store = await open_store(POSTGRES_URL)
+    try:
+        assert isinstance(store, PostgresStore)
+    finally:
+        await store.close()
+
+
+async def test_unreachable_postgres_is_reported_with_the_password_redacted() -> None:
+    with pytest.raises(BrokerUnavailable, match=r"postgres:\*\*\*@127\.0\.0\.1:1/") as info:
+        await PostgresStore.open("postgresql://postgres:s3cret@127.0.0.1:1/test")
+    assert "s3cret" not in str(info.value)

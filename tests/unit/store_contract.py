@@ -1,0 +1,133 @@
+"""The one suite every idempotency store passes (as watermill runs one suite per transport).
+
+A test module subclasses `StoreContract` and provides two fixtures: `store`, and `other`, a
+second handle on the same records (another connection, as a second replica would hold).
+`clock_module` names the module whose `time` the store reads, so that a test can age records
+without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from types import ModuleType
+from typing import ClassVar
+
+import pytest
+
+from bus.stores import Claim, Store
+
+DAY = 86_400.0
+TINY_LEASE = 0.05
+
+
+class ShiftedClock:
+    """Wall-clock `time()` moved by `offset` seconds, to age records; `monotonic()` as it is."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class StoreContract:
+    clock_module: ClassVar[ModuleType]
+
+    @pytest.fixture
+    def sub(self) -> str:
+        """A subscriber name of this test alone: stores may be shared between tests."""
+        return f"sub-{uuid.uuid4().hex[:12]}"
+
+    @pytest.fixture
+    def clock(self, monkeypatch: pytest.MonkeyPatch) -> Iterator[ShiftedClock]:
+        shifted = ShiftedClock()
+        monkeypatch.setattr(self.clock_module, "time", shifted)
+        yield shifted
+
+    async def test_first_claim_is_ours(self, store: Store, sub: str) -> None:
+        assert await store.claim(sub, "e-1") is Claim.CLAIMED
+
+    async def test_claim_after_complete_is_done(self, store: Store, sub: str) -> None:
+        assert await store.claim(sub, "e-1") is Claim.CLAIMED
+        await store.complete(sub, "e-1")
+        assert await store.claim(sub, "e-1") is Claim.DONE
+
+    async def test_complete_seen_by_another_replica(
+        self, store: Store, other: Store, sub: str
+    ) -> None:
+        await store.claim(sub, "e-1")
+        await store.complete(sub, "e-1")
+        assert await other.claim(sub, "e-1") is Claim.DONE
+
+    async def test_release_after_failure_lets_the_next_claim_run(
+        self, store: Store, other: Store, sub: str
+    ) -> None:
+        assert await store.claim(sub, "e-1") is Claim.CLAIMED
+        await store.release(sub, "e-1")
+        assert await other.claim(sub, "e-1") is Claim.CLAIMED
+
+    async def test_claim_is_busy_while_another_replica_holds_the_lease(
+        self, store: Store, other: Store, sub: str
+    ) -> None:
+        assert await store.claim(sub, "e-1", lease=300) is Claim.CLAIMED
+        assert await other.claim(sub, "e-1") is Claim.BUSY
+        assert await store.claim(sub, "e-1") is Claim.BUSY, "a claim is not re-entrant"
+
+    async def test_expired_lease_is_taken_over(self, store: Store, other: Store, sub: str) -> None:
+        assert await store.claim(sub, "e-1", lease=TINY_LEASE) is Claim.CLAIMED
+        await asyncio.sleep(TINY_LEASE * 2)
+        assert await other.claim(sub, "e-1") is Claim.CLAIMED
+        assert await store.claim(sub, "e-1") is Claim.BUSY, "the new lease holds"
+
+    async def test_release_after_complete_keeps_the_record(self, store: Store, sub: str) -> None:
+        await store.claim(sub, "e-1")
+        await store.complete(sub, "e-1")
+        await store.release(sub, "e-1")
+        assert await store.claim(sub, "e-1") is Claim.DONE
+
+    async def test_complete_without_claim_records_the_id(self, store: Store, sub: str) -> None:
+        await store.complete(sub, "e-1")
+        assert await store.claim(sub, "e-1") is Claim.DONE
+
+    async def test_subscribers_do_not_share_records(self, store: Store, sub: str) -> None:
+        await store.claim(sub, "e-1")
+        await store.complete(sub, "e-1")
+        assert await store.claim(f"{sub}-other", "e-1") is Claim.CLAIMED
+        assert await store.claim(sub, "e-2") is Claim.CLAIMED
+
+    async def test_prune_removes_old_done_records_only(
+        self, store: Store, sub: str, clock: ShiftedClock
+    ) -> None:
+        clock.offset = -30 * DAY
+        await store.complete(sub, "old")
+        await store.claim(sub, "old-but-running", lease=60 * DAY)
+        clock.offset = 0.0
+        await store.complete(sub, "new")
+
+        assert await store.prune(older_than=7 * DAY) >= 1
+
+        assert await store.claim(sub, "old") is Claim.CLAIMED, "the old record is gone"
+        assert await store.claim(sub, "new") is Claim.DONE
+        assert await store.claim(sub, "old-but-running") is Claim.BUSY, "claims are not pruned"
+
+    async def test_concurrent_claims_of_one_id_have_exactly_one_winner(
+        self, store: Store, other: Store, sub: str
+    ) -> None:
+        claims = [(store if i % 2 else other).claim(sub, "e-1") for i in range(10)]
+        results = await asyncio.gather(*claims)
+        assert sorted(results) == sorted([Claim.CLAIMED] + [Claim.BUSY] * 9), results
+
+    async def test_concurrent_takeover_of_an_expired_lease_has_exactly_one_winner(
+        self, store: Store, other: Store, sub: str
+    ) -> None:
+        await store.claim(sub, "e-1", lease=TINY_LEASE)
+        await asyncio.sleep(TINY_LEASE * 2)
+        claims = [(store if i % 2 else other).claim(sub, "e-1") for i in range(10)]
+        results = await asyncio.gather(*claims)
+        assert sorted(results) == sorted([Claim.CLAIMED] + [Claim.BUSY] * 9), results

@@ -1,0 +1,76 @@
+"""bus.settings: configuration from the environment, and URLs safe to show."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from bus.settings import DEFAULT_STORE_URL, DEFAULT_TOPOLOGY, DEFAULT_URL, Settings, redact
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("amqp://guest:guest@localhost:5672/", "amqp://guest:***@localhost:5672/"),
+        ("amqps://app:p%40ss@rabbit.example.com/prod", "amqps://app:***@rabbit.example.com/prod"),
+        ("postgresql://bus:hunter2@db:5432/bus?sslmode=require",
+         "postgresql://bus:***@db:5432/bus?sslmode=require"),
+        ("amqp://:onlypass@host/", "amqp://:***@host/"),
+    ],
+)  # fmt: skip
+def test_redact_hides_the_password(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url", ["amqp://localhost:5672/", "amqp://guest@localhost/", "memory://", "sqlite:///x.db"]
+)
+def test_redact_leaves_urls_without_a_password_alone(url: str) -> None:
+    assert redact(url) == url
+
+
+def test_redact_keeps_an_ipv6_host_usable() -> None:
+    assert redact("amqp://guest:guest@[::1]:5672/") == "amqp://guest:***@[::1]:5672/"
+
+
+def test_redact_never_echoes_an_unparseable_url() -> None:
+    assert redact("amqp://user:secret@[::1") == "<unparseable url>"
+
+
+def test_from_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("BUS_URL", "BUS_TOPOLOGY", "BUS_STORE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings.from_env()
+    assert (s.url, s.topology, s.store_url) == (DEFAULT_URL, DEFAULT_TOPOLOGY, DEFAULT_STORE_URL)
+
+
+def test_from_env_reads_the_environment_and_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUS_URL", "amqps://u:p@rabbit/")
+    monkeypatch.setenv("BUS_TOPOLOGY", "env.yaml")
+    monkeypatch.setenv("BUS_STORE_URL", "memory://")
+    s = Settings.from_env(topology="cli.yaml", url=None)
+    assert (s.url, s.topology, s.store_url) == ("amqps://u:p@rabbit/", "cli.yaml", "memory://")
+
+
+@pytest.mark.parametrize("url", ["http://guest:topsecret@localhost:15672/", "localhost:5672", ""])
+def test_from_env_rejects_urls_that_are_not_amqp(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("BUS_URL", url)
+    with pytest.raises(ValidationError, match="BUS_URL must be amqp:// or amqps://") as info:
+        Settings.from_env()
+    (error,) = info.value.errors()
+    assert "topsecret" not in error["msg"], "the rejected URL is named redacted"
+
+
+def test_rejected_url_password_appears_nowhere_in_the_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BUS_URL", "http://guest:topsecret@localhost:15672/")
+    with pytest.raises(ValidationError) as info:
+        Settings.from_env()
+    assert "topsecret" not in str(info.value)
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings()
+    with pytest.raises(ValidationError):
+        s.url = "amqp://other/"  # type: ignore[misc]
