@@ -1,0 +1,228 @@
+"""The topology as other tools read it: RabbitMQ definitions JSON and an AsyncAPI 3.0 document.
+
+Pure logic, like `bus.topology.plan`: both documents are built from `plan.desired()`, the very
+objects `bus topology apply` declares, so an export can never disagree with `apply`.
+
+`definitions()` is importable with ``rabbitmqctl import_definitions FILE`` (or the management
+UI / ``load_definitions``). With ``users=True`` it adds one user per subscriber, allowed to touch
+only its own queues; the user is created *without a password* (``password_hash: ""`` refuses
+password logins) until an operator sets one with ``rabbitmqctl change_password NAME PASSWORD``,
+so no secret ever lives in the exported file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from bus.envelope import H_ID, H_SOURCE, H_SPECVERSION, H_TIME, H_TYPE
+from bus.routing import matches
+from bus.topology.model import Subscriber, Topology
+from bus.topology.plan import BindingDecl, Decl, ExchangeDecl, QueueDecl, Role, desired
+
+HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
+DEFAULT_EXCHANGE = "amq.default"  # the resource name RabbitMQ checks for publishes to ""
+ASYNCAPI_VERSION = "3.0.0"
+AMQP_BINDING_VERSION = "0.3.0"
+
+
+def to_json(document: dict[str, Any]) -> str:
+    """*document* as stable, diff-friendly JSON text ending in a newline."""
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+# --- RabbitMQ definitions ---------------------------------------------------------------------
+
+
+def definitions(topology: Topology, *, vhost: str = "/", users: bool = False) -> dict[str, Any]:
+    """RabbitMQ definitions of every exchange, queue and binding `apply` would declare."""
+    decls = desired(topology)
+    doc: dict[str, Any] = {"vhosts": [{"name": vhost}]}
+    if users:
+        subs = topology.subscribers()
+        exchanges = [d.name for d in decls if isinstance(d, ExchangeDecl)]
+        doc["users"] = [_user(s) for s in subs]
+        doc["permissions"] = [_permission(s, vhost, exchanges) for s in subs]
+    doc["exchanges"] = [_exchange(d, vhost) for d in decls if isinstance(d, ExchangeDecl)]
+    doc["queues"] = [_queue(d, vhost) for d in decls if isinstance(d, QueueDecl)]
+    doc["bindings"] = [_binding(d, vhost) for d in decls if isinstance(d, BindingDecl)]
+    return doc
+
+
+def _exchange(d: ExchangeDecl, vhost: str) -> dict[str, Any]:
+    return {
+        "name": d.name,
+        "vhost": vhost,
+        "type": d.type,
+        "durable": True,
+        "auto_delete": False,
+        "internal": False,
+        "arguments": {},
+    }
+
+
+def _queue(d: QueueDecl, vhost: str) -> dict[str, Any]:
+    return {
+        "name": d.name,
+        "vhost": vhost,
+        "durable": True,
+        "auto_delete": False,
+        "arguments": dict(sorted(d.arguments.items())),
+    }
+
+
+def _binding(d: BindingDecl, vhost: str) -> dict[str, Any]:
+    return {
+        "source": d.exchange,
+        "vhost": vhost,
+        "destination": d.queue,
+        "destination_type": "queue",
+        "routing_key": d.routing_key,
+        "arguments": {},
+    }
+
+
+def _user(sub: Subscriber) -> dict[str, Any]:
+    return {
+        "name": sub.name,
+        "password_hash": "",  # no password login until `rabbitmqctl change_password`
+        "hashing_algorithm": HASHING_ALGORITHM,
+        "tags": [],
+    }
+
+
+def own_queues_regex(sub: Subscriber) -> str:
+    """Matches `Q`, `Q.retry.<delay>` and `Q.dlq` of *sub*, and nothing else."""
+    return rf"^{re.escape(sub.queue)}(\.retry\..*|\.dlq)?$"
+
+
+def _permission(sub: Subscriber, vhost: str, exchanges: list[str]) -> dict[str, Any]:
+    own = own_queues_regex(sub)
+    # Writes: the retry hand-off and the DLQ publish through the default exchange (checked as
+    # `amq.default`); `ctx.publish` sends events to the declared exchanges.
+    targets = [own[1:-1], *(re.escape(x) for x in [*exchanges, DEFAULT_EXCHANGE])]
+    return {
+        "user": sub.name,
+        "vhost": vhost,
+        "configure": own,
+        "write": "^(" + "|".join(targets) + ")$",
+        "read": own,
+    }
+
+
+# --- AsyncAPI ---------------------------------------------------------------------------------
+
+
+def asyncapi(
+    topology: Topology, *, title: str = "bus events", version: str = "1"
+) -> dict[str, Any]:
+    """An AsyncAPI 3.0 document: one channel per event type, one `receive` operation per
+    subscriber and event it is bound to, one `send` operation per event type (the producers)."""
+    decls = desired(topology)
+    exchange_types = {d.name: d.type for d in decls if isinstance(d, ExchangeDecl)}
+    subs = {s.name: s for s in topology.subscribers()}
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    for etype, ev in topology.events.items():
+        channels[etype] = {
+            "address": etype,
+            "description": ev.description or f"The {etype} event.",
+            "messages": {etype: {"$ref": f"#/components/messages/{etype}"}},
+            "bindings": {
+                "amqp": {
+                    "is": "routingKey",
+                    "exchange": {
+                        "name": ev.exchange,
+                        "type": exchange_types[ev.exchange],
+                        "durable": True,
+                        "autoDelete": False,
+                        "vhost": "/",
+                    },
+                    "bindingVersion": AMQP_BINDING_VERSION,
+                }
+            },
+        }
+        messages[etype] = _message(etype, ev.description, ev.json_schema)
+        channel_ref = {"$ref": f"#/channels/{etype}"}
+        message_ref = {"$ref": f"#/channels/{etype}/messages/{etype}"}
+        operations[f"send.{etype}"] = {
+            "action": "send",
+            "channel": channel_ref,
+            "summary": f"Publish {etype} to exchange {ev.exchange} with routing key {etype}.",
+            "messages": [message_ref],
+        }
+        for name in receivers(decls, ev.exchange, exchange_types[ev.exchange], etype):
+            operations[f"{name}.receive.{etype}"] = _receive(subs[name], etype, message_ref)
+    return {
+        "asyncapi": ASYNCAPI_VERSION,
+        "info": {
+            "title": title,
+            "version": version,
+            "description": f"Events of {topology.source}, generated by `bus topology export`.",
+        },
+        "defaultContentType": "application/json",
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages},
+    }
+
+
+def receivers(decls: list[Decl], exchange: str, exchange_type: str, etype: str) -> list[str]:
+    """Subscribers whose main queue receives *etype* published to *exchange*, as RabbitMQ routes."""
+    owner = {d.name: d.owner for d in decls if isinstance(d, QueueDecl) and d.role is Role.MAIN}
+    names: list[str] = []
+    for d in decls:
+        if not isinstance(d, BindingDecl) or d.exchange != exchange or d.queue not in owner:
+            continue
+        hit = (
+            exchange_type == "fanout"
+            or (exchange_type == "direct" and d.routing_key == etype)
+            or (exchange_type == "topic" and matches(d.routing_key, etype))
+        )
+        if hit and owner[d.queue] not in names:
+            names.append(owner[d.queue])
+    return names
+
+
+def _receive(sub: Subscriber, etype: str, message_ref: dict[str, str]) -> dict[str, Any]:
+    return {
+        "action": "receive",
+        "channel": {"$ref": f"#/channels/{etype}"},
+        "summary": f"{sub.name} consumes {etype} from queue {sub.queue}.",
+        "messages": [message_ref],
+        "bindings": {"amqp": {"ack": True, "bindingVersion": AMQP_BINDING_VERSION}},
+        "x-bus-queue": {
+            "name": sub.queue,
+            "type": str(sub.queue_type),
+            "retry": list(sub.retry_queues),
+            "dlq": sub.dlq,
+        },
+    }
+
+
+def _message(etype: str, description: str, schema: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "name": etype,
+        "title": etype,
+        "summary": description or etype,
+        "contentType": "application/json",
+        "headers": _HEADERS,
+        "payload": schema if schema is not None else {"type": "object"},
+        "bindings": {"amqp": {"messageType": etype, "bindingVersion": AMQP_BINDING_VERSION}},
+    }
+
+
+_HEADERS: dict[str, Any] = {
+    "type": "object",
+    "description": "CloudEvents attributes in AMQP headers; message_id and type properties too.",
+    "properties": {
+        H_SPECVERSION: {"type": "string", "const": "1.0"},
+        H_ID: {"type": "string", "description": "The event id, also the message_id."},
+        H_SOURCE: {"type": "string", "description": "The producer, also the app_id."},
+        H_TYPE: {"type": "string", "description": "The event type, also the routing key."},
+        H_TIME: {"type": "string", "format": "date-time"},
+        "traceparent": {"type": "string", "description": "W3C trace context, when tracing."},
+    },
+}

@@ -1,0 +1,447 @@
+"""Keep deploy/ honest without Docker or a cluster.
+
+Every file parses; every command a container runs is a real `bus` command; every subscriber of
+the topology has its compose service, Deployment, PodDisruptionBudget and ScaledObject; the
+Kubernetes manifests validate against the Kubernetes schemas; generated files match a fresh
+generation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import yaml
+
+from bus.cli import app
+
+try:  # typer >= 0.20 vendors click as typer._click; older typer runs on click itself
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover
+    from click import ClickException, UsageError  # type: ignore[assignment]
+from bus.topology import export
+from bus.topology.model import Subscriber, Topology, load
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+TOPOLOGY = ROOT / "topology" / "topology.yaml"
+K8S_VERSION = "1.30.0"
+METRICS_PORT = "9100"
+
+
+@cache
+def topology() -> Topology:
+    return load(TOPOLOGY)
+
+
+def subscribers() -> list[Subscriber]:
+    return topology().subscribers()
+
+
+@cache
+def compose() -> dict[str, Any]:
+    doc = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert isinstance(doc, dict) and isinstance(doc.get("services"), dict)
+    return doc
+
+
+def k8s_files() -> list[Path]:
+    return sorted(p for p in K8S.glob("*.yaml") if p.name not in ("topology.yaml",))
+
+
+@cache
+def k8s_docs() -> tuple[tuple[str, dict[str, Any]], ...]:
+    """(file name, document) for every manifest in deploy/k8s, kustomization included."""
+    out = []
+    for path in k8s_files():
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert isinstance(doc, dict), f"{path.name}: a document is not a mapping"
+            out.append((path.name, doc))
+    return tuple(out)
+
+
+def kind(name: str) -> list[dict[str, Any]]:
+    return [d for _, d in k8s_docs() if d.get("kind") == name]
+
+
+def by_name(name: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in kind(name)}
+
+
+def kustomization() -> dict[str, Any]:
+    return yaml.safe_load((K8S / "kustomization.yaml").read_text())  # type: ignore[no-any-return]
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, deployment["metadata"]["name"]
+    return containers[0]  # type: ignore[no-any-return]
+
+
+def env_of(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+# --- the `bus` command line each container runs -----------------------------------------------
+
+
+def resolve(args: list[str]) -> str:
+    """The command path `bus ARGS` runs; raises UsageError where `bus` would refuse ARGS.
+
+    Parses exactly as the real CLI does (typer's click command), without invoking anything.
+    """
+    cmd: Any = typer.main.get_command(app)
+    ctx = cmd.make_context("bus", list(args))
+    path = ["bus"]
+    while hasattr(cmd, "resolve_command"):  # a group: descend into the named subcommand
+        rest = [*getattr(ctx, "_protected_args", getattr(ctx, "protected_args", [])), *ctx.args]
+        if not rest:
+            raise UsageError(f"`{' '.join(path)}` needs a command", ctx)
+        name, sub, rest = cmd.resolve_command(ctx, rest)
+        assert name is not None and sub is not None
+        path.append(name)
+        ctx = sub.make_context(name, rest, parent=ctx)
+        cmd = sub
+    return " ".join(path)
+
+
+def bus_commands() -> list[tuple[str, list[str]]]:
+    """(where, args) of every container running the bus image, in compose and in k8s."""
+    found: list[tuple[str, list[str]]] = []
+    for name, svc in compose()["services"].items():
+        if _is_bus_image(str(svc.get("image", ""))):
+            assert "entrypoint" not in svc, f"compose {name}: the image's ENTRYPOINT is `bus`"
+            command = svc.get("command")
+            assert isinstance(command, list), f"compose {name}: give `command:` as a list"
+            found.append((f"compose service {name}", [str(a) for a in command]))
+    for file, doc in k8s_docs():
+        spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            if c["image"] != "bus":
+                continue
+            args = [str(a) for a in c.get("args", [])]
+            if "command" in c:
+                assert c["command"][:1] == ["bus"], f"{file}: command must start with bus"
+                args = [str(a) for a in c["command"][1:]] + args
+            found.append((f"{file} {doc['kind']} {doc['metadata']['name']}", args))
+    return found
+
+
+def _is_bus_image(image: str) -> bool:
+    return image.startswith("${BUS_IMAGE") or image.split(":")[0] == "bus"
+
+
+def test_compose_and_k8s_run_the_bus_image() -> None:
+    where = [w for w, _ in bus_commands()]
+    assert sum(w.startswith("compose") for w in where) >= 5, where
+    assert sum(not w.startswith("compose") for w in where) >= 5, where
+
+
+@pytest.mark.parametrize(("where", "args"), bus_commands(), ids=lambda v: str(v))
+def test_every_container_runs_a_real_bus_command(where: str, args: list[str]) -> None:
+    try:
+        resolve(args)
+    except ClickException as exc:
+        pytest.fail(
+            f"{where}: `bus {' '.join(args)}` is not a valid command: {exc.format_message()}"
+        )
+
+
+def test_resolve_refuses_what_bus_refuses() -> None:
+    assert resolve(["run", "email", "--metrics-port", "9100"]) == "bus run"
+    assert resolve(["topology", "apply"]) == "bus topology apply"
+    for bad in (["topology", "aply"], ["run"], ["run", "email", "--port", "1"], ["topology"]):
+        with pytest.raises(UsageError):
+            resolve(bad)
+
+
+# --- generated files --------------------------------------------------------------------------
+
+
+def test_definitions_json_matches_a_fresh_export() -> None:
+    committed = (DEPLOY / "rabbitmq" / "definitions.json").read_text()
+    fresh = export.to_json(export.definitions(topology()))
+    assert committed == fresh, (
+        "deploy/rabbitmq/definitions.json is stale; regenerate it with: "
+        "bus topology export --format definitions -o deploy/rabbitmq/definitions.json"
+    )
+
+
+def test_k8s_topology_copy_matches_the_topology() -> None:
+    assert (K8S / "topology.yaml").read_text() == TOPOLOGY.read_text(), (
+        "deploy/k8s/topology.yaml differs from topology/topology.yaml; refresh the copy with: "
+        "cp topology/topology.yaml deploy/k8s/topology.yaml"
+    )
+
+
+# --- compose ----------------------------------------------------------------------------------
+
+
+def test_compose_has_a_healthy_service_per_subscriber() -> None:
+    services = compose()["services"]
+    for sub in subscribers():
+        assert sub.name in services, f"compose.yaml has no service for subscriber {sub.name}"
+        svc = services[sub.name]
+        assert svc["command"][:2] == ["run", sub.name], sub.name
+        port = svc["command"][svc["command"].index("--metrics-port") + 1]
+        check = " ".join(svc["healthcheck"]["test"])
+        assert f":{port}/healthz" in check, f"{sub.name}: healthcheck must ask /healthz on {port}"
+        assert svc["depends_on"]["topology"]["condition"] == "service_completed_successfully"
+        assert svc["restart"] in ("unless-stopped", "always", "on-failure")
+        env = svc["environment"]
+        assert env["BUS_URL"].startswith("amqp://${"), "credentials come from env vars"
+        assert env["BUS_STORE_URL"].startswith("postgresql://")
+        assert int(env["BUS_GRACE_PERIOD"]) < _seconds(svc["stop_grace_period"])
+
+
+def _seconds(text: str) -> int:
+    m = re.fullmatch(r"(\d+)s", text)
+    assert m, text
+    return int(m.group(1))
+
+
+def test_compose_wires_the_peers() -> None:
+    services = compose()["services"]
+    assert services["topology"]["command"] == ["topology", "apply"]
+    assert services["topology"]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+    assert "management" in services["rabbitmq"]["image"]
+    assert services["email"]["environment"]["SMTP_URL"] == "smtp://mailpit:1025"
+    assert "mailpit" in services["mailpit"]["image"]
+    assert "WAREHOUSE_URL" in services["fulfillment"]["environment"]
+    assert services["analytics"]["environment"]["ANALYTICS_DB_URL"].startswith("postgresql://")
+    assert services["scheduler"]["command"][:1] == ["scheduler"]
+    assert services["scheduler"]["deploy"]["replicas"] == 2
+    for name in ("prometheus", "grafana"):
+        for volume in services[name]["volumes"]:
+            host = volume.split(":")[0]
+            if host.startswith("./"):
+                assert (DEPLOY / host).exists(), f"compose {name} mounts missing {host}"
+    build = services["topology"]["build"]
+    assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+
+
+def test_prometheus_scrapes_every_subscriber() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        t
+        for job in config["scrape_configs"]
+        for group in job.get("static_configs", [])
+        for t in group["targets"]
+    }
+    for sub in subscribers():
+        assert f"{sub.name}:{METRICS_PORT}" in targets, f"prometheus does not scrape {sub.name}"
+
+
+def test_grafana_provisioning_parses() -> None:
+    prov = DEPLOY / "grafana" / "provisioning"
+    datasources = yaml.safe_load((prov / "datasources" / "prometheus.yml").read_text())
+    assert datasources["datasources"][0]["url"] == "http://prometheus:9090"
+    providers = yaml.safe_load((prov / "dashboards" / "bus.yml").read_text())
+    assert providers["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_dockerfile_is_slim_non_root_and_runs_bus() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1].split(":")[0] not in ("root", "0"), "the image must not run as root"
+    assert re.search(r'^ENTRYPOINT \["bus"\]$', text, re.M)
+    uid = users[-1].split(":")[0]
+    for d in kind("Deployment"):
+        ctx = d["spec"]["template"]["spec"]["securityContext"]
+        assert str(ctx["runAsUser"]) == uid, "k8s runAsUser must be the image's USER"
+
+
+# --- Kubernetes -------------------------------------------------------------------------------
+
+
+def test_kustomization_lists_every_manifest_but_the_secret_example() -> None:
+    k = kustomization()
+    listed = set(k["resources"])
+    on_disk = {p.name for p in k8s_files()} - {"kustomization.yaml", "secret.example.yaml"}
+    assert listed == on_disk
+    generator = {g["name"]: g for g in k["configMapGenerator"]}
+    assert generator["bus-topology"]["files"] == ["topology.yaml"]
+
+
+def test_every_subscriber_has_deployment_pdb_and_scaledobject() -> None:
+    deployments, pdbs, scaled = (
+        by_name("Deployment"),
+        by_name("PodDisruptionBudget"),
+        by_name("ScaledObject"),
+    )
+    for sub in subscribers():
+        assert sub.name in deployments, f"no Deployment for subscriber {sub.name}"
+        assert sub.name in pdbs, f"no PodDisruptionBudget for subscriber {sub.name}"
+        assert sub.name in scaled, f"no ScaledObject for subscriber {sub.name}"
+        labels = deployments[sub.name]["spec"]["template"]["metadata"]["labels"]
+        selector = pdbs[sub.name]["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= labels.items(), f"PDB {sub.name} selects no {sub.name} pod"
+    assert by_name("Deployment")["scheduler"]["spec"]["replicas"] == 2
+    assert container(by_name("Deployment")["scheduler"])["args"][:1] == ["scheduler"]
+
+
+@pytest.mark.parametrize("name", [s.name for s in subscribers()])
+def test_subscriber_deployment_is_production_shaped(name: str) -> None:
+    d = by_name("Deployment")[name]
+    pod = d["spec"]["template"]["spec"]
+    c = container(d)
+    assert c["args"][:2] == ["run", name]
+    port = int(c["args"][c["args"].index("--metrics-port") + 1])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for probe in ("livenessProbe", "readinessProbe"):
+        p = c[probe]["httpGet"]["port"]
+        assert (ports[p] if isinstance(p, str) else p) == port, f"{probe} must ask port {port}"
+    env = env_of(c)
+    assert pod["terminationGracePeriodSeconds"] == 40
+    assert env["BUS_GRACE_PERIOD"]["value"] == "30"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    for secret in ("BUS_URL", "BUS_STORE_URL"):
+        assert env[secret]["valueFrom"]["secretKeyRef"]["name"] == "bus-secrets", secret
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/app/.bus"]], "a writable .bus/ on a read-only root"
+    topo_dir = str(Path(env["BUS_TOPOLOGY"]["value"]).parent)
+    assert volumes[mounts[topo_dir]]["configMap"]["name"] == "bus-topology"
+
+
+def test_no_credentials_are_written_in_k8s_manifests() -> None:
+    for file, doc in k8s_docs():
+        if doc.get("kind") == "Secret":
+            continue
+        for value in re.findall(r"\w+://[^\s\"']*@", json.dumps(doc)):
+            pytest.fail(f"{file}: credentials in {value}: use a secretKeyRef")
+
+
+def test_secret_example_holds_every_referenced_key_as_placeholder() -> None:
+    secret = by_name("Secret")["bus-secrets"]
+    data = secret["stringData"]
+    assert all("CHANGE-ME" in v for k, v in data.items() if "://" in v and "@" in v)
+    assert "EXAMPLE" in (K8S / "secret.example.yaml").read_text().split("\n", 1)[0]
+    for file, doc in k8s_docs():
+        for ref in _secret_refs(doc):
+            assert ref["name"] == "bus-secrets", file
+            assert ref["key"] in data, f"{file}: key {ref['key']} missing from the example"
+
+
+def _secret_refs(node: Any) -> list[dict[str, Any]]:
+    if isinstance(node, dict):
+        own = [node["secretKeyRef"]] if "secretKeyRef" in node else []
+        if "secretTargetRef" in node:
+            own += node["secretTargetRef"]
+        return own + [r for v in node.values() for r in _secret_refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _secret_refs(v)]
+    return []
+
+
+def test_topology_job_applies_the_topology() -> None:
+    job = by_name("Job")["bus-topology-apply"]
+    assert container(job)["args"] == ["topology", "apply"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] in ("OnFailure", "Never")
+
+
+def test_keda_scaledobjects_scale_each_subscriber_on_its_queue_length() -> None:
+    """KEDA's CRDs are not in the Kubernetes schemas: check their structure here."""
+    deployments = by_name("Deployment")
+    auths = by_name("TriggerAuthentication")
+    for sub in subscribers():
+        so = by_name("ScaledObject")[sub.name]
+        assert so["apiVersion"] == "keda.sh/v1alpha1"
+        spec = so["spec"]
+        assert spec["scaleTargetRef"]["name"] in deployments
+        assert spec["scaleTargetRef"]["name"] == sub.name
+        assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+        assert spec["minReplicaCount"] >= 1, "keep one consumer (PDB, readiness) at all times"
+        [trigger] = spec["triggers"]
+        assert trigger["type"] == "rabbitmq"
+        meta = trigger["metadata"]
+        assert meta["mode"] == "QueueLength"
+        assert meta["queueName"] == sub.queue, f"{sub.name} must scale on queue {sub.queue}"
+        assert isinstance(meta["value"], str) and int(meta["value"]) > 0
+        assert meta["protocol"] == "amqp"
+        auth = auths[trigger["authenticationRef"]["name"]]
+        assert auth["apiVersion"] == "keda.sh/v1alpha1"
+        params = {r["parameter"] for r in auth["spec"]["secretTargetRef"]}
+        assert "host" in params
+
+
+def test_k8s_manifests_validate_against_the_kubernetes_schemas() -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    checked = 0
+    for file, doc in k8s_docs():
+        api = str(doc.get("apiVersion", ""))
+        if api.startswith("keda.sh/") or api.startswith("kustomize.config.k8s.io/"):
+            continue  # not Kubernetes kinds: checked structurally above
+        try:
+            kv.validate(doc, K8S_VERSION, strict=True)
+        except kv.ValidationError as exc:
+            pytest.fail(f"{file} {doc.get('kind')} {doc['metadata']['name']}: {exc.message}")
+        checked += 1
+    assert checked >= 9
+
+
+def test_kustomize_build_succeeds_and_validates() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not on PATH: `kubectl kustomize deploy/k8s` not checked")
+    kv = pytest.importorskip("kubernetes_validate")
+    built = subprocess.run(
+        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert built.returncode == 0, f"kubectl kustomize deploy/k8s failed: {built.stderr}"
+    docs = [d for d in yaml.safe_load_all(built.stdout) if d]
+    maps = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert len(maps) == 1 and maps[0]["data"]["topology.yaml"] == TOPOLOGY.read_text()
+    generated = maps[0]["metadata"]["name"]
+    for d in docs:
+        assert d["metadata"].get("namespace", "bus") == "bus"
+        if d["apiVersion"].startswith("keda.sh/"):
+            continue
+        kv.validate(d, K8S_VERSION, strict=True)
+        for v in d.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", []):
+            if "configMap" in v:
+                assert v["configMap"]["name"] == generated, "kustomize did not rewrite the name"
+
+
+def test_dockerfile_copies_only_what_exists_and_is_not_ignored() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    kept = {
+        line[1:].rstrip("/")
+        for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    for sources in re.findall(r"^COPY (.+) \S+$", text, re.M):
+        for src in sources.split():
+            if src.endswith("*"):
+                continue  # optional (README.md*)
+            assert src in kept, f"COPY {src}: Dockerfile.dockerignore leaves it out of the context"
+            assert (ROOT / src).exists(), f"COPY {src}: no such path in the repository"
+
+
+def test_prometheus_config_passes_promtool() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not on PATH: deploy/prometheus/prometheus.yml not checked")
+    done = subprocess.run(
+        [promtool, "check", "config", "prometheus.yml"],
+        cwd=DEPLOY / "prometheus",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, f"promtool check config failed:\n{done.stdout}{done.stderr}"
