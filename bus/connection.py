@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from typing import Any
 
@@ -18,6 +19,7 @@ from bus.settings import redact
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
+RECONNECT_INTERVAL = 1.0
 
 
 def _properties(name: str) -> dict[str, Any]:
@@ -30,7 +32,11 @@ async def connect(
     """A robust connection (reconnects by itself once established)."""
     try:
         return await aio_pika.connect_robust(
-            url, client_properties=_properties(name), timeout=timeout
+            url,
+            client_properties=_properties(name),
+            timeout=timeout,
+            # aio-pika waits 5 s between attempts by default: too long for a dropped connection
+            reconnect_interval=float(os.environ.get("BUS_RECONNECT_INTERVAL", RECONNECT_INTERVAL)),
         )
     except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
         raise BrokerUnavailable(_why(url, exc)) from None

@@ -43,6 +43,12 @@ class Router:
     def __init__(self) -> None:
         self._handlers: list[Handler] = []
         self._cache: dict[str, Handler | None] = {}
+        self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
+
+    def on_shutdown(self, func: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """Register `async def hook()`, run once the service has drained (close pools, clients)."""
+        self.shutdown_hooks.append(func)
+        return func
 
     def on(self, pattern: str, *, name: str | None = None) -> Callable[[HandlerFunc], HandlerFunc]:
         """Register an `async def handler(event, ctx)` for an event type or topic pattern."""
@@ -60,6 +66,7 @@ class Router:
     def include(self, other: Router) -> None:
         """Add every handler of *other* (for splitting a service's handlers over modules)."""
         self._handlers.extend(other._handlers)
+        self.shutdown_hooks.extend(other.shutdown_hooks)
         self._cache.clear()
 
     @property

@@ -80,6 +80,11 @@ async def serve(
         log.info("stopping %s: draining in-flight handlers (grace %.0fs)", name, grace)
         pruner.cancel()
         drained = await runtime.stop(grace)
+        for hook in router.shutdown_hooks:
+            try:
+                await hook()
+            except Exception:  # one failing hook must not block the others
+                log.warning("shutdown hook %s failed", hook.__qualname__, exc_info=True)
         log.info("stopped %s%s", name, "" if drained else " (some handlers were cut off)")
     finally:
         if gauges is not None:

@@ -155,8 +155,13 @@ class Runtime:
         self._idle.clear()
         try:
             await self._handle(message)
-        except Exception:
-            log.exception("unexpected error handling a delivery; it will be redelivered")
+        except Exception:  # a bug or a store outage must not kill the consumer
+            log.exception("unexpected error handling a delivery; returning it to the queue")
+            await asyncio.sleep(1.0)  # a brake: a persistent fault must not become a hot loop
+            try:
+                await message.nack(requeue=True)
+            except Exception:  # a dead channel requeues it anyway
+                log.debug("nack failed", exc_info=True)
         finally:
             self._inflight -= 1
             if self._inflight == 0:

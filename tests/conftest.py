@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -49,6 +50,17 @@ def amqp_url() -> Iterator[str]:
             yield f"amqp://guest:guest@{host}:{port}/"
     except Exception:
         pytest.fail(HOW_TO_GET_A_BROKER, pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The CLI's callback points the root logger at its stream (CliRunner's, in tests): undo it,
+    so later tests never log to a closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -344,6 +344,8 @@ def _check_schedules(doc: _Raw) -> list[str]:
                 f"{where}.cron: {json.dumps(cron)} is not a 5-field cron expression "
                 "(minute hour day month weekday)"
             )
+        elif isinstance(cron, str) and not _ever_fires(cron):
+            problems.append(f"{where}.cron: {json.dumps(cron)} matches no date")
         tz = sched.get("timezone", "UTC")
         if isinstance(tz, str) and not _valid_timezone(tz):
             problems.append(f"{where}.timezone: unknown time zone {tz!r}")
@@ -407,6 +409,14 @@ def _label_or_none(text: str) -> str | None:
         return normalise(text)
     except ValueError:
         return None
+
+
+def _ever_fires(cron: str) -> bool:
+    try:
+        croniter(cron).get_next(float)
+    except Exception:  # croniter raises its own errors for impossible dates
+        return False
+    return True
 
 
 def _valid_timezone(name: str) -> bool:

@@ -6,6 +6,7 @@ transaction that bumps the count, so a redelivered event never counts twice.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +47,9 @@ class Counts(Protocol):
 class SqliteCounts:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
+        # one connection for every concurrent handler: each call's statements and commit take
+        # one turn, or a commit meets another handler's open statement
+        self.lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: str) -> SqliteCounts:
@@ -58,11 +62,12 @@ class SqliteCounts:
         return cls(db)
 
     async def record(self, event_id: str, event_type: str, when: datetime) -> bool:
-        async with self.db.execute(SEEN.format("?"), (event_id,)) as cur:
-            fresh = await cur.fetchone() is not None
-        if fresh:
-            await self.db.execute(BUMP.format("?", "?"), (event_type, hour_of(when)))
-        await self.db.commit()
+        async with self.lock:
+            async with self.db.execute(SEEN.format("?"), (event_id,)) as cur:
+                fresh = await cur.fetchone() is not None
+            if fresh:
+                await self.db.execute(BUMP.format("?", "?"), (event_type, hour_of(when)))
+            await self.db.commit()
         return fresh
 
     async def totals(self) -> list[tuple[str, str, int]]:
@@ -70,15 +75,17 @@ class SqliteCounts:
             return [(str(a), str(b), int(c)) for a, b, c in await cur.fetchall()]
 
     async def write_report(self, day: str, now: datetime) -> int:
-        async with self.db.execute(DAY_TOTAL.format("?"), (f"{day}%",)) as cur:
-            row = await cur.fetchone()
-        total = int(row[0]) if row else 0
-        await self.db.execute(REPORT.format("?", "?", "?"), (day, total, now.isoformat()))
-        await self.db.commit()
+        async with self.lock:
+            async with self.db.execute(DAY_TOTAL.format("?"), (f"{day}%",)) as cur:
+                row = await cur.fetchone()
+            total = int(row[0]) if row else 0
+            await self.db.execute(REPORT.format("?", "?", "?"), (day, total, now.isoformat()))
+            await self.db.commit()
         return total
 
     async def close(self) -> None:
-        await self.db.close()
+        async with self.lock:
+            await self.db.close()
 
 
 class PostgresCounts:

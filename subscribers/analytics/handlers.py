@@ -27,6 +27,13 @@ async def counts() -> Counts:
         return _open[url]
 
 
+@router.on_shutdown
+async def close_databases() -> None:
+    while _open:
+        _, db = _open.popitem()
+        await db.close()
+
+
 @router.on("report.daily_requested")
 async def daily_report(event: dict[str, Any], ctx: Context) -> None:
     """Roll up yesterday's counts (the scheduler fires this at 02:00 UTC)."""
