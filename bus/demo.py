@@ -1,0 +1,428 @@
+"""`bus demo`: the whole flow on one machine.
+
+A copy of the topology under a `demo.` prefix with short retry delays, a local SMTP sink and a
+flaky warehouse, the services as real processes (`bus run NAME`), a stream of orders published
+as a shop's API would, and snapshots of what every service did, from its own /metrics.
+The command line renders the snapshots; this module only runs the flow and measures it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiormq
+import httpx
+import yaml
+from aio_pika.abc import AbstractConnection
+
+from bus.connection import connect_plain
+from bus.demo_peers import (
+    FlakyWarehouse,
+    MailSink,
+    Service,
+    WarehouseStats,
+    scrape,
+    start_service,
+    stop_services,
+    wait_ready,
+)
+from bus.errors import BusError
+from bus.publisher import Publisher
+from bus.routing import matches
+from bus.status import collect
+from bus.topology import apply as applier
+from bus.topology.model import Subscriber, Topology, from_dict
+from bus.topology.model import load as load_topology
+from bus.topology.plan import Action, ExchangeDecl, QueueDecl, Role, desired, diff
+
+# What one order causes: the shop publishes `order.placed`, fulfillment `shipment.requested`.
+FLOW = ("order.placed", "shipment.requested")
+SKUS = {"BOOK-1": 12.5, "MUG-2": 8.0, "TEE-3": 19.9, "PEN-4": 2.5, "LAMP-5": 34.0}
+CUSTOMERS = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Margaret", "Linus")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    orders: int = 50
+    rate: float = 20.0  # orders per second
+    delays: tuple[str, ...] = ("1s", "2s", "4s")
+    timeout: float = 45.0  # for the flow, once the services are ready
+    keep: bool = False
+    flaky: int = 3  # the warehouse answers this many first calls with 503
+    prefix: str = "demo"
+    workdir: Path = Path(".bus/demo")
+    grace: float = 5.0  # for each service's drain on SIGTERM
+
+
+@dataclass(frozen=True)
+class SubscriberView:
+    name: str
+    queue: str
+    expected: int
+    handled: int = 0  # outcome ok
+    retried: int = 0  # handed to a retry queue
+    parked: int = 0  # outcome dead
+    duplicates: int = 0
+    waiting: int = 0  # ready in the main queue now
+    retrying: int = 0  # in its retry queues now
+
+    @property
+    def settled(self) -> bool:
+        return self.handled + self.parked >= self.expected
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    elapsed: float
+    orders: int
+    published: int
+    subscribers: tuple[SubscriberView, ...]
+    mails: int
+    warehouse: WarehouseStats
+
+    @property
+    def done(self) -> bool:
+        return self.published >= self.orders and all(s.settled for s in self.subscribers)
+
+
+@dataclass
+class Outcome:
+    snapshot: Snapshot
+    problems: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        s = self.snapshot
+        return {
+            "ok": self.ok,
+            "orders": s.orders,
+            "published": s.published,
+            "subscribers": {
+                v.name: {
+                    "expected": v.expected,
+                    "handled": v.handled,
+                    "retried": v.retried,
+                    "parked": v.parked,
+                    "duplicates": v.duplicates,
+                }
+                for v in s.subscribers
+            },
+            "mails": s.mails,
+            "warehouse": asdict(s.warehouse),
+            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+            "problems": self.problems,
+        }
+
+
+# -- the demo topology (pure) ----------------------------------------------------------------
+
+
+def demo_document(raw: Mapping[str, Any], prefix: str, delays: Sequence[str]) -> dict[str, Any]:
+    """*raw* (a valid topology document) with its exchanges and queues renamed under *prefix*,
+    every retry ladder replaced by *delays*, and no schedules."""
+    doc = copy.deepcopy(dict(raw))
+    renamed = {name: f"{prefix}.{name}" for name in doc.get("exchanges") or {}}
+    doc["exchanges"] = {renamed[n]: spec for n, spec in (doc.get("exchanges") or {}).items()}
+    for event in (doc.get("events") or {}).values():
+        event["exchange"] = renamed[event["exchange"]]
+    defaults = doc.setdefault("defaults", {}) or {}
+    doc["defaults"] = defaults
+    defaults["retry"] = {**(defaults.get("retry") or {}), "delays": list(delays)}
+    for name, sub in (doc.get("subscribers") or {}).items():
+        sub["queue"] = f"{prefix}.{sub.get('queue') or name}"
+        for binding in sub.get("bindings") or []:
+            binding["exchange"] = renamed[binding["exchange"]]
+        if sub.get("retry"):
+            sub["retry"]["delays"] = list(delays)
+    doc.pop("schedules", None)
+    return doc
+
+
+def write_demo_topology(source: str, workdir: Path, prefix: str, delays: Sequence[str]) -> Path:
+    """Validate *source*, derive the demo topology from it, validate that too, write it."""
+    load_topology(source)  # every problem of the real file, with its paths
+    raw = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+    doc = demo_document(raw, prefix, delays)
+    path = workdir / "topology.yaml"
+    from_dict(doc, source=str(path))
+    header = f"# Derived by `bus demo` from {source}: names under `{prefix}.`, short retries.\n"
+    text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, allow_unicode=True)
+    path.write_text(header + text, encoding="utf-8")
+    return path
+
+
+def expected_handled(topology: Topology, orders: int) -> dict[str, int]:
+    """How many events of the demo's flow each subscriber will receive."""
+    flow = [t for t in FLOW if t in topology.events]
+    return {
+        s.name: orders * sum(_receives(topology, s, t) for t in flow)
+        for s in topology.subscribers()
+    }
+
+
+def _receives(topology: Topology, sub: Subscriber, event_type: str) -> bool:
+    exchange = topology.events[event_type].exchange
+    kind = str(topology.exchanges[exchange].type)
+    return any(
+        b.exchange == exchange
+        and (
+            kind == "fanout"
+            or (b.key == event_type if kind == "direct" else matches(b.key, event_type))
+        )
+        for b in sub.bindings
+    )
+
+
+def order(run: str, i: int) -> dict[str, Any]:
+    """Valid `order.placed` data, different for each *i* and the same on every run."""
+    rnd = random.Random(i)
+    lines = [(sku, rnd.randint(1, 3)) for sku in rnd.sample(sorted(SKUS), rnd.randint(1, 3))]
+    customer = CUSTOMERS[i % len(CUSTOMERS)]
+    return {
+        "order_id": f"o-{run}-{i + 1:04d}",
+        "email": f"{customer.lower()}{i + 1}@example.com",
+        "customer": customer,
+        "total": round(sum(SKUS[sku] * n for sku, n in lines), 2),
+        "items": [{"sku": sku, "quantity": n} for sku, n in lines],
+    }
+
+
+# -- broker objects ----------------------------------------------------------------------------
+
+
+async def declare(conn: AbstractConnection, topology: Topology) -> None:
+    """Apply the demo topology the way `bus topology apply` does (its records are kept per
+    subscriber queue, so the real subscribers' records are never touched)."""
+    want = desired(topology)
+    steps = diff(want, await applier.observe(conn, want))
+    drifted = [s.line() for s in steps if s.action is Action.DRIFT]
+    if drifted:
+        raise BusError(f"demo objects differ from {topology.source}: {drifted[0]}")
+    await applier.apply(conn, steps, want)
+
+
+async def delete(conn: AbstractConnection, topology: Topology) -> None:
+    """Delete every demo queue (with what it holds), its apply record and the exchanges."""
+    names: list[tuple[str, str]] = []
+    for d in desired(topology):
+        if isinstance(d, QueueDecl):
+            names.append(("queue", d.name))
+            if d.role is Role.MAIN:
+                names.append(("queue", applier.state_queue(d.name)))
+        elif isinstance(d, ExchangeDecl):
+            names.append(("exchange", d.name))
+    for kind, name in names:
+        channel = await conn.channel(publisher_confirms=False)
+        with contextlib.suppress(aiormq.exceptions.AMQPError):
+            raw = await channel.get_underlay_channel()
+            if kind == "queue":
+                await raw.queue_delete(name)
+            else:
+                await raw.exchange_delete(name)
+        if not channel.is_closed:
+            await channel.close()
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Stage:
+    """Everything that runs while orders flow, and how to read its state."""
+
+    conn: AbstractConnection
+    topology: Topology
+    sink: MailSink
+    warehouse: FlakyWarehouse
+    client: httpx.AsyncClient
+    services: list[Service] = field(default_factory=list)
+
+    async def snapshot(self, start: float, orders: int, published: Callable[[], int]) -> Snapshot:
+        """Queue depths, then each service's counts, then our own: an order is never seen
+        handled before it is seen published."""
+        expected = expected_handled(self.topology, orders)
+        states = {st.subscriber: st for st in await collect(self.conn, self.topology)}
+        counts = await asyncio.gather(*(scrape(self.client, s) for s in self.services))
+        views = []
+        for s, c in zip(self.services, counts, strict=True):
+            st = states[s.name]
+            views.append(
+                SubscriberView(
+                    s.name, st.queue.name, expected[s.name],
+                    handled=c.get("ok", 0), retried=c.get("retried", 0),
+                    parked=c.get("dead", 0), duplicates=c.get("duplicate", 0),
+                    waiting=st.queue.ready, retrying=sum(q.ready for q in st.retries),
+                )
+            )  # fmt: skip
+        return Snapshot(
+            time.monotonic() - start, orders, published(), tuple(views),
+            self.sink.delivered, self.warehouse.stats(),
+        )  # fmt: skip
+
+
+class Demo:
+    """Runs the flow once. *say* gets progress lines, *on_tick* a snapshot every *tick* s."""
+
+    def __init__(
+        self,
+        options: DemoOptions,
+        *,
+        url: str,
+        topology: str,
+        say: Callable[[str], None],
+        on_tick: Callable[[Snapshot], None],
+        tick: float = 0.25,
+    ) -> None:
+        self.o = options
+        self.url = url
+        self.source = topology
+        self.say = say
+        self.on_tick = on_tick
+        self.tick = tick
+        self.run_id = f"{int(time.time()) % 100000:05d}"
+        self.published = 0
+        self.timings: dict[str, float] = {}
+
+    async def run(self) -> Outcome:
+        """Set up, publish, watch, tear down. Raises BusError when the setup itself fails."""
+        t0 = time.monotonic()
+        conn = await connect_plain(self.url, "demo", timeout=5)
+        try:
+            topology = self._prepare()
+            await delete(conn, topology)  # leftovers of an interrupted run
+            await declare(conn, topology)
+            queues = sum(isinstance(d, QueueDecl) for d in desired(topology))
+            delays = " → ".join(self.o.delays)
+            self.say(f"topology {topology.source}: {queues} queues under `{self.o.prefix}.`, "
+                     f"retries {delays}")  # fmt: skip
+            try:
+                outcome = await self._with_peers(conn, topology, t0)
+            finally:
+                if self.o.keep:
+                    self.say(f"kept the demo queues (--keep): BUS_TOPOLOGY={topology.source}")
+                else:
+                    await delete(conn, topology)
+        finally:
+            await conn.close()
+        self.timings["total"] = time.monotonic() - t0
+        outcome.timings = self.timings
+        return outcome
+
+    def _prepare(self) -> Topology:
+        workdir = self.o.workdir
+        if workdir.exists():
+            shutil.rmtree(workdir)  # the demo's own directory: last run's stores and logs
+        workdir.mkdir(parents=True)
+        path = write_demo_topology(self.source, workdir, self.o.prefix, self.o.delays)
+        return load_topology(path)
+
+    def _env(self, stage: _Stage) -> dict[str, str]:
+        w = self.o.workdir.resolve()
+        return {
+            **os.environ,
+            "BUS_URL": self.url,
+            "BUS_TOPOLOGY": str(Path(stage.topology.source).resolve()),
+            "BUS_STORE_URL": f"sqlite:///{w}/processed.db",
+            "ANALYTICS_DB_URL": f"sqlite:///{w}/analytics.db",
+            "SMTP_URL": stage.sink.url,
+            "WAREHOUSE_URL": stage.warehouse.url,
+            "BUS_GRACE_PERIOD": str(self.o.grace),
+            "BUS_LOG_FORMAT": "text",
+        }
+
+    async def _with_peers(self, conn: AbstractConnection, topology: Topology, t0: float) -> Outcome:
+        sink = MailSink().start()
+        warehouse = FlakyWarehouse(self.o.flaky).start()
+        self.say(f"SMTP sink {sink.url}; warehouse {warehouse.url} "
+                 f"(answers the first {self.o.flaky} calls with 503)")  # fmt: skip
+        try:
+            async with httpx.AsyncClient(timeout=2) as client:
+                stage = _Stage(conn, topology, sink, warehouse, client)
+                try:
+                    outcome = await self._services_and_flow(stage, t0)
+                finally:
+                    t1 = time.monotonic()
+                    stopped = await stop_services(stage.services, self.o.grace)
+                    self.timings["shutdown"] = time.monotonic() - t1
+            outcome.problems += stopped
+            return outcome
+        finally:
+            sink.stop()
+            warehouse.stop()
+
+    async def _services_and_flow(self, stage: _Stage, t0: float) -> Outcome:
+        env = self._env(stage)
+        for name in stage.topology.subscriber_names:
+            stage.services.append(await start_service(name, env, self.o.workdir))
+        await wait_ready(stage.services, stage.client, timeout=30)
+        self.timings["startup"] = time.monotonic() - t0
+        ports = ", ".join(f"{s.name} :{s.port}" for s in stage.services)
+        self.say(f"services consuming (metrics {ports}); logs in {self.o.workdir}/")
+        start = time.monotonic()
+        publishing = asyncio.create_task(self._publish(stage.topology))
+        try:
+            while True:
+                snap = await stage.snapshot(start, self.o.orders, lambda: self.published)
+                self.on_tick(snap)
+                problems = self._trouble(publishing, stage.services)
+                if snap.done or problems:
+                    break
+                if snap.elapsed > self.o.timeout:
+                    late = f"{_behind(snap)} (service logs in {self.o.workdir}/)"
+                    problems = [f"timed out after {self.o.timeout:.0f}s: {late}"]
+                    break
+                await asyncio.sleep(self.tick)
+        finally:
+            publishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await publishing
+        self.timings["flow"] = time.monotonic() - start
+        problems += [
+            f"{v.name} parked {v.parked} in {v.queue}.dlq" for v in snap.subscribers if v.parked
+        ]
+        return Outcome(snap, problems)
+
+    def _trouble(self, publishing: asyncio.Task[None], services: Sequence[Service]) -> list[str]:
+        problems = [d for d in (s.died() for s in services) if d]
+        if publishing.done() and not publishing.cancelled() and publishing.exception():
+            exc = publishing.exception()
+            problems.append(f"publishing stopped after {self.published} of {self.o.orders}: {exc}")
+        return problems
+
+    async def _publish(self, topology: Topology) -> None:
+        """Orders at the requested rate, each confirmed by the broker, as a shop's API would."""
+        async with Publisher(self.url, topology, source="demo-shop") as pub:
+            start = time.monotonic()
+            for i in range(self.o.orders):
+                pause = start + i / self.o.rate - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                data = order(self.run_id, i)
+                await pub.publish("order.placed", data, correlation_id=data["order_id"])
+                self.published += 1
+
+
+def _behind(snap: Snapshot) -> str:
+    parts = [
+        f"{v.name} handled {v.handled} of {v.expected} ({v.waiting} waiting, "
+        f"{v.retrying} in retry, the rest delivered but not acked)"
+        for v in snap.subscribers
+        if not v.settled
+    ]
+    if snap.published < snap.orders:
+        parts.insert(0, f"published {snap.published} of {snap.orders}")
+    return "; ".join(parts) or "nothing missing"

@@ -1,0 +1,128 @@
+"""`bus demo` end to end: real services as processes, a flaky warehouse, a real broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiormq
+import yaml
+
+from bus.connection import connect_plain
+from bus.demo import delete, demo_document, expected_handled
+from bus.topology.model import from_dict
+
+REPO = Path(__file__).resolve().parents[2]
+TOPOLOGY = REPO / "topology" / "topology.yaml"
+
+
+def run_demo(
+    *args: str, cwd: Path, url: str, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BUS_URL": url, "BUS_TOPOLOGY": str(TOPOLOGY), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "bus.cli", "demo", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def summary_of(stdout: str) -> dict[str, Any]:
+    lines = [line for line in stdout.splitlines() if line.startswith("demo: {")]
+    assert lines, f"no `demo: {{json}}` line in the output:\n{stdout}"
+    result: dict[str, Any] = json.loads(lines[-1].removeprefix("demo: "))
+    return result
+
+
+async def remove_leftovers(url: str, prefix: str) -> None:
+    """Delete the demo's objects if the demo could not (it was killed): tests leave nothing."""
+    raw = yaml.safe_load(TOPOLOGY.read_text())
+    conn = await connect_plain(url)
+    try:
+        await delete(conn, from_dict(demo_document(raw, prefix, ["1s", "2s", "4s"])))
+    finally:
+        await conn.close()
+
+
+async def queue_exists(url: str, name: str) -> bool:
+    conn = await connect_plain(url)
+    try:
+        channel = await conn.channel()
+        try:
+            await channel.declare_queue(name, passive=True)
+            return True
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+    finally:
+        await conn.close()
+
+
+async def test_demo_handles_every_order_in_every_service_and_recovers_from_503s(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    prefix = f"demo-t{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    try:
+        done = run_demo(
+            "--orders", "5", "--rate", "50", "--flaky", "2", "--prefix", prefix,
+            "--timeout", "25", "--json-summary", cwd=tmp_path, url=amqp_url,
+        )  # fmt: skip
+    finally:
+        gone = not await queue_exists(amqp_url, f"{prefix}.email")
+        await remove_leftovers(amqp_url, prefix)
+    took = time.monotonic() - started
+    logs = "\n".join(
+        f"--- {p.name}\n{p.read_text()[-2000:]}" for p in (tmp_path / ".bus" / prefix).glob("*.log")
+    )
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}\n{logs}"
+    summary = summary_of(done.stdout)
+
+    assert summary["ok"] is True and summary["problems"] == []
+    assert summary["published"] == 5
+    subs = summary["subscribers"]
+    assert set(subs) == {"email", "analytics", "fulfillment"}
+    for name, counts in subs.items():
+        assert counts["handled"] > 0, f"{name} handled nothing: {counts}"
+        assert counts["handled"] == counts["expected"], f"{name}: {counts}"
+        assert counts["parked"] == 0, f"{name} parked messages: {counts}"
+    assert subs["analytics"]["expected"] == 10  # order.placed and shipment.requested
+    assert summary["mails"] == 5
+    # the warehouse failed its first two calls: those orders were retried, then accepted
+    assert subs["fulfillment"]["retried"] >= 2
+    assert summary["warehouse"]["failed"] == 2
+    assert summary["warehouse"]["recovered"] == 2
+    assert summary["warehouse"]["accepted"] == 5
+    assert "demo: ok" in done.stdout
+    assert took < 40, f"the demo took {took:.1f}s"
+
+    assert gone, "the demo left its queues behind"
+
+
+def test_demo_without_a_broker_says_how_to_get_one_in_one_line(tmp_path: Path) -> None:
+    done = run_demo("--orders", "1", cwd=tmp_path, url="amqp://guest:pw@127.0.0.1:1/", timeout=30)
+
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "cannot reach RabbitMQ at amqp://guest:***@127.0.0.1:1/" in lines[0]
+    assert "rabbitmq-server" in lines[0] and "BUS_URL" in lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_demo_topology_isolates_names_under_the_prefix_with_short_retries() -> None:
+    raw = yaml.safe_load(TOPOLOGY.read_text())
+    topology = from_dict(demo_document(raw, "demo", ["1s", "2s"]), source="demo")
+
+    assert set(topology.exchanges) == {"demo.events"}
+    assert all(e.exchange == "demo.events" for e in topology.events.values())
+    for sub in topology.subscribers():
+        assert sub.queue == f"demo.{sub.name}"
+        assert sub.delays == ("1s", "2s")
+        assert {b.exchange for b in sub.bindings} == {"demo.events"}
+    assert topology.schedules() == []
+    assert expected_handled(topology, 3) == {"email": 3, "analytics": 6, "fulfillment": 3}
