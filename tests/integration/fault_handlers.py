@@ -78,3 +78,27 @@ async def takes_a_while(event: dict[str, Any], ctx: Context) -> None:
 
     await asyncio.sleep(float(os.environ.get("FAULT_HANDLER_SECONDS", "0.5")))
     _effect(ctx)
+
+
+# -- an effect recorded idempotently by event id, in the same transaction as its run count ----
+
+idempotent_effect = Router()
+
+
+@idempotent_effect.on("order.placed")
+async def record_once(event: dict[str, Any], ctx: Context) -> None:
+    """The classic recipe downstream: the event id is the operation id of the effect itself.
+
+    `runs` counts executions (a process killed after the effect but before the bus recorded the
+    event as processed runs the handler again); the effect row exists once per event."""
+    import asyncio
+    import sqlite3
+
+    await asyncio.sleep(float(os.environ.get("FAULT_HANDLER_SECONDS", "0.02")))
+    with sqlite3.connect(_dir() / "effects.db", timeout=30) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS effects (id TEXT PRIMARY KEY, runs INT)")
+        db.execute(
+            "INSERT INTO effects (id, runs) VALUES (?, 1) "
+            "ON CONFLICT (id) DO UPDATE SET runs = runs + 1",
+            (ctx.id,),
+        )

@@ -1,0 +1,123 @@
+"""RabbitMQ itself goes away (`rabbitmqctl stop_app`) mid-stream and comes back.
+
+Named to run last: it stops the shared broker for a few seconds. Needs `rabbitmqctl` and the
+right to use it (CI runs as root next to the broker); skipped otherwise, with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import CollectorRegistry
+
+from bus.health import HealthServer
+from bus.metrics import Metrics
+from bus.publisher import Publisher
+from bus.stores import MemoryStore
+from bus.subscriber import Runtime
+from tests.conftest import LOCAL_URL, wait_for
+from tests.integration.helpers import applied, make_topology, queue_depth
+from tests.integration.servers import free_port
+from tests.integration.test_faults import Effects, outcomes
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def restartable_broker(amqp_url: str) -> str:
+    if amqp_url != LOCAL_URL or shutil.which("rabbitmqctl") is None:
+        pytest.skip("needs the local broker and rabbitmqctl to stop and start it")
+    try:
+        _rabbitmqctl("status")
+    except (subprocess.CalledProcessError, OSError) as exc:
+        pytest.skip(f"rabbitmqctl cannot control the local broker: {exc}")
+    return amqp_url
+
+
+async def test_broker_restart_mid_stream_loses_nothing_and_readiness_follows_the_broker(
+    restartable_broker: str, prefix: str, fault_report: Any
+) -> None:
+    url, n = restartable_broker, 5000
+    topology = make_topology(prefix, {"svc": {"keys": ["order.placed"]}})
+    effects = Effects()
+    metrics = Metrics(CollectorRegistry())
+    started = time.monotonic()
+    async with applied(url, topology):
+        rt = Runtime(
+            topology, "svc", effects.router(), url=url, store=MemoryStore(), metrics=metrics
+        )
+        await rt.start()
+        port = free_port()
+        http = HealthServer(port, metrics.registry, asyncio.get_running_loop(), lambda: rt.ready,
+                            host="127.0.0.1").start()  # fmt: skip
+        pub = await Publisher(url, topology, deadline=120, metrics=metrics).connect()
+        confirmed: list[str] = []
+        readiness: list[int] = []
+
+        async def ready() -> int:
+            async with httpx.AsyncClient(timeout=2) as client:
+                return (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code
+
+        async def publish_all() -> None:
+            async def one(i: int) -> None:
+                confirmed.append(
+                    await pub.publish("order.placed", {"order_id": str(i)}, id=f"r-{i}")
+                )
+
+            tasks = []
+            for i in range(n):
+                tasks.append(asyncio.create_task(one(i)))
+                await asyncio.sleep(0.001)
+            await asyncio.gather(*tasks)
+
+        async def restart() -> None:
+            await wait_for(
+                lambda: len(confirmed) > n // 4, timeout=30, message="a quarter confirmed"
+            )
+            readiness.append(await ready())
+            await asyncio.to_thread(_rabbitmqctl, "stop_app")
+            await wait_for(lambda: _is(ready(), 503), timeout=15, message="/readyz to turn 503")
+            readiness.append(503)
+            await asyncio.sleep(2)
+            await asyncio.to_thread(_rabbitmqctl, "start_app")
+            await asyncio.to_thread(_rabbitmqctl, "await_startup")
+
+        try:
+            await asyncio.gather(publish_all(), restart())
+        finally:
+            await asyncio.to_thread(_rabbitmqctl, "start_app")  # never leave the broker down
+        await wait_for(lambda: _is(ready(), 200), timeout=30, message="/readyz back to 200")
+        readiness.append(200)
+        await wait_for(lambda: len(effects.runs) >= n, timeout=120, message=f"{n} effects")
+        await wait_for(lambda: _empty(url, f"{prefix}.svc"), timeout=30, message="drain")
+        await pub.close()
+        await rt.stop(5)
+        http.close()
+    lost = set(confirmed) - set(effects.runs)
+    fault_report(scenario="broker stop_app/start_app mid-stream", sent=n, confirmed=len(confirmed),
+                 handled=len(effects.runs), duplicates=outcomes(metrics, "duplicate"),
+                 lost=len(lost), seconds=round(time.monotonic() - started, 1))  # fmt: skip
+    assert readiness == [200, 503, 200]
+    assert len(confirmed) == n and not lost
+    assert max(effects.runs.values()) == 1
+
+
+async def _is(coro: Any, status: int) -> bool:
+    try:
+        return bool(await coro == status)
+    except httpx.HTTPError:
+        return False
+
+
+async def _empty(url: str, queue: str) -> bool:
+    return await queue_depth(url, queue) == 0
