@@ -1,0 +1,352 @@
+"""What every scenario shares: counts, result rows, a per-run topology, and raw aio-pika helpers.
+
+Each scenario declares its own uniquely named exchange and queues (prefix ``bench<hex>``) and
+deletes them afterwards. Objects are declared directly from the planner's desired list; the
+applier is not used because it records what it owns in the broker-wide state queue, which a
+throwaway benchmark topology must not touch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+from pydantic import BaseModel
+
+from bus.envelope import Event, encode
+from bus.publisher import to_message
+from bus.router import Router
+from bus.topology.model import Topology, from_dict
+from bus.topology.plan import BindingDecl, ExchangeDecl, QueueDecl, desired
+
+EMPTY = Router()  # topology files name a handlers module; the runtimes get their router directly
+
+
+# -- counts and results --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How much work each scenario does. `SMOKE` keeps a whole run under a minute."""
+
+    publish: int = 20_000
+    window: int = 1_000
+    consume: int = 20_000
+    fanout: int = 10_000
+    rate: int = 500
+    seconds: float = 10.0
+    retry: int = 5_000
+    mem_small: int = 10_000
+    mem_large: int = 100_000
+
+
+SMOKE = Counts(
+    publish=300, window=50, consume=500, fanout=200, rate=200, seconds=1.0, retry=100,
+    mem_small=300, mem_large=1_500,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Env:
+    """Where and how a scenario runs."""
+
+    url: str
+    counts: Counts
+    queue_type: str = "quorum"
+    prefetch: int = 32
+
+
+@dataclass
+class Row:
+    """One line of the results table: the same work done by the bus and by raw aio-pika."""
+
+    scenario: str
+    metric: str
+    unit: str
+    bus: float
+    raw: float
+    higher_is_better: bool
+    target: str = ""  # e.g. "ratio >= 1.0"; empty: no target
+    passed: bool | None = None
+    faststream: float | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        """bus / raw of the metric as measured (events/s, ms, %)."""
+        return self.bus / self.raw if self.raw else float("nan")
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": round(self.ratio, 4)}
+
+
+def min_ratio(bus: float, raw: float, limit: float) -> tuple[str, bool]:
+    return f"ratio >= {limit:g}", raw > 0 and bus / raw >= limit
+
+
+def max_ratio(bus: float, raw: float, limit: float) -> tuple[str, bool]:
+    return f"ratio <= {limit:g}", raw > 0 and bus / raw <= limit
+
+
+def rate_row(
+    scenario: str, metric: str, n: int, bus_s: float, raw_s: float, target: float | None = None
+) -> Row:
+    """A throughput row (events/s, higher is better) from two elapsed times for *n* events."""
+    bus, raw = n / bus_s, n / raw_s
+    text, ok = min_ratio(bus, raw, target) if target is not None else ("", None)
+    return Row(scenario, metric, "events/s", bus, raw, True, text, ok)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=1000, method="inclusive")[round(p * 10) - 1]
+
+
+# -- the event every scenario sends --------------------------------------------------------
+
+
+class Item(BaseModel):
+    sku: str
+    quantity: int
+
+
+class Order(BaseModel):
+    order_id: str
+    customer: str
+    total: float
+    items: list[Item]
+
+
+def order(i: int) -> dict[str, Any]:
+    return {
+        "order_id": f"o-{i}",
+        "customer": "Ada Lovelace",
+        "total": 42.5,
+        "items": [{"sku": "BOOK-1", "quantity": 2}, {"sku": "PEN-7", "quantity": 1}],
+    }
+
+
+# -- per-run topology ----------------------------------------------------------------------
+
+
+def new_prefix() -> str:
+    return f"bench{uuid.uuid4().hex[:8]}"
+
+
+def topology(
+    prefix: str,
+    subscribers: dict[str, list[str]],
+    event_types: Sequence[str],
+    *,
+    queue_type: str,
+    prefetch: int,
+    delays: Sequence[str] = ("1h",),
+) -> Topology:
+    """One topic exchange `<prefix>.events`; each subscriber binds the given routing keys."""
+    doc = topology_doc(
+        prefix, subscribers, event_types, queue_type=queue_type, prefetch=prefetch, delays=delays
+    )
+    return from_dict(doc, source=f"bench:{prefix}")
+
+
+def topology_doc(
+    prefix: str,
+    subscribers: dict[str, list[str]],
+    event_types: Sequence[str],
+    *,
+    queue_type: str,
+    prefetch: int,
+    delays: Sequence[str] = ("1h",),
+) -> dict[str, Any]:
+    """The topology file (as data) behind `topology`."""
+    exchange = f"{prefix}.events"
+    return {
+        "version": 1,
+        "defaults": {
+            "queue_type": queue_type,
+            "prefetch": prefetch,
+            "retry": {"delays": list(delays)},
+        },
+        "exchanges": {exchange: {"type": "topic"}},
+        "events": {t: {"exchange": exchange} for t in event_types},
+        "subscribers": {
+            name: {
+                "handlers": "bench.common:EMPTY",
+                "queue": f"{prefix}.{name}",
+                "bindings": [{"exchange": exchange, "keys": keys}],
+            }
+            for name, keys in subscribers.items()
+        },
+    }
+
+
+@contextlib.asynccontextmanager
+async def declared(url: str, topo: Topology) -> AsyncIterator[Topology]:
+    """Declare every exchange, queue and binding of *topo*; delete them all afterwards."""
+    want = desired(topo)
+    conn = await aio_pika.connect(url)
+    try:
+        channel = await conn.channel()
+        raw = await channel.get_underlay_channel()
+        for d in want:
+            if isinstance(d, ExchangeDecl):
+                await channel.declare_exchange(d.name, aio_pika.ExchangeType(d.type), durable=True)
+            elif isinstance(d, QueueDecl):
+                await channel.declare_queue(d.name, durable=True, arguments=dict(d.arguments))
+        for d in want:
+            if isinstance(d, BindingDecl):
+                await raw.queue_bind(d.queue, d.exchange, routing_key=d.routing_key)
+        await channel.close()
+        yield topo
+    finally:
+        for d in want:
+            channel = await conn.channel()
+            with contextlib.suppress(aiormq.exceptions.AMQPError):
+                raw = await channel.get_underlay_channel()
+                if isinstance(d, QueueDecl):
+                    await raw.queue_delete(d.name)
+                elif isinstance(d, ExchangeDecl):
+                    await raw.exchange_delete(d.name)
+            if not channel.is_closed:
+                await channel.close()
+        await conn.close()
+
+
+async def purge(url: str, *queues: str) -> None:
+    conn = await aio_pika.connect(url)
+    try:
+        channel = await conn.channel()
+        raw = await channel.get_underlay_channel()
+        for q in queues:
+            await raw.queue_purge(q)
+    finally:
+        await conn.close()
+
+
+async def queue_depth(url: str, queue: str) -> int:
+    conn = await aio_pika.connect(url)
+    try:
+        channel = await conn.channel()
+        q = await channel.declare_queue(queue, passive=True)
+        return int(q.declaration_result.message_count or 0)
+    finally:
+        await conn.close()
+
+
+# -- raw aio-pika: what a careful developer writes without the bus -------------------------
+
+
+class RawPublisher:
+    """Raw aio-pika publishing: one robust connection, a confirm channel, mandatory, persistent."""
+
+    def __init__(self, url: str, exchange: str) -> None:
+        self.url = url
+        self.exchange_name = exchange
+        self.connection: AbstractRobustConnection | None = None
+        self.exchange: AbstractExchange | None = None
+
+    async def __aenter__(self) -> RawPublisher:
+        self.connection = await aio_pika.connect_robust(self.url)
+        channel = await self.connection.channel(publisher_confirms=True, on_return_raises=True)
+        self.exchange = await channel.get_exchange(self.exchange_name, ensure=False)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+
+    async def publish(self, routing_key: str, data: Any) -> None:
+        """Awaits the broker's confirm."""
+        assert self.exchange is not None
+        message = aio_pika.Message(
+            json.dumps(data).encode(),
+            message_id=str(uuid.uuid4()),
+            type=routing_key,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        await self.exchange.publish(message, routing_key=routing_key, mandatory=True)
+
+    async def publish_window(self, routing_key: str, items: Sequence[Any], window: int) -> None:
+        """Publish all *items* with at most *window* confirms outstanding."""
+        gate = asyncio.Semaphore(window)
+
+        async def one(data: Any) -> None:
+            async with gate:
+                await self.publish(routing_key, data)
+
+        await asyncio.gather(*(one(d) for d in items))
+
+
+async def fill(
+    url: str, exchange: str, routing_key: str, n: int, data: Callable[[int], Any] = order
+) -> None:
+    """Put *n* bus-encoded events on *exchange* (untimed setup), 500 confirms in flight."""
+    conn = await aio_pika.connect(url)
+    try:
+        channel = await conn.channel(publisher_confirms=True)
+        ex = await channel.get_exchange(exchange, ensure=False)
+        gate = asyncio.Semaphore(500)
+
+        async def one(i: int) -> None:
+            async with gate:
+                wire = encode(Event(type=routing_key, data=data(i), source="bench"))
+                await ex.publish(to_message(wire), routing_key=routing_key)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+    finally:
+        await conn.close()
+
+
+class Counter:
+    """Counts handler calls; `done` is set when the expected number arrived."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.count = 0
+        self.done = asyncio.Event()
+
+    def hit(self) -> None:
+        self.count += 1
+        if self.count >= self.expected:
+            self.done.set()
+
+    async def until(self, target: int, timeout: float) -> None:
+        """Wait until *target* calls were counted in all."""
+        self.expected = target
+        if self.count < target:
+            self.done.clear()
+        await self.wait(timeout)
+
+    async def wait(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self.done.wait(), timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"only {self.count} of {self.expected} events handled within {timeout:.0f}s"
+            ) from None
+
+
+async def timed(work: Awaitable[Any]) -> float:
+    started = time.perf_counter()
+    await work
+    return time.perf_counter() - started
+
+
+def deadline_for(n: int) -> float:
+    """A generous timeout for handling *n* events (never a measurement, only a guard)."""
+    return 30.0 + n / 200

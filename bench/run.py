@@ -1,0 +1,175 @@
+"""Run the benchmarks: `python -m bench` or `python bench/run.py` (`--help` for the options).
+
+Every scenario does the same work with the bus and with raw aio-pika in the same run, against
+the broker at `BUS_URL` (default the local one), prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if __package__ in (None, ""):  # `python bench/run.py`: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+if TYPE_CHECKING:
+    from bench.common import Counts, Env, Row
+
+SCENARIOS = ("publish", "consume", "fanout", "latency", "retry", "memory")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
+DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from bench.common import Counts
+
+    p = argparse.ArgumentParser(
+        prog="python -m bench", description="bus vs raw aio-pika, side by side"
+    )
+    p.add_argument("--smoke", action="store_true", help="tiny counts: the whole run in < 60 s")
+    p.add_argument("--only", choices=SCENARIOS, action="append", help="run only this scenario")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON file ({DEFAULT_OUT})")
+    p.add_argument("--url", default=os.environ.get("BUS_URL", DEFAULT_URL), help="AMQP URL")
+    p.add_argument("--queue-type", choices=("quorum", "classic"), default="quorum")
+    p.add_argument("--prefetch", type=int, default=32, help="prefetch of bus and raw consumers")
+    counts = p.add_argument_group("counts (defaults: the full run; --smoke lowers them)")
+    for f in dataclasses.fields(Counts):
+        counts.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
+    return p.parse_args(argv)
+
+
+def counts_from(args: argparse.Namespace) -> Counts:
+    from bench.common import SMOKE, Counts
+
+    base = SMOKE if args.smoke else Counts()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Counts)}
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+
+
+async def run_all(env: Env, names: list[str]) -> tuple[dict[str, list[Row]], dict[str, str]]:
+    """Rows per scenario, and the error of each scenario that failed (the others still run)."""
+    results: dict[str, list[Row]] = {}
+    errors: dict[str, str] = {}
+    for name in names:
+        module = importlib.import_module(f"bench.{name}")
+        started = time.monotonic()
+        print(f"running {name} …", file=sys.stderr, flush=True)
+        try:
+            results[name] = await module.run(env)
+        except Exception as exc:
+            errors[name] = f"{type(exc).__name__}: {exc}"
+            print(f"  {name} FAILED: {errors[name]}", file=sys.stderr, flush=True)
+            continue
+        print(f"  {name} done in {time.monotonic() - started:.1f}s", file=sys.stderr, flush=True)
+    return results, errors
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 1000:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def print_table(results: dict[str, list[Row]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = [r for rs in results.values() for r in rs]
+    has_fs = any(r.faststream is not None for r in rows)
+    table = Table(title="bus vs raw aio-pika (ratio = bus / raw)")
+    for col in ("scenario", "metric", "unit", "bus", "raw aio-pika", "ratio", "target"):
+        table.add_column(
+            col, justify="right" if col in ("bus", "raw aio-pika", "ratio") else "left"
+        )
+    if has_fs:
+        table.add_column("FastStream", justify="right")
+    for r in rows:
+        verdict = "" if r.passed is None else (" ✓" if r.passed else " ✗")
+        cells = [r.scenario, r.metric, r.unit, fmt(r.bus), fmt(r.raw), f"{r.ratio:.2f}",
+                 r.target + verdict]  # fmt: skip
+        if has_fs:
+            cells.append(fmt(r.faststream))
+        table.add_row(*cells)
+    Console(width=max(140, Console().width)).print(table)
+    for r in rows:
+        if r.note:
+            print(f"note ({r.scenario}, {r.metric}): {r.note}")
+
+
+def markdown(results: dict[str, list[Row]]) -> str:
+    """The table as markdown, for the README."""
+    lines = ["| scenario | metric | unit | bus | raw aio-pika | bus/raw | target |",
+             "|---|---|---|---:|---:|---:|---|"]  # fmt: skip
+    for rs in results.values():
+        for r in rs:
+            verdict = "" if r.passed is None else (" ✓" if r.passed else " ✗")
+            lines.append(f"| {r.scenario} | {r.metric} | {r.unit} | {fmt(r.bus)} | "
+                         f"{fmt(r.raw)} | {r.ratio:.2f} | {r.target}{verdict} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def write_json(
+    path: Path,
+    env: Env,
+    args: argparse.Namespace,
+    results: dict[str, list[Row]],
+    errors: dict[str, str],
+) -> None:
+    import aio_pika
+    import pydantic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "finished_at": datetime.now(UTC).isoformat(),
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        "smoke": args.smoke,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "versions": {"aio_pika": aio_pika.__version__, "pydantic": pydantic.VERSION},
+        "queue_type": env.queue_type,
+        "prefetch": env.prefetch,
+        "counts": dataclasses.asdict(env.counts),
+        "scenarios": {name: [r.as_json() for r in rows] for name, rows in results.items()},
+        "errors": errors,
+        "markdown": markdown(results),
+    }
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.common import Env
+
+    args = parse_args(argv)
+    # The bus logs a warning per failed handler; the retry scenario fails thousands on purpose.
+    logging.basicConfig(level=logging.ERROR)
+    env = Env(args.url, counts_from(args), args.queue_type, args.prefetch)
+    names = args.only or list(SCENARIOS)
+    results, errors = asyncio.run(run_all(env, names))
+    print_table(results)
+    write_json(args.out, env, args, results, errors)
+    print(f"wrote {args.out}")
+    for name, error in errors.items():
+        print(f"scenario {name} failed: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
