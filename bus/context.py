@@ -6,7 +6,6 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,18 +17,36 @@ if TYPE_CHECKING:
 _FOLLOW_UP = uuid.UUID("6b7a1c3e-1f0e-4d1e-9a55-8b5f2c0de001")
 
 
-@dataclass
 class Context:
     """Passed to every handler as its second argument."""
 
-    meta: Meta
-    attempt: int
-    subscriber: str
-    routing_key: str
-    headers: Mapping[str, Any]
-    publisher: Publisher
-    log: logging.LoggerAdapter[logging.Logger]
-    _published: Counter[str] = field(default_factory=Counter, repr=False)
+    __slots__ = ("_log", "_published", "attempt", "headers", "meta", "publisher", "routing_key",
+                 "subscriber")  # fmt: skip
+
+    def __init__(
+        self,
+        meta: Meta,
+        attempt: int,
+        subscriber: str,
+        routing_key: str,
+        headers: Mapping[str, Any],
+        publisher: Publisher,
+    ) -> None:
+        self.meta = meta
+        self.attempt = attempt
+        self.subscriber = subscriber
+        self.routing_key = routing_key
+        self.headers = headers
+        self.publisher = publisher
+        self._log: logging.LoggerAdapter[logging.Logger] | None = None
+        self._published: Counter[str] | None = None
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose lines carry this message's id, type, subscriber, attempt, correlation."""
+        if self._log is None:
+            self._log = message_logger(self)
+        return self._log
 
     @property
     def id(self) -> str:
@@ -59,6 +76,8 @@ class Context:
         is derived from this event's id, so a retried handler publishes the same follow-up id
         and downstream subscribers see one event, not one per attempt.
         """
+        if self._published is None:
+            self._published = Counter()
         n = self._published[event_type]
         self._published[event_type] += 1
         follow_id = id or str(
@@ -72,3 +91,16 @@ class Context:
             causation_id=self.id,
             traceparent=new_traceparent(self.meta.traceparent),
         )
+
+
+def message_logger(ctx: Context) -> logging.LoggerAdapter[logging.Logger]:
+    return logging.LoggerAdapter(
+        logging.getLogger("bus.subscriber"),
+        {
+            "event_id": ctx.meta.id,
+            "event_type": ctx.meta.type,
+            "subscriber": ctx.subscriber,
+            "attempt": ctx.attempt,
+            "correlation_id": ctx.correlation_id,
+        },
+    )

@@ -7,6 +7,7 @@ message; the subscriber turns the fields of a delivery back into `Meta` and a bo
 from __future__ import annotations
 
 import json
+import random
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,10 +34,16 @@ class Meta:
     id: str
     type: str
     source: str
-    time: datetime | None
+    raw_time: Any = None  # the cloudEvents_time header, parsed only when asked for
+    timestamp: datetime | None = None  # the AMQP timestamp property, the fallback
     correlation_id: str | None = None
     causation_id: str | None = None
     traceparent: str | None = None
+
+    @property
+    def time(self) -> datetime | None:
+        """When the event happened: `cloudEvents_time`, else the AMQP timestamp."""
+        return _time(self.raw_time, self.timestamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +107,8 @@ def encode(event: Event) -> Wire:
 
 
 def _text(value: Any) -> str | None:
+    if type(value) is str:  # the common case, first
+        return value if value.strip() else None
     if isinstance(value, bytes | bytearray):
         try:
             value = bytes(value).decode()
@@ -147,7 +156,8 @@ def decode_meta(
         id=event_id,
         type=event_type,
         source=_text(app_id) or _text(h.get(H_SOURCE)) or "unknown",
-        time=_time(h.get(H_TIME), timestamp),
+        raw_time=h.get(H_TIME),
+        timestamp=timestamp,
         correlation_id=_text(correlation_id),
         causation_id=_text(h.get(H_CAUSATION)),
         traceparent=_text(h.get(H_TRACEPARENT)),
@@ -166,8 +176,6 @@ def decode_body(body: bytes) -> Any:
 
 def new_traceparent(parent: str | None = None) -> str:
     """A W3C `traceparent`: a new span in *parent*'s trace, or a new trace."""
-    import random
-
     span = f"{random.getrandbits(64):016x}"
     if parent:
         parts = parent.split("-")

@@ -96,6 +96,7 @@ class Publisher:
         self._channel: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._validators: dict[str, jsonschema.protocols.Validator | None] = {}
+        self._published: dict[str, Any] = {}
 
     @classmethod
     def from_env(cls, *, source: str = "bus", **settings: str | None) -> Publisher:
@@ -178,10 +179,13 @@ class Publisher:
 
     async def publish_many(self, events: Iterable[EventLike], *, window: int = 1000) -> list[str]:
         """Publish many events with up to *window* confirms in flight; all are checked first."""
-        checked = [e if isinstance(e, Event) else self.event(e[0], e[1]) for e in events]
-        for e in checked:
+        checked = []
+        for e in events:  # every event is checked before the first is sent
             if isinstance(e, Event):
                 self.check(e.type, e.data)
+                checked.append(e)
+            else:
+                checked.append(self.event(e[0], e[1]))
         gate = asyncio.Semaphore(window)
 
         async def one(e: Event) -> None:
@@ -202,21 +206,13 @@ class Publisher:
         message = to_message(encode(event))
         started = time.monotonic()
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_delay(self.deadline),
-                wait=wait_random_exponential(multiplier=0.05, max=2.0),
-                retry=retry_if_exception_type(_TRANSIENT),
-                reraise=True,
-            ):
-                with attempt:
-                    remaining = max(0.5, self.deadline - (time.monotonic() - started))
-                    exchange = await self._exchange(exchange_name)
-                    await exchange.publish(
-                        message,
-                        routing_key=event.type,
-                        mandatory=True,
-                        timeout=min(10.0, remaining),
-                    )
+            try:  # the common case: one publish, one confirm
+                exchange = await self._exchange(exchange_name)
+                await exchange.publish(
+                    message, routing_key=event.type, mandatory=True, timeout=self.deadline
+                )
+            except _TRANSIENT:
+                await self._send_again(message, event, exchange_name, started)
         except aio_pika.exceptions.PublishError as exc:
             raise UnroutableError(
                 f"{event.type} ({event.id}) was returned by the broker: no queue is bound for it "
@@ -231,8 +227,30 @@ class Publisher:
                 f"{event.type} ({event.id}) not confirmed within {self.deadline:.0f}s: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        self.metrics.published.labels(event.type).inc()
+        counter = self._published.get(event.type)
+        if counter is None:
+            counter = self._published[event.type] = self.metrics.published.labels(event.type)
+        counter.inc()
         self.metrics.confirm_seconds.observe(time.monotonic() - started)
+
+    async def _send_again(
+        self, message: aio_pika.Message, event: Event, exchange_name: str, started: float
+    ) -> None:
+        """The connection dropped before the confirm: publish again (same id) once the robust
+        connection is back, with jittered backoff, until the deadline."""
+        log.info("republishing %s %s after a connection loss", event.type, event.id)
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(max(0.0, self.deadline - (time.monotonic() - started))),
+            wait=wait_random_exponential(multiplier=0.05, max=2.0),
+            retry=retry_if_exception_type(_TRANSIENT),
+            reraise=True,
+        ):
+            with attempt:
+                remaining = max(0.5, self.deadline - (time.monotonic() - started))
+                exchange = await self._exchange(exchange_name)
+                await exchange.publish(
+                    message, routing_key=event.type, mandatory=True, timeout=min(10.0, remaining)
+                )
 
     async def _exchange(self, name: str) -> AbstractExchange:
         if self._channel is None:

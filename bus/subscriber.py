@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import aio_pika
 import aiormq
 import jsonschema
 from aio_pika.abc import (
@@ -26,10 +25,13 @@ from aio_pika.abc import (
 )
 from pydantic import ValidationError
 
+from bus.acks import Acker
+from bus.claims import Claims
 from bus.connection import connect
 from bus.context import Context
 from bus.envelope import Meta, decode_body, decode_meta
 from bus.errors import ConfigError, InvalidEvent, Reject
+from bus.handoff import HandOff
 from bus.metrics import Metrics
 from bus.publisher import Publisher
 from bus.retry import DeadLetter, DeadReason, Decision, after_failure, attempt_of, failure_headers
@@ -65,7 +67,11 @@ class Runtime:
         self.lease = lease
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
-        self._handoff: AbstractChannel | None = None
+        self._handoff: HandOff | None = None
+        self._acks = Acker()
+        self._claims = Claims(store, self.sub.name, lease)
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._timers: dict[str, Any] = {}
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._publisher: Publisher | None = None
@@ -73,7 +79,6 @@ class Runtime:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
-        self._busy_ids: dict[str, asyncio.Lock] = {}
         self._validators: dict[str, jsonschema.protocols.Validator | None] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -85,8 +90,8 @@ class Runtime:
             connection=self._connection,
         )  # fmt: skip
         await self._publisher.connect()
-        self._handoff = await self._connection.channel(
-            publisher_confirms=True, on_return_raises=True
+        self._handoff = HandOff(
+            await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         )
         self._channel = await self._connection.channel(publisher_confirms=False)
         await self._channel.set_qos(prefetch_count=self.sub.prefetch)
@@ -98,6 +103,7 @@ class Runtime:
                 f"queue {self.sub.queue!r} of subscriber {self.sub.name!r} does not exist: "
                 "run `bus topology apply` first"
             ) from None
+        self._claims.start()
         self._consumer_tag = await self._queue.consume(self._on_message)
         self.metrics.ready.labels(self.sub.name).set(1)
         log.info(
@@ -140,6 +146,8 @@ class Runtime:
         except TimeoutError:
             drained = False
             log.warning("%d handlers still running after %.0fs grace", self._inflight, grace)
+        await self._acks.drain()
+        await self._claims.stop()
         if self._publisher is not None:
             await self._publisher.close()
         if self._connection is not None and not self._connection.is_closed:
@@ -149,8 +157,10 @@ class Runtime:
     # -- one delivery ------------------------------------------------------------------------
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._acks.delivered(message)
         if self._stopping:
-            return  # never acked: requeued by the broker when we close
+            self._acks.settled(message)  # never acked: requeued by the broker when we close
+            return
         self._inflight += 1
         self._idle.clear()
         try:
@@ -158,6 +168,7 @@ class Runtime:
         except Exception:  # a bug or a store outage must not kill the consumer
             log.exception("unexpected error handling a delivery; returning it to the queue")
             await asyncio.sleep(1.0)  # a brake: a persistent fault must not become a hot loop
+            self._acks.settled(message)
             try:
                 await message.nack(requeue=True)
             except Exception:  # a dead channel requeues it anyway
@@ -200,47 +211,52 @@ class Runtime:
             return
         await self._run(m, meta, handler, event, attempt)
 
+    def _count(self, event_type: str, outcome: str) -> None:
+        child = self._counters.get((event_type, outcome))
+        if child is None:
+            child = self.metrics.consumed.labels(self.sub.name, event_type, outcome)
+            self._counters[(event_type, outcome)] = child
+        child.inc()
+
+    def _observe(self, event_type: str, seconds: float) -> None:
+        child = self._timers.get(event_type)
+        if child is None:
+            child = self._timers[event_type] = self.metrics.handler_seconds.labels(
+                self.sub.name, event_type
+            )
+        child.observe(seconds)
+
     async def _run(
         self, m: AbstractIncomingMessage, meta: Meta, handler: Handler, event: Any, attempt: int
     ) -> None:
-        name, labels = self.sub.name, (self.sub.name, meta.type)
-        logger = logging.LoggerAdapter(log, {
-            "event_id": meta.id, "event_type": meta.type, "subscriber": name,
-            "attempt": attempt, "correlation_id": meta.correlation_id or meta.id,
-        })  # fmt: skip
-        if await self._claim(meta.id) is Claim.DONE:
-            logger.info("duplicate %s %s: already processed, acked", meta.type, meta.id)
-            await self._ack(m)
-            self.metrics.consumed.labels(*labels, DUPLICATE).inc()
-            return
         assert self._publisher is not None
-        ctx = Context(
-            meta, attempt, name, m.routing_key or "", m.headers or {}, self._publisher, logger
-        )
+        ctx = Context(meta, attempt, self.sub.name, m.routing_key or "", m.headers or {},
+                      self._publisher)  # fmt: skip
+        if await self._claims.claim(meta.id) is Claim.DONE:
+            ctx.log.info("duplicate %s %s: already processed, acked", meta.type, meta.id)
+            self._ack(m)
+            self._count(meta.type, DUPLICATE)
+            return
         started = time.perf_counter()
-        heartbeat = _Heartbeat(self.store, name, meta.id, self.lease)
         try:
             await handler.func(event, ctx)
         except Reject as exc:
-            await self.store.release(name, meta.id)
-            logger.warning("rejected %s %s: %s", meta.type, meta.id, exc.reason)
-            await self._hand_off(
-                m, DeadLetter(self.sub.dlq, DeadReason.REJECTED), attempt, handler, exc, meta.type
-            )
-        except Exception as exc:
-            await self.store.release(name, meta.id)
-            decision = after_failure(self.sub, attempt)
-            logger.warning("handler %s failed on attempt %d: %s: %s", handler.name, attempt,
-                           type(exc).__name__, exc)  # fmt: skip
+            await self._claims.release(meta.id)
+            ctx.log.warning("rejected %s %s: %s", meta.type, meta.id, exc.reason)
+            decision: Decision = DeadLetter(self.sub.dlq, DeadReason.REJECTED)
             await self._hand_off(m, decision, attempt, handler, exc, meta.type)
+        except Exception as exc:
+            await self._claims.release(meta.id)
+            ctx.log.warning("handler %s failed on attempt %d: %s: %s", handler.name, attempt,
+                            type(exc).__name__, exc)  # fmt: skip
+            await self._hand_off(m, after_failure(self.sub, attempt), attempt, handler, exc,
+                                 meta.type)  # fmt: skip
         else:
-            await self.store.complete(name, meta.id)
-            await self._ack(m)
-            self.metrics.consumed.labels(*labels, OK).inc()
-            logger.debug("handled %s %s", meta.type, meta.id)
+            await self._claims.complete(meta.id)
+            self._ack(m)
+            self._count(meta.type, OK)
         finally:
-            heartbeat.stop()
-            self.metrics.handler_seconds.labels(*labels).observe(time.perf_counter() - started)
+            self._observe(meta.type, time.perf_counter() - started)
 
     def _parse(self, handler: Handler, event_type: str, body: bytes) -> Any:
         validator = self._validator(event_type)
@@ -263,24 +279,12 @@ class Runtime:
             )
         return self._validators[event_type]
 
-    async def _claim(self, event_id: str) -> Claim:
-        """Claim the id; while another replica holds it, wait for it to finish or expire."""
-        deadline = time.monotonic() + self.lease + 1
-        while True:
-            claim = await self.store.claim(self.sub.name, event_id, self.lease)
-            if claim is not Claim.BUSY or time.monotonic() > deadline:
-                return claim
-            await asyncio.sleep(0.1)
-
     # -- acks and hand-offs ------------------------------------------------------------------
 
-    async def _ack(self, m: AbstractIncomingMessage) -> None:
-        try:
-            await m.ack()
-        except (aiormq.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPError,
-                RuntimeError) as exc:  # fmt: skip
-            # the channel died (reconnect): the broker redelivers, the store absorbs the copy
-            log.warning("ack of %s failed (%s): it will be redelivered", m.message_id, exc)
+    def _ack(self, m: AbstractIncomingMessage) -> None:
+        """Ack soon, coalesced with neighbours (see bus.acks). If the channel dies first, the
+        broker redelivers and the idempotency store absorbs the copy."""
+        self._acks.ack(m)
 
     async def _hand_off(
         self,
@@ -304,14 +308,15 @@ class Runtime:
             # parks the message in Q.dlq (without our headers), so it is never lost.
             log.error("hand-off of %s to %s failed (%s); rejecting it to %s",
                       m.message_id, decision.queue, exc, self.sub.dlq)  # fmt: skip
+            self._acks.settled(m)
             try:
                 await m.reject(requeue=False)
             except Exception:
                 log.warning("reject of %s failed: it will be redelivered", m.message_id)
-            self.metrics.consumed.labels(self.sub.name, event_type, DEAD).inc()
+            self._count(event_type, DEAD)
             return
-        await self._ack(m)
-        self.metrics.consumed.labels(self.sub.name, event_type, outcome).inc()
+        self._ack(m)
+        self._count(event_type, outcome)
         if isinstance(decision, DeadLetter):
             log.warning("parked %s in %s (%s)", m.message_id, decision.queue, decision.reason,
                         extra={"event_id": m.message_id, "subscriber": self.sub.name})  # fmt: skip
@@ -320,59 +325,7 @@ class Runtime:
         self, m: AbstractIncomingMessage, queue: str, headers: Mapping[str, Any]
     ) -> None:
         assert self._handoff is not None
-        message = aio_pika.Message(
-            m.body,
-            headers=dict(headers),
-            content_type=m.content_type,
-            content_encoding=m.content_encoding,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            priority=m.priority,
-            correlation_id=m.correlation_id,
-            reply_to=m.reply_to,
-            message_id=m.message_id,
-            timestamp=m.timestamp,
-            type=m.type,
-            app_id=m.app_id,
-        )
-        # aiormq matches returned messages by message_id: never two in flight with one id
-        key = m.message_id or ""
-        lock = self._busy_ids.setdefault(key, asyncio.Lock())
-        try:
-            async with lock:
-                await self._handoff.default_exchange.publish(
-                    message, routing_key=queue, mandatory=True, timeout=30
-                )
-        finally:
-            if not lock.locked() and self._busy_ids.get(key) is lock:
-                del self._busy_ids[key]
-
-
-class _Heartbeat:
-    """Renews a claim every third of its lease while a handler runs.
-
-    A timer, not a task, per message: most handlers finish long before the first renewal."""
-
-    def __init__(self, store: Store, subscriber: str, event_id: str, lease: float) -> None:
-        self._args = (store, subscriber, event_id, lease)
-        self._loop = asyncio.get_running_loop()
-        self._task: asyncio.Task[None] | None = None
-        self._timer = self._loop.call_later(lease / 3, self._beat)
-
-    def _beat(self) -> None:
-        self._task = self._loop.create_task(self._renew())
-
-    async def _renew(self) -> None:
-        store, subscriber, event_id, lease = self._args
-        try:
-            await store.renew(subscriber, event_id, lease)
-        except Exception:  # a missed heartbeat only shortens the lease
-            log.warning("could not renew the claim on %s", event_id, exc_info=True)
-        self._timer = self._loop.call_later(lease / 3, self._beat)
-
-    def stop(self) -> None:
-        self._timer.cancel()
-        if self._task is not None:
-            self._task.cancel()
+        await self._handoff.republish(m, queue, headers)
 
 
 def _short(exc: BaseException) -> str:

@@ -127,18 +127,17 @@ async def test_the_same_event_three_times_and_two_racing_replicas_run_each_effec
     amqp_url: str, prefix: str, fault_report: Any
 ) -> None:
     n = 300
-    topology = make_topology(prefix, {"svc": {"keys": ["order.placed"]}})
+    subscriber = f"svc-{prefix}"  # unique rows in the shared PostgreSQL table
+    topology = make_topology(prefix, {subscriber: {"keys": ["order.placed"]}})
     effects = Effects()
     metrics = Metrics(CollectorRegistry())
-    subscriber = f"svc-{prefix}"  # unique rows in the shared PostgreSQL table
     started = time.monotonic()
     async with applied(amqp_url, topology):
         store_a, store_b = await open_store(PG_URL), await open_store(PG_URL)
         replicas = []
         for store in (store_a, store_b):
-            rt = Runtime(topology, "svc", effects.router(delay=0.01), url=amqp_url, store=store,
-                         metrics=metrics)  # fmt: skip
-            rt.sub = rt.sub.__class__(**{**_fields(rt.sub), "name": subscriber})
+            rt = Runtime(topology, subscriber, effects.router(delay=0.01), url=amqp_url,
+                         store=store, metrics=metrics)  # fmt: skip
             await rt.start()
             replicas.append(rt)
         async with Publisher(amqp_url, topology, metrics=metrics) as pub:
@@ -159,10 +158,6 @@ async def test_the_same_event_three_times_and_two_racing_replicas_run_each_effec
     assert len(effects.runs) == n
     assert max(effects.runs.values()) == 1, "two replicas both ran one event"
     assert outcomes(metrics, "duplicate") == 2 * n
-
-
-def _fields(sub: Any) -> dict[str, Any]:
-    return {f: getattr(sub, f) for f in sub.__dataclass_fields__}
 
 
 async def test_malformed_input_of_every_kind_is_parked_or_handled_and_nothing_stops(

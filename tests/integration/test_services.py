@@ -103,6 +103,9 @@ async def test_one_published_order_reaches_all_three_services(
                 assert m.headers["bus-causation-id"] == "op-1"
                 assert m.correlation_id == "op-1"
                 assert m.headers["cloudEvents_source"] == "fulfillment"
+            from subscribers.analytics.handlers import close_databases
+
+            await close_databases()  # its aiosqlite thread would keep the interpreter alive
 
 
 async def _has(rows_coro: object, expected: dict[str, int]) -> bool:

@@ -1,0 +1,116 @@
+"""Acknowledge deliveries, coalescing acks of in-order completions into one `multiple` frame.
+
+Deliveries of one channel carry increasing tags. Every loop turn, the longest run of settled
+deliveries at the head of the channel's outstanding list is acked with one `basic.ack
+multiple=true` for its highest acked tag; acks that complete out of order are sent one by one
+in the same turn, so no ack ever waits behind a slow handler (which would stall the prefetch
+window). A channel that died drops its state: the broker redelivers, the store absorbs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from enum import Enum
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+
+log = logging.getLogger(__name__)
+
+
+class _State(Enum):
+    RUNNING = 0
+    ACK = 1  # to be acked
+    SETTLED = 2  # acked one by one, rejected, nacked, or abandoned to the broker
+
+
+class _Channel:
+    __slots__ = ("channel", "order", "state")
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.order: deque[int] = deque()
+        self.state: dict[int, _State] = {}
+
+
+class Acker:
+    """One per consumer. `delivered()` each message on arrival, then `ack()` or `settled()`."""
+
+    def __init__(self) -> None:
+        self._channels: dict[int, _Channel] = {}
+        self._scheduled = False
+        self._flushing: asyncio.Task[None] | None = None
+
+    def _of(self, m: AbstractIncomingMessage) -> _Channel:
+        key = id(m.channel)
+        ch = self._channels.get(key)
+        if ch is None or ch.channel is not m.channel:
+            ch = self._channels[key] = _Channel(m.channel)
+        return ch
+
+    def delivered(self, m: AbstractIncomingMessage) -> None:
+        if m.delivery_tag is None:
+            return
+        ch = self._of(m)
+        ch.order.append(m.delivery_tag)
+        ch.state[m.delivery_tag] = _State.RUNNING
+
+    def settled(self, m: AbstractIncomingMessage) -> None:
+        """The delivery was rejected, nacked or left to the broker: never ack it."""
+        ch = self._channels.get(id(m.channel))
+        if ch is not None and m.delivery_tag in ch.state:
+            ch.state[m.delivery_tag] = _State.SETTLED
+            self._schedule()
+
+    def ack(self, m: AbstractIncomingMessage) -> None:
+        ch = self._channels.get(id(m.channel))
+        if ch is None or m.delivery_tag not in ch.state:
+            raise RuntimeError("ack of a delivery that was never registered")
+        ch.state[m.delivery_tag] = _State.ACK
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._start)
+
+    def _start(self) -> None:
+        self._scheduled = False
+        previous = self._flushing
+        self._flushing = asyncio.get_running_loop().create_task(self._flush(previous))
+
+    async def _flush(self, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # frames go out in order
+        for key, ch in list(self._channels.items()):
+            if ch.channel.is_closed:
+                del self._channels[key]  # the broker requeued its deliveries
+                continue
+            try:
+                await self._flush_channel(ch)
+            except Exception as exc:  # the channel died under us: redelivery follows
+                log.warning("acks on a closed channel were dropped (%s)", exc)
+                self._channels.pop(key, None)
+
+    async def _flush_channel(self, ch: _Channel) -> None:
+        last_ack = None
+        while ch.order and ch.state[ch.order[0]] is not _State.RUNNING:
+            tag = ch.order.popleft()
+            if ch.state.pop(tag) is _State.ACK:
+                last_ack = tag
+        if last_ack is not None:
+            await ch.channel.basic_ack(delivery_tag=last_ack, multiple=True)
+        stragglers = [t for t, s in ch.state.items() if s is _State.ACK]
+        for tag in stragglers:
+            ch.state[tag] = _State.SETTLED
+            await ch.channel.basic_ack(delivery_tag=tag)
+
+    async def drain(self) -> None:
+        """Wait until every ack asked for so far has been written."""
+        while self._scheduled or (self._flushing is not None and not self._flushing.done()):
+            if self._flushing is not None and not self._flushing.done():
+                await asyncio.wait([self._flushing])
+            else:
+                await asyncio.sleep(0)

@@ -1,0 +1,73 @@
+"""Idempotency claims of one subscriber: claim with waiting, and one heartbeat for all.
+
+A claim is a lease in the store. While handlers run, one background task renews every claim
+this process holds every third of the lease, so a slow handler keeps its claim and a crashed
+process blocks an id for at most one lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from bus.stores.base import Claim, Store
+
+log = logging.getLogger(__name__)
+
+
+class Claims:
+    def __init__(self, store: Store, subscriber: str, lease: float) -> None:
+        self.store = store
+        self.subscriber = subscriber
+        self.lease = lease
+        self._held: dict[str, int] = {}
+        self._renewer: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
+
+    async def stop(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+
+    async def claim(self, event_id: str) -> Claim:
+        """Claim the id; while another replica holds it, wait for it to finish or expire."""
+        deadline = None
+        while True:
+            claim = await self.store.claim(self.subscriber, event_id, self.lease)
+            if claim is Claim.CLAIMED:
+                self._held[event_id] = self._held.get(event_id, 0) + 1
+                return claim
+            if claim is Claim.DONE:
+                return claim
+            if deadline is None:  # BUSY: another replica runs it right now
+                deadline = time.monotonic() + self.lease + 1
+            elif time.monotonic() > deadline:
+                return claim
+            await asyncio.sleep(0.1)
+
+    def _drop(self, event_id: str) -> None:
+        n = self._held.pop(event_id, 0) - 1
+        if n > 0:
+            self._held[event_id] = n
+
+    async def complete(self, event_id: str) -> None:
+        self._drop(event_id)
+        await self.store.complete(self.subscriber, event_id)
+
+    async def release(self, event_id: str) -> None:
+        self._drop(event_id)
+        await self.store.release(self.subscriber, event_id)
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            for event_id in list(self._held):
+                try:
+                    await self.store.renew(self.subscriber, event_id, self.lease)
+                except Exception:  # a missed heartbeat only shortens the lease
+                    log.warning("could not renew the claim on %s", event_id, exc_info=True)
