@@ -89,7 +89,7 @@ class Context:
             id=follow_id,
             correlation_id=self.correlation_id,
             causation_id=self.id,
-            traceparent=new_traceparent(self.meta.traceparent),
+            traceparent=new_traceparent(self.meta.traceparent),  # OTel's span wins if on
         )
 
 

@@ -26,6 +26,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from bus import tracing
 from bus.connection import connect
 from bus.envelope import Event, Wire, encode, new_traceparent
 from bus.errors import (
@@ -206,13 +207,13 @@ class Publisher:
         message = to_message(encode(event))
         started = time.monotonic()
         try:
-            try:  # the common case: one publish, one confirm
-                exchange = await self._exchange(exchange_name)
-                await exchange.publish(
-                    message, routing_key=event.type, mandatory=True, timeout=self.deadline
-                )
-            except _TRANSIENT:
-                await self._send_again(message, event, exchange_name, started)
+            if tracing.active():
+                with tracing.publish_span(exchange_name, event.type, event.id) as traceparent:
+                    if traceparent and message.headers is not None:
+                        message.headers["traceparent"] = traceparent
+                    await self._send_once(message, event, exchange_name, started)
+            else:
+                await self._send_once(message, event, exchange_name, started)
         except aio_pika.exceptions.PublishError as exc:
             raise UnroutableError(
                 f"{event.type} ({event.id}) was returned by the broker: no queue is bound for it "
@@ -232,6 +233,17 @@ class Publisher:
             counter = self._published[event.type] = self.metrics.published.labels(event.type)
         counter.inc()
         self.metrics.confirm_seconds.observe(time.monotonic() - started)
+
+    async def _send_once(
+        self, message: aio_pika.Message, event: Event, exchange_name: str, started: float
+    ) -> None:
+        try:  # the common case: one publish, one confirm
+            exchange = await self._exchange(exchange_name)
+            await exchange.publish(
+                message, routing_key=event.type, mandatory=True, timeout=self.deadline
+            )
+        except _TRANSIENT:
+            await self._send_again(message, event, exchange_name, started)
 
     async def _send_again(
         self, message: aio_pika.Message, event: Event, exchange_name: str, started: float

@@ -25,6 +25,7 @@ from aio_pika.abc import (
 )
 from pydantic import ValidationError
 
+from bus import tracing
 from bus.acks import Acker
 from bus.claims import Claims
 from bus.connection import connect
@@ -239,7 +240,12 @@ class Runtime:
             return
         started = time.perf_counter()
         try:
-            await handler.func(event, ctx)
+            if tracing.active():
+                with tracing.process_span(self.sub.queue, meta.id, m.routing_key or "",
+                                          meta.traceparent, attempt):  # fmt: skip
+                    await handler.func(event, ctx)
+            else:
+                await handler.func(event, ctx)
         except Reject as exc:
             await self._claims.release(meta.id)
             ctx.log.warning("rejected %s %s: %s", meta.type, meta.id, exc.reason)

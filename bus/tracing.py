@@ -1,0 +1,75 @@
+"""OpenTelemetry spans, when the optional `otel` extra is installed (`pip install bus[otel]`).
+
+Spans follow the OpenTelemetry messaging conventions for RabbitMQ: `publish <exchange>` (kind
+PRODUCER) around each publish, whose context is written as the message's `traceparent`, and
+`process <queue>` (kind CONSUMER) around each handler, continuing the producer's trace. Without
+OpenTelemetry (or without an SDK configured) the bus still writes and continues W3C
+`traceparent` headers itself, and this module costs one check per message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+try:
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+except ImportError:  # the extra is not installed
+    trace = None  # type: ignore[assignment]
+
+_SYSTEM: dict[str, Any] = {"messaging.system": "rabbitmq"}
+
+
+def active() -> bool:
+    """True once the application installed an OpenTelemetry SDK tracer provider."""
+    return trace is not None and not isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider
+    )
+
+
+@contextlib.contextmanager
+def publish_span(exchange: str, routing_key: str, event_id: str) -> Iterator[str | None]:
+    """A PRODUCER span; yields the `traceparent` to send, or None when nothing is recording."""
+    tracer = trace.get_tracer("bus")
+    attributes: dict[str, Any] = {
+        **_SYSTEM,
+        "messaging.operation.type": "send",
+        "messaging.destination.name": exchange,
+        "messaging.rabbitmq.destination.routing_key": routing_key,
+        "messaging.message.id": event_id,
+    }
+    with tracer.start_as_current_span(
+        f"publish {exchange}", kind=SpanKind.PRODUCER, attributes=attributes
+    ):
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        yield carrier.get("traceparent")
+
+
+@contextlib.contextmanager
+def process_span(
+    queue: str, event_id: str, routing_key: str, traceparent: str | None, attempt: int
+) -> Iterator[Any]:
+    """A CONSUMER span around a handler, continuing the producer's trace."""
+    tracer = trace.get_tracer("bus")
+    parent = propagate.extract({"traceparent": traceparent}) if traceparent else None
+    attributes: dict[str, Any] = {
+        **_SYSTEM,
+        "messaging.operation.type": "process",
+        "messaging.destination.name": queue,
+        "messaging.rabbitmq.destination.routing_key": routing_key,
+        "messaging.message.id": event_id,
+        "messaging.message.delivery_attempt": attempt,
+    }
+    with tracer.start_as_current_span(
+        f"process {queue}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes,
+        record_exception=True, set_status_on_exception=True,
+    ) as span:  # fmt: skip
+        yield span
+
+
+def mark_failed(span: Any, exc: BaseException) -> None:
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
