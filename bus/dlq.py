@@ -12,11 +12,11 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from bus.errors import ConfigError
+from bus.handoff import copy_of
 from bus.retry import (
     ATTEMPT,
     DEAD_REASON,
@@ -141,7 +141,10 @@ async def replay(
             if dry_run:
                 continue
             await channel.default_exchange.publish(
-                _copy(m), routing_key=sub.queue, mandatory=True, timeout=30
+                copy_of(m, replay_headers(m.headers)),
+                routing_key=sub.queue,
+                mandatory=True,
+                timeout=30,
             )
             await m.ack()
             if rate:
@@ -149,21 +152,6 @@ async def replay(
     finally:
         await channel.close()
     return done
-
-
-def _copy(m: AbstractIncomingMessage) -> aio_pika.Message:
-    return aio_pika.Message(
-        m.body,
-        headers=replay_headers(m.headers),
-        content_type=m.content_type,
-        content_encoding=m.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        correlation_id=m.correlation_id,
-        message_id=m.message_id,
-        timestamp=m.timestamp,
-        type=m.type,
-        app_id=m.app_id,
-    )
 
 
 async def purge(conn: AbstractConnection, sub: Subscriber) -> int:

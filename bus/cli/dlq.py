@@ -31,6 +31,14 @@ def _url(url: str | None, fallback: str) -> str:
     return settings(url=url).url if url else fallback
 
 
+async def _browse(url: str, sub: Subscriber, limit: int | None = None) -> list[dlq_ops.Parked]:
+    conn = await connect_plain(url, "dlq")
+    try:
+        return await dlq_ops.browse(conn, sub, limit)
+    finally:
+        await conn.close()
+
+
 @app.command("list")
 def list_(
     subscriber: str = SubArg,
@@ -41,15 +49,7 @@ def list_(
 ) -> None:
     """Messages in SUBSCRIBER's DLQ with their failure, and counts by exception type."""
     default_url, sub = _sub(subscriber, topology)
-
-    async def go() -> list[dlq_ops.Parked]:
-        conn = await connect_plain(_url(url, default_url), "dlq")
-        try:
-            return await dlq_ops.browse(conn, sub, limit)
-        finally:
-            await conn.close()
-
-    parked = run_async(go())
+    parked = run_async(_browse(_url(url, default_url), sub, limit))
     if as_json:
         rows = [
             {k: v for k, v in p.__dict__.items() if k not in ("headers", "body")} for p in parked
@@ -76,15 +76,7 @@ def show(
 ) -> None:
     """Headers, body and stack trace of one parked message."""
     default_url, sub = _sub(subscriber, topology)
-
-    async def go() -> list[dlq_ops.Parked]:
-        conn = await connect_plain(_url(url, default_url), "dlq")
-        try:
-            return await dlq_ops.browse(conn, sub)
-        finally:
-            await conn.close()
-
-    found = [p for p in run_async(go()) if p.id == id]
+    found = [p for p in run_async(_browse(_url(url, default_url), sub)) if p.id == id]
     if not found:
         raise ConfigError(f"no message with id {id!r} in {sub.dlq}")
     p = found[0]
