@@ -7,6 +7,7 @@ message at the same prefetch. On a failing `on_event` both hand the message to a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -60,6 +61,10 @@ class RawSqlite:
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
+        # Without it, concurrent handlers' commits meet each other's open statements ("cannot
+        # commit transaction - SQL statements in progress"), the failed message is never acked
+        # and the consumer stalls: the memory scenario's raw worker used to hang on exactly that.
+        self.lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: str) -> RawSqlite:
@@ -71,10 +76,11 @@ class RawSqlite:
         return cls(db)
 
     async def first_time(self, event_id: str) -> bool:
-        cur = await self.db.execute(
-            "INSERT OR IGNORE INTO processed (event_id) VALUES (?)", (event_id,)
-        )
-        await self.db.commit()
+        async with self.lock:
+            cur = await self.db.execute(
+                "INSERT OR IGNORE INTO processed (event_id) VALUES (?)", (event_id,)
+            )
+            await self.db.commit()
         return cur.rowcount == 1
 
     async def close(self) -> None:
