@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -52,6 +53,7 @@ async def test_failing_twice_then_succeeding_is_retried_after_each_delay_on_its_
         await wait_for(lambda: time.monotonic() - calls[-1][1] > 0.3, message="settling")
         assert [a for a, _ in calls] == [1, 2, 3]
         gaps = [calls[i + 1][1] - calls[i][1] for i in range(2)]
+        print(f"retry gaps: {[round(g * 1000, 1) for g in gaps]} ms for delays {DELAYS[:2]}")
         for gap, expected in zip(gaps, (0.2, 0.4), strict=True):
             assert expected - 0.01 <= gap <= expected + TOLERANCE, f"gaps {gaps} vs delays {DELAYS}"
         assert steady_calls == ["e-1"], "the other subscriber must see the event exactly once"
@@ -64,10 +66,12 @@ async def test_always_failing_handler_parks_in_dlq_with_every_contract_header(
     topology = make_topology(prefix, {"email": {"keys": ["order.placed"]}}, delays=DELAYS)
     router = Router()
     attempts: list[int] = []
+    times: list[float] = []
 
     @router.on("order.placed")
     async def boom(event: dict[str, Any], ctx: Context) -> None:
         attempts.append(ctx.attempt)
+        times.append(time.monotonic())
         raise ValueError("smtp says no")
 
     async with (
@@ -81,6 +85,10 @@ async def test_always_failing_handler_parks_in_dlq_with_every_contract_header(
             lambda: _depth_is(amqp_url, dlq, 1), timeout=10, message="the message in the DLQ"
         )
         assert attempts == [1, 2, 3, 4]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        print(f"retry gaps: {[round(g * 1000, 1) for g in gaps]} ms for delays {DELAYS}")
+        for gap, delay in zip(gaps, (0.2, 0.4, 0.8), strict=True):
+            assert delay - 0.01 <= gap <= delay + TOLERANCE, f"gaps {gaps} vs delays {DELAYS}"
         (m,) = await get_all(amqp_url, dlq)
         h = m.headers
         assert h["bus-dead-reason"] == "retries-exhausted"
