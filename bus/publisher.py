@@ -10,7 +10,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -329,10 +329,3 @@ class SyncPublisher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def header_text(headers: Mapping[str, Any] | None, name: str) -> str | None:
-    value = (headers or {}).get(name)
-    if isinstance(value, bytes | bytearray):
-        return bytes(value).decode(errors="replace")
-    return None if value is None else str(value)

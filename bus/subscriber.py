@@ -35,7 +35,15 @@ from bus.errors import ConfigError, InvalidEvent, Reject
 from bus.handoff import HandOff
 from bus.metrics import Metrics
 from bus.publisher import Publisher
-from bus.retry import DeadLetter, DeadReason, Decision, after_failure, attempt_of, failure_headers
+from bus.retry import (
+    DeadLetter,
+    DeadReason,
+    Decision,
+    after_failure,
+    attempt_of,
+    dead,
+    failure_headers,
+)
 from bus.router import Handler, Router
 from bus.stores.base import DEFAULT_LEASE, Claim, Store
 from bus.topology.model import Topology
@@ -188,14 +196,14 @@ class Runtime:
             )  # fmt: skip
         except InvalidEvent as exc:
             await self._hand_off(
-                m, DeadLetter(self.sub.dlq, DeadReason.INVALID), attempt, None, str(exc), "unknown"
+                m, dead(self.sub, DeadReason.INVALID), attempt, None, str(exc), "unknown"
             )
             return
         handler = self.router.match(meta.type)
         if handler is None:
             reason = f"no handler for event type {meta.type!r} in subscriber {self.sub.name!r}"
             await self._hand_off(
-                m, DeadLetter(self.sub.dlq, DeadReason.NO_HANDLER), attempt, None, reason, meta.type
+                m, dead(self.sub, DeadReason.NO_HANDLER), attempt, None, reason, meta.type
             )
             return
         try:
@@ -203,7 +211,7 @@ class Runtime:
         except (InvalidEvent, ValidationError) as exc:
             await self._hand_off(
                 m,
-                DeadLetter(self.sub.dlq, DeadReason.INVALID),
+                dead(self.sub, DeadReason.INVALID),
                 attempt,
                 handler,
                 _short(exc),
@@ -249,7 +257,7 @@ class Runtime:
         except Reject as exc:
             await self._claims.release(meta.id)
             ctx.log.warning("rejected %s %s: %s", meta.type, meta.id, exc.reason)
-            decision: Decision = DeadLetter(self.sub.dlq, DeadReason.REJECTED)
+            decision: Decision = dead(self.sub, DeadReason.REJECTED)
             await self._hand_off(m, decision, attempt, handler, exc, meta.type)
         except Exception as exc:
             await self._claims.release(meta.id)

@@ -44,6 +44,3 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
-
-    def is_done(self, subscriber: str, event_id: str) -> bool:
-        return (subscriber, event_id) in self._done

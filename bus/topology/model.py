@@ -137,9 +137,6 @@ class Subscriber:
     def retry_queues(self) -> tuple[str, ...]:
         return tuple(self.retry_queue(d) for d in self.delays)
 
-    def delay_ms(self, delay: str) -> int:
-        return parse_ms(delay)
-
 
 @dataclass(frozen=True, slots=True)
 class Schedule:

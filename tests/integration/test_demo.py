@@ -11,11 +11,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import aiormq
 import yaml
 
 from bus.connection import connect_plain
 from bus.demo import delete, demo_document, expected_handled
+from bus.topology import apply as applier
 from bus.topology.model import from_dict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,12 +52,7 @@ async def remove_leftovers(url: str, prefix: str) -> None:
 async def queue_exists(url: str, name: str) -> bool:
     conn = await connect_plain(url)
     try:
-        channel = await conn.channel()
-        try:
-            await channel.declare_queue(name, passive=True)
-            return True
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            return False
+        return await applier.queue_depth(conn, name) is not None
     finally:
         await conn.close()
 
