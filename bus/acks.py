@@ -15,7 +15,7 @@ from collections import deque
 from enum import Enum
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
+from bus.delivery import Delivery
 
 log = logging.getLogger(__name__)
 
@@ -43,28 +43,28 @@ class Acker:
         self._scheduled = False
         self._flushing: asyncio.Task[None] | None = None
 
-    def _of(self, m: AbstractIncomingMessage) -> _Channel:
+    def _of(self, m: Delivery) -> _Channel:
         key = id(m.channel)
         ch = self._channels.get(key)
         if ch is None or ch.channel is not m.channel:
             ch = self._channels[key] = _Channel(m.channel)
         return ch
 
-    def delivered(self, m: AbstractIncomingMessage) -> None:
+    def delivered(self, m: Delivery) -> None:
         if m.delivery_tag is None:
             return
         ch = self._of(m)
         ch.order.append(m.delivery_tag)
         ch.state[m.delivery_tag] = _State.RUNNING
 
-    def settled(self, m: AbstractIncomingMessage) -> None:
+    def settled(self, m: Delivery) -> None:
         """The delivery was rejected, nacked or left to the broker: never ack it."""
         ch = self._channels.get(id(m.channel))
         if ch is not None and m.delivery_tag in ch.state:
             ch.state[m.delivery_tag] = _State.SETTLED
             self._schedule()
 
-    def ack(self, m: AbstractIncomingMessage) -> None:
+    def ack(self, m: Delivery) -> None:
         ch = self._channels.get(id(m.channel))
         if ch is None or m.delivery_tag not in ch.state:
             raise RuntimeError("ack of a delivery that was never registered")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from bus.delivery import Delivery, copy_properties
 
 HANDOFF_TIMEOUT = 30.0
 
@@ -38,17 +41,17 @@ class HandOff:
         self.channel = channel
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def republish(
-        self, m: AbstractIncomingMessage, queue: str, headers: Mapping[str, Any]
-    ) -> None:
+    async def republish(self, m: Delivery, queue: str, headers: dict[str, Any]) -> None:
         # aiormq matches returned messages by message_id: never two in flight with one id
         key = m.message_id or ""
         lock = self._locks.setdefault(key, asyncio.Lock())
         try:
             async with lock:
-                await self.channel.default_exchange.publish(
-                    copy_of(m, headers), routing_key=queue, mandatory=True, timeout=HANDOFF_TIMEOUT
-                )
+                channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
+                await channel.basic_publish(
+                    m.body, routing_key=queue, properties=copy_properties(m.properties, headers),
+                    mandatory=True, timeout=HANDOFF_TIMEOUT, wait=False,
+                )  # fmt: skip
         finally:
             if not lock.locked() and self._locks.get(key) is lock:
                 del self._locks[key]

@@ -11,25 +11,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import aiormq
 import jsonschema
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from pydantic import ValidationError
 
 from bus import tracing
 from bus.acks import Acker
 from bus.claims import Claims
 from bus.connection import connect
+from bus.consumer import Consumer
 from bus.context import Context
+from bus.delivery import Delivery
 from bus.envelope import Meta, decode_body, decode_meta
 from bus.errors import ConfigError, InvalidEvent, Reject
 from bus.handoff import HandOff
@@ -75,14 +71,13 @@ class Runtime:
         self.metrics = metrics or Metrics.default()
         self.lease = lease
         self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractChannel | None = None
+        self._channel: AbstractRobustChannel | None = None
         self._handoff: HandOff | None = None
         self._acks = Acker()
         self._claims = Claims(store, self.sub.name, lease)
         self._counters: dict[tuple[str, str], Any] = {}
         self._timers: dict[str, Any] = {}
-        self._queue: AbstractQueue | None = None
-        self._consumer_tag: str | None = None
+        self._consumer: Consumer | None = None
         self._publisher: Publisher | None = None
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -102,10 +97,16 @@ class Runtime:
         self._handoff = HandOff(
             await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         )
-        self._channel = await self._connection.channel(publisher_confirms=False)
-        await self._channel.set_qos(prefetch_count=self.sub.prefetch)
-        try:
-            self._queue = await self._channel.declare_queue(self.sub.queue, passive=True)
+        channel = await self._connection.channel(publisher_confirms=False)
+        assert isinstance(channel, AbstractRobustChannel)
+        self._channel = channel
+        await channel.set_qos(prefetch_count=self.sub.prefetch)
+        self._consumer = Consumer(channel, self.sub.queue, self._on_message)
+        try:  # on the aiormq channel: the robust one would declare it again on every reopen
+            # and give up reopening for good while the queue is missing
+            underlay = await channel.get_underlay_channel()
+            await underlay.queue_declare(self.sub.queue, passive=True)
+            await self._consumer.start()
         except aiormq.exceptions.ChannelNotFoundEntity:
             await self.stop(0)
             raise ConfigError(
@@ -113,7 +114,6 @@ class Runtime:
                 "run `bus topology apply` first"
             ) from None
         self._claims.start()
-        self._consumer_tag = await self._queue.consume(self._on_message)
         self.metrics.ready.labels(self.sub.name).set(1)
         log.info(
             "subscriber %s consuming %s (prefetch %d)", self.sub.name, self.sub.queue,
@@ -128,7 +128,8 @@ class Runtime:
             conn is not None
             and not conn.is_closed
             and conn.connected.is_set()
-            and self._consumer_tag is not None
+            and self._consumer is not None
+            and self._consumer.consuming
             and not self._stopping
         )
 
@@ -144,11 +145,8 @@ class Runtime:
         """
         self._stopping = True
         self.metrics.ready.labels(self.sub.name).set(0)
-        if self._queue is not None and self._consumer_tag is not None:
-            try:
-                await self._queue.cancel(self._consumer_tag)
-            except Exception:
-                log.debug("cancel failed", exc_info=True)
+        if self._consumer is not None:
+            await self._consumer.cancel()
         drained = True
         try:
             await asyncio.wait_for(self._idle.wait(), grace)
@@ -165,7 +163,7 @@ class Runtime:
 
     # -- one delivery ------------------------------------------------------------------------
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, message: Delivery) -> None:
         self._acks.delivered(message)
         if self._stopping:
             self._acks.settled(message)  # never acked: requeued by the broker when we close
@@ -187,7 +185,7 @@ class Runtime:
             if self._inflight == 0:
                 self._idle.set()
 
-    async def _handle(self, m: AbstractIncomingMessage) -> None:
+    async def _handle(self, m: Delivery) -> None:
         attempt = attempt_of(m.headers)
         try:
             meta = decode_meta(
@@ -236,11 +234,10 @@ class Runtime:
         child.observe(seconds)
 
     async def _run(
-        self, m: AbstractIncomingMessage, meta: Meta, handler: Handler, event: Any, attempt: int
+        self, m: Delivery, meta: Meta, handler: Handler, event: Any, attempt: int
     ) -> None:
         assert self._publisher is not None
-        ctx = Context(meta, attempt, self.sub.name, m.routing_key or "", m.headers or {},
-                      self._publisher)  # fmt: skip
+        ctx = Context(meta, attempt, self.sub.name, m.routing_key, m.headers, self._publisher)
         if await self._claims.claim(meta.id) is Claim.DONE:
             ctx.log.info("duplicate %s %s: already processed, acked", meta.type, meta.id)
             self._ack(m)
@@ -249,7 +246,7 @@ class Runtime:
         started = time.perf_counter()
         try:
             if tracing.active():
-                with tracing.process_span(self.sub.queue, meta.id, m.routing_key or "",
+                with tracing.process_span(self.sub.queue, meta.id, m.routing_key,
                                           meta.traceparent, attempt):  # fmt: skip
                     await handler.func(event, ctx)
             else:
@@ -295,14 +292,14 @@ class Runtime:
 
     # -- acks and hand-offs ------------------------------------------------------------------
 
-    def _ack(self, m: AbstractIncomingMessage) -> None:
+    def _ack(self, m: Delivery) -> None:
         """Ack soon, coalesced with neighbours (see bus.acks). If the channel dies first, the
         broker redelivers and the idempotency store absorbs the copy."""
         self._acks.ack(m)
 
     async def _hand_off(
         self,
-        m: AbstractIncomingMessage,
+        m: Delivery,
         decision: Decision,
         attempt: int,
         handler: Handler | None,
@@ -312,7 +309,7 @@ class Runtime:
         headers = failure_headers(
             m.headers, decision=decision, attempt=attempt, subscriber=self.sub.name,
             handler=handler.name if handler else None, error=error, now=datetime.now(UTC),
-            exchange=m.exchange or "", routing_key=m.routing_key or "",
+            exchange=m.exchange, routing_key=m.routing_key,
         )  # fmt: skip
         outcome = DEAD if isinstance(decision, DeadLetter) else RETRIED
         try:
@@ -335,9 +332,7 @@ class Runtime:
             log.warning("parked %s in %s (%s)", m.message_id, decision.queue, decision.reason,
                         extra={"event_id": m.message_id, "subscriber": self.sub.name})  # fmt: skip
 
-    async def _republish(
-        self, m: AbstractIncomingMessage, queue: str, headers: Mapping[str, Any]
-    ) -> None:
+    async def _republish(self, m: Delivery, queue: str, headers: dict[str, Any]) -> None:
         assert self._handoff is not None
         await self._handoff.republish(m, queue, headers)
 

@@ -1,0 +1,47 @@
+"""The runtime consumes on aiormq's channel directly (bus.consumer): it must come back by itself
+after the broker cancels its consumer, and deliver aiormq frames as the handler expects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bus import Context, Router
+from bus.connection import connect_plain
+from bus.publisher import Publisher
+from tests.conftest import wait_for
+from tests.integration.helpers import applied, apply_topology, make_topology, running
+
+
+async def test_a_consumer_cancelled_by_the_broker_consumes_again_once_the_queue_is_back(
+    amqp_url: str, prefix: str
+) -> None:
+    topology = make_topology(prefix, {"svc": {"keys": ["order.placed"]}}, queue_type="classic")
+    seen: list[tuple[str, str, str | None]] = []
+    router = Router()
+
+    @router.on("order.placed")
+    async def record(event: dict[str, Any], ctx: Context) -> None:
+        seen.append((ctx.id, ctx.routing_key, ctx.meta.correlation_id))
+
+    async with (
+        applied(amqp_url, topology),
+        running(amqp_url, topology, "svc", router) as rt,
+        Publisher(amqp_url, topology) as pub,
+    ):
+        await pub.publish("order.placed", {"order_id": "o-1"}, id="e-1", correlation_id="c-1")
+        await wait_for(lambda: len(seen) == 1, message="the first event")
+        assert seen == [("e-1", "order.placed", "c-1")]
+
+        conn = await connect_plain(amqp_url)  # an operator deletes the queue under us
+        try:
+            channel = await conn.channel()
+            await channel.queue_delete(f"{prefix}.svc")
+        finally:
+            await conn.close()
+        await wait_for(lambda: not rt.ready, message="not ready while the queue is gone")
+
+        await apply_topology(amqp_url, topology)  # and applies the topology again
+        await wait_for(lambda: rt.ready, timeout=15, message="consuming again")
+        await pub.publish("order.placed", {"order_id": "o-2"}, id="e-2")
+        await wait_for(lambda: len(seen) == 2, timeout=10, message="the event after the gap")
+        assert seen[1][0] == "e-2"
