@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import traceback
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from bus.retry import (
+    MAX_FRAMES,
     DeadLetter,
     DeadReason,
     RetryLater,
@@ -15,6 +17,7 @@ from bus.retry import (
     attempt_of,
     dead,
     failure_headers,
+    format_trace,
     replay_headers,
 )
 from bus.topology.model import Subscriber, from_dict
@@ -157,13 +160,16 @@ def test_failure_headers_keep_the_first_failure_and_original_route() -> None:
 
 
 def test_stack_trace_is_truncated_to_8_kib_keeping_its_end() -> None:
-    def deep(n: int) -> None:
+    def deep(n: int, error: BaseException) -> None:
         if n == 0:
-            raise ValueError("the bottom")
-        deep(n - 1)
+            raise error
+        deep(n - 1, error)
 
-    try:
-        deep(200)
+    try:  # two chained failures, each deeper than MAX_FRAMES: well over 8 KiB in all
+        try:
+            deep(200, KeyError("first"))
+        except KeyError:
+            deep(200, ValueError("the bottom"))
     except ValueError as exc:
         error = exc
     h = headers_for(None, RETRY, error=error)
@@ -212,3 +218,66 @@ def test_replay_headers_reset_the_attempt_and_forget_the_failure() -> None:
 
 def test_replay_headers_of_nothing_is_attempt_one() -> None:
     assert replay_headers(None) == {"bus-attempt": 1}
+
+
+def test_format_trace_is_the_standard_trace_without_caret_lines() -> None:
+    def fail() -> None:
+        try:
+            try:
+                raise KeyError("sku-1")
+            except KeyError as exc:
+                raise ValueError("cannot reserve") from exc
+        except ValueError:
+            raise ConnectionError("warehouse down")  # noqa: B904 - the implicit context is the point
+
+    try:
+        fail()
+    except ConnectionError as exc:
+        error = exc
+    standard = "".join(traceback.format_exception(error))
+    without_carets = "".join(
+        line
+        for line in standard.splitlines(keepends=True)
+        if not line.strip() or line.strip(" ^~\n")  # blank lines stay, caret lines go
+    )
+    assert format_trace(error) == without_carets
+    assert "direct cause" in without_carets and "During handling" in without_carets
+
+
+def test_format_trace_keeps_the_innermost_frames_of_a_deep_recursion() -> None:
+    def down(n: int) -> None:
+        if n == 0:
+            raise RuntimeError("bottom")
+        down(n - 1)
+
+    try:
+        down(200)
+    except RuntimeError as exc:
+        trace = format_trace(exc)
+    assert "outer frames omitted" in trace
+    assert trace.count("in down") == MAX_FRAMES
+    assert trace.endswith("RuntimeError: bottom\n")
+
+
+class WarehouseError(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("cannot reserve"),
+        ValueError(),
+        WarehouseError("503 from the warehouse"),
+        SyntaxError("bad", ("handlers.py", 3, 5, "x = = 1\n")),
+    ],
+    ids=["builtin", "no-message", "own-class", "syntax-error"],
+)
+def test_format_trace_names_the_error_as_the_traceback_module_does(error: Exception) -> None:
+    error.add_note("while reserving order o-1")
+    try:
+        raise error
+    except Exception as exc:
+        raised = exc
+    expected = "".join(traceback.format_exception_only(raised))
+    assert format_trace(raised).endswith(expected)
