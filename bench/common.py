@@ -50,12 +50,32 @@ class Counts:
     retry: int = 5_000
     mem_small: int = 10_000
     mem_large: int = 100_000
+    rounds: int = 4  # each scenario's work is split into rounds taken in ABBA order
 
 
 SMOKE = Counts(
     publish=300, window=50, consume=500, fanout=200, rate=200, seconds=1.0, retry=100,
-    mem_small=300, mem_large=1_500,
+    mem_small=300, mem_large=1_500, rounds=2,
 )  # fmt: skip
+
+BUS, RAW, FASTSTREAM = "bus", "raw", "faststream"
+
+
+def abba(rounds: int, sides: Sequence[str] = (RAW, BUS)) -> list[tuple[str, ...]]:
+    """The order of the sides in each round: A-B, B-A, B-A, A-B, ... (with a third side,
+    A-B-C, C-B-A, C-B-A, A-B-C: the middle one sits at the average of the others).
+
+    This machine's speed drifts by tens of percent within minutes (other tenants, CPU
+    frequency); alternating the order cancels a steady drift, and many short rounds average
+    the bursts, where one long run of each side would hand the whole drift to one of them.
+    """
+    forward, backward = tuple(sides), tuple(reversed(sides))
+    return [forward if r % 4 in (0, 3) else backward for r in range(rounds)]
+
+
+def split(n: int, rounds: int) -> list[int]:
+    """*n* events in *rounds* nearly equal parts (none empty when n >= rounds)."""
+    return [n // rounds + (1 if r < n % rounds else 0) for r in range(rounds)]
 
 
 @dataclass(frozen=True)
@@ -330,17 +350,29 @@ async def fill(
 
 
 class Counter:
-    """Counts handler calls; `done` is set when the expected number arrived."""
+    """Counts handler calls; `done` is set when the expected number arrived. `first` and `last`
+    are the `perf_counter()` of the first and the latest call."""
 
     def __init__(self, expected: int) -> None:
         self.expected = expected
         self.count = 0
         self.done = asyncio.Event()
+        self.first = 0.0
+        self.last = 0.0
 
     def hit(self) -> None:
+        self.last = time.perf_counter()
+        if self.count == 0:
+            self.first = self.last
         self.count += 1
         if self.count >= self.expected:
             self.done.set()
+
+    @property
+    def busy_seconds(self) -> float:
+        """From the first call to the last: the steady-state work, without connecting and
+        declaring (which would weigh more on the side that opens more channels)."""
+        return self.last - self.first
 
     async def until(self, target: int, timeout: float) -> None:
         """Wait until *target* calls were counted in all."""

@@ -3,13 +3,13 @@
 bus: a `Runtime` with a pydantic-annotated handler, the idempotency store (memory, then SQLite),
 one ack per success. raw: an aio-pika consumer at the same prefetch that validates with the same
 model and acks each message; with SQLite it records each id (`INSERT OR IGNORE` + commit).
-Timed from connecting until the last handler call; the events are published before (untimed).
+The events are published before (untimed), in rounds taken in ABBA order; each drain is timed
+from its first handler call to its last.
 """
 
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,13 @@ from bench.common import (
     Env,
     Order,
     Row,
+    abba,
     deadline_for,
     declared,
     fill,
     new_prefix,
     rate_row,
+    split,
     topology,
 )
 from bench.consumers import RawSqlite, bus_consuming, raw_consuming
@@ -30,31 +32,39 @@ from bus.stores import MemoryStore, Store, open_store
 
 NAME = "consume"
 KEY = "bench.consumed"
-SUBSCRIBERS = ("raw_mem", "bus_mem", "raw_sqlite", "bus_sqlite")
+STORES = ("mem", "sqlite")
+SUBSCRIBERS = tuple(f"{side}_{store}" for store in STORES for side in ("raw", "bus"))
 
 
 async def run(env: Env) -> list[Row]:
-    n = env.counts.consume
     topo = topology(
         new_prefix(), {s: [KEY] for s in SUBSCRIBERS}, [KEY],
         queue_type=env.queue_type, prefetch=env.prefetch,
     )  # fmt: skip
-    queue = {s: topo.subscriber(s).queue for s in SUBSCRIBERS}
-    seconds: dict[str, float] = {}
+    exchange = topo.subscriber(SUBSCRIBERS[0]).bindings[0].exchange
+    busy = dict.fromkeys(SUBSCRIBERS, 0.0)
+    handled = dict.fromkeys(SUBSCRIBERS, 0)
+    rounds = env.counts.rounds
     async with declared(env.url, topo):
-        await fill(env.url, topo.subscriber("raw_mem").bindings[0].exchange, KEY, n)
         with tempfile.TemporaryDirectory(prefix="bench-consume-") as tmp:
-            for name in SUBSCRIBERS:
-                seconds[name] = await _drain(env, topo, name, queue[name], n, Path(tmp))
+            for chunk, order in zip(split(env.counts.consume, rounds), abba(rounds), strict=True):
+                await fill(env.url, exchange, KEY, chunk)  # every queue gets the same chunk
+                for store in STORES:
+                    for side in order:
+                        name = f"{side}_{store}"
+                        q = topo.subscriber(name).queue
+                        busy[name] += await _drain(env, topo, name, q, chunk, Path(tmp))
+                        handled[name] += chunk - 1  # first call to last: chunk - 1 intervals
+    n = handled["bus_mem"]  # the same chunks on every side
     return [
-        rate_row(NAME, "validate + memory store + ack", n, seconds["bus_mem"],
-                 seconds["raw_mem"], 1.0),
-        rate_row(NAME, "validate + SQLite store + ack", n, seconds["bus_sqlite"],
-                 seconds["raw_sqlite"]),
+        rate_row(NAME, f"validate + {label} store + ack", n, busy[f"bus_{s}"], busy[f"raw_{s}"],
+                 1.0 if s == "mem" else None)
+        for s, label in (("mem", "memory"), ("sqlite", "SQLite"))
     ]  # fmt: skip
 
 
 async def _drain(env: Env, topo: Any, name: str, queue: str, n: int, tmp: Path) -> float:
+    """Seconds from the first handler call to the last, draining *n* events from *queue*."""
     counter = Counter(n)
 
     async def on_event(event: Order) -> None:
@@ -64,24 +74,20 @@ async def _drain(env: Env, topo: Any, name: str, queue: str, n: int, tmp: Path) 
         store: Store = (
             MemoryStore() if name == "bus_mem" else await open_store(f"sqlite:///{tmp}/bus.db")
         )
-
         try:
-            started = time.perf_counter()
             async with bus_consuming(env.url, topo, name, Order, on_event, store):
                 await counter.wait(deadline_for(n))
-                return time.perf_counter() - started
         finally:
             await store.close()
+        return counter.busy_seconds
 
     raw_store = await RawSqlite.open(str(tmp / "raw.db")) if name == "raw_sqlite" else None
-
     try:
-        started = time.perf_counter()
         async with raw_consuming(
             env.url, queue, Order, on_event, prefetch=env.prefetch, store=raw_store
         ):
             await counter.wait(deadline_for(n))
-            return time.perf_counter() - started
     finally:
         if raw_store is not None:
             await raw_store.close()
+    return counter.busy_seconds
