@@ -7,6 +7,7 @@ broker, persistent, `mandatory` (an unroutable event is an error, not a silent s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -194,7 +195,11 @@ class Publisher:
         return event.id
 
     async def publish_many(self, events: Iterable[EventLike], *, window: int = 1000) -> list[str]:
-        """Publish many events with up to *window* confirms in flight; all are checked first."""
+        """Publish many events with up to *window* confirms in flight; all are checked first.
+
+        Raises PublishTimeout when no confirm at all arrived for `deadline` seconds (a batch
+        may take longer than that in all, as long as the broker keeps confirming).
+        """
         checked = []
         for e in events:  # every event is checked before the first is sent
             if isinstance(e, Event):
@@ -203,21 +208,40 @@ class Publisher:
             else:
                 checked.append(self.event(e[0], e[1]))
         gate = asyncio.Semaphore(window)
+        progress = time.monotonic()
 
         async def one(e: Event) -> None:
+            nonlocal progress
             async with gate:
-                await self.send(e)
+                # no timer per publish: scheduling and cancelling one per event cost ~5 % of
+                # the CPU; the watchdog below catches a broker that stopped confirming
+                await self.send(e, timer=False)
+                progress = time.monotonic()
 
-        results = await asyncio.gather(*(one(e) for e in checked), return_exceptions=True)
-        failures = [r for r in results if isinstance(r, BaseException)]
+        batch = asyncio.gather(*(one(e) for e in checked), return_exceptions=True)
+        while not batch.done():
+            await asyncio.wait([batch], timeout=min(1.0, self.deadline))
+            if not batch.done() and time.monotonic() - progress > self.deadline:
+                batch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await batch
+                raise PublishTimeout(
+                    f"no confirm from the broker for {self.deadline:.0f}s; the events of this "
+                    "batch may or may not have been published (send them again: same ids)"
+                )
+        failures = [r for r in batch.result() if isinstance(r, BaseException)]
         if failures:
             raise PublishError(
                 f"{len(failures)} of {len(checked)} events were not confirmed; first: {failures[0]}"
             ) from failures[0]
         return [e.id for e in checked]
 
-    async def send(self, event: Event) -> None:
-        """Publish an already-checked event, republishing after reconnects until the deadline."""
+    async def send(self, event: Event, *, timer: bool = True) -> None:
+        """Publish an already-checked event, republishing after reconnects until the deadline.
+
+        `timer=False`: no deadline on the first confirm (the caller watches for progress).
+        """
+        first_timeout = self.deadline if timer else None
         exchange_name = self.topology.events[event.type].exchange
         wire = encode(event)
         started = time.monotonic()
@@ -226,9 +250,9 @@ class Publisher:
                 with tracing.publish_span(exchange_name, event.type, event.id) as traceparent:
                     if traceparent:
                         wire.headers["traceparent"] = traceparent
-                    await self._send_once(wire, exchange_name, started)
+                    await self._send_once(wire, exchange_name, started, first_timeout)
             else:
-                await self._send_once(wire, exchange_name, started)
+                await self._send_once(wire, exchange_name, started, first_timeout)
         except aio_pika.exceptions.PublishError as exc:
             raise UnroutableError(
                 f"{event.type} ({event.id}) was returned by the broker: no queue is bound for it "
@@ -249,9 +273,11 @@ class Publisher:
         counter.inc()
         self.metrics.confirm_seconds.observe(time.monotonic() - started)
 
-    async def _send_once(self, wire: Wire, exchange: str, started: float) -> None:
+    async def _send_once(
+        self, wire: Wire, exchange: str, started: float, timeout: float | None
+    ) -> None:
         try:  # the common case: one publish, one confirm
-            await self._publish(wire, exchange, self.deadline)
+            await self._publish(wire, exchange, timeout)
         except _TRANSIENT:
             await self._send_again(wire, exchange, started)
 
@@ -269,7 +295,7 @@ class Publisher:
                 remaining = max(0.5, self.deadline - (time.monotonic() - started))
                 await self._publish(wire, exchange, min(10.0, remaining))
 
-    async def _publish(self, wire: Wire, exchange: str, timeout: float) -> None:
+    async def _publish(self, wire: Wire, exchange: str, timeout: float | None) -> None:
         """One `basic.publish` on the confirm channel, awaiting the broker's confirm.
 
         Straight to aiormq with `wait=False`: aio-pika's `Exchange.publish` holds the channel

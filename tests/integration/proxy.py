@@ -8,7 +8,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 
 class Proxy:
-    """Forwards 127.0.0.1:<port> to *target*; `cut()` drops every open connection at once."""
+    """Forwards 127.0.0.1:<port> to *target*; `cut()` drops every open connection at once,
+    `stall()` holds everything back (a broker that stops answering) until `resume()`."""
 
     def __init__(self, target_host: str = "127.0.0.1", target_port: int = 5672) -> None:
         self.target = (target_host, target_port)
@@ -17,6 +18,8 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
         self.refusing = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> Proxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -46,12 +49,19 @@ class Proxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         finally:
             self._open.discard(writer)
             with contextlib.suppress(Exception):
                 writer.close()
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     @property
     def connections(self) -> int:
