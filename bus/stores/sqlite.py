@@ -40,10 +40,10 @@ class SqliteStore:
 
     async def _write(self, statement: str, args: tuple[Any, ...]) -> Any:
         """Run one statement; returns its first row (RETURNING), after a commit covering it."""
-        async with self._lock, self._db.execute(statement, args) as cur:
-            row = await cur.fetchone()
+        async with self._lock:  # one trip to the database thread (a cursor would take three)
+            rows = await self._db.execute_fetchall(statement, args)
         await self._committed()
-        return row
+        return next(iter(rows), None)
 
     async def _committed(self) -> None:
         if self._commit is None:
@@ -67,11 +67,9 @@ class SqliteStore:
         row = await self._write(sql.qmark(sql.CLAIM, 4), (subscriber, event_id, now + lease, now))
         if row is not None:
             return Claim.CLAIMED
-        async with (
-            self._lock,
-            self._db.execute(sql.qmark(sql.STATE, 2), (subscriber, event_id)) as cur,
-        ):
-            state = await cur.fetchone()
+        async with self._lock:
+            rows = await self._db.execute_fetchall(sql.qmark(sql.STATE, 2), (subscriber, event_id))
+        state = next(iter(rows), None)
         return Claim.DONE if state and state[0] == "done" else Claim.BUSY
 
     async def renew(self, subscriber: str, event_id: str, lease: float = DEFAULT_LEASE) -> None:
