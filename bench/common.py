@@ -86,6 +86,11 @@ class Env:
     counts: Counts
     queue_type: str = "quorum"
     prefetch: int = 32
+    faststream: bool = False  # measure FastStream too (the `bench` extra is installed)
+
+    @property
+    def sides(self) -> tuple[str, ...]:
+        return (RAW, BUS, FASTSTREAM) if self.faststream else (RAW, BUS)
 
 
 @dataclass

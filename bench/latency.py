@@ -3,7 +3,8 @@
 A ticker starts one publish every 1/rate seconds (each awaiting its own confirm, so a slow
 confirm never delays the next send); the body carries `perf_counter()` at the call; the handler
 records the difference. Publisher and consumer share one process, so the clocks agree. bus:
-`Publisher.publish` + `Runtime` (memory store); raw: confirm-channel publish + aio-pika consumer.
+`Publisher.publish` + `Runtime` (memory store); raw: confirm-channel publish + aio-pika consumer;
+FastStream (when installed): `RabbitBroker.publish` + a subscriber.
 Both sides stay connected throughout and take turns in ABBA rounds, so a slow spell of the
 machine (a p99 is the 50th-worst of 5,000) falls on both; a short warm-up of each is dropped.
 """
@@ -11,6 +12,8 @@ machine (a p99 is the 50th-worst of 5,000) falls on both; a short warm-up of eac
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import gc
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -20,6 +23,7 @@ from pydantic import BaseModel
 
 from bench.common import (
     BUS,
+    FASTSTREAM,
     RAW,
     Counter,
     Env,
@@ -34,11 +38,12 @@ from bench.common import (
     topology,
 )
 from bench.consumers import bus_consuming, raw_consuming
+from bench.fs import FsPublisher, fs_consuming
 from bus.publisher import Publisher
 from bus.stores import MemoryStore
 
 NAME = "latency"
-KEYS = {BUS: "bench.lat_bus", RAW: "bench.lat_raw"}
+KEYS = {BUS: "bench.lat_bus", RAW: "bench.lat_raw", FASTSTREAM: "bench.lat_fs"}
 
 Send = Callable[[dict[str, Any]], Coroutine[Any, Any, Any]]
 
@@ -51,49 +56,59 @@ class Tick(BaseModel):
 async def run(env: Env) -> list[Row]:
     rate, seconds, rounds = env.counts.rate, env.counts.seconds, env.counts.rounds
     n = max(rounds, int(rate * seconds))
+    keys = {side: KEYS[side] for side in env.sides}
     topo = topology(
-        new_prefix(), {BUS: [KEYS[BUS]], RAW: [KEYS[RAW]]}, list(KEYS.values()),
+        new_prefix(), {side: [key] for side, key in keys.items()}, list(keys.values()),
         queue_type=env.queue_type, prefetch=env.prefetch,
     )  # fmt: skip
-    latencies: dict[str, list[float]] = {BUS: [], RAW: []}
-    counters = {BUS: Counter(0), RAW: Counter(0)}
+    latencies: dict[str, list[float]] = {side: [] for side in keys}
+    counters = {side: Counter(0) for side in keys}
     exchange = topo.subscriber(RAW).bindings[0].exchange
-    async with (
-        declared(env.url, topo),
-        bus_consuming(env.url, topo, BUS, Tick, _record(latencies[BUS], counters[BUS]),
-                      MemoryStore()),
-        raw_consuming(env.url, topo.subscriber(RAW).queue, Tick,
-                      _record(latencies[RAW], counters[RAW]), prefetch=env.prefetch),
-        Publisher(env.url, topo, source="bench") as pub,
-        RawPublisher(env.url, exchange) as raw,
-    ):  # fmt: skip
-        send: dict[str, Send] = {
-            BUS: lambda data: pub.publish(KEYS[BUS], data),
-            RAW: lambda data: raw.publish(KEYS[RAW], data),
-        }
+    async with declared(env.url, topo), contextlib.AsyncExitStack() as stack:
+        send: dict[str, Send] = {}
+        for side in keys:
+            on_event = _record(latencies[side], counters[side])
+            queue = topo.subscriber(side).queue
+            if side == BUS:
+                await stack.enter_async_context(
+                    bus_consuming(env.url, topo, side, Tick, on_event, MemoryStore())
+                )
+                pub = await stack.enter_async_context(Publisher(env.url, topo, source="bench"))
+                send[side] = functools.partial(pub.publish, keys[side])
+                continue
+            if side == RAW:
+                await stack.enter_async_context(
+                    raw_consuming(env.url, queue, Tick, on_event, prefetch=env.prefetch)
+                )
+                raw = await stack.enter_async_context(RawPublisher(env.url, exchange))
+                send[side] = functools.partial(raw.publish, keys[side])
+                continue
+            await stack.enter_async_context(
+                fs_consuming(env.url, queue, Tick, on_event, prefetch=env.prefetch)
+            )
+            fs = await stack.enter_async_context(FsPublisher(env.url, exchange))
+            send[side] = functools.partial(fs.publish, keys[side])
         gc.freeze()  # as `bus run` does once started; else one full collection (16 ms here)
         # decides the max of whichever side it lands on
         warm = max(1, rate // 10)  # a tenth of a second each: first frames and code paths
-        for side in (BUS, RAW):
+        for side in keys:
             await _tick(warm, rate, send[side])
             await counters[side].until(warm, 30)
             latencies[side].clear()
-        expected = dict.fromkeys(KEYS, warm)
-        for size, sides in zip(split(n, rounds), abba(rounds), strict=True):
+        expected = dict.fromkeys(keys, warm)
+        for size, sides in zip(split(n, rounds), abba(rounds, env.sides), strict=True):
             for side in sides:
                 await _tick(size, rate, send[side])
                 expected[side] += size
                 await counters[side].until(expected[side], 30)
-    bus, raw_ms = latencies[BUS], latencies[RAW]
     rows = []
     for label, p in (("p50", 50.0), ("p99", 99.0), ("max", 100.0)):
-        b = percentile(bus, p) if p < 100 else max(bus)
-        r = percentile(raw_ms, p) if p < 100 else max(raw_ms)
-        target, ok = max_ratio(b, r, 1.2) if label == "p99" else ("", None)
-        rows.append(
-            Row(NAME, f"publish -> handler {label} at {rate}/s, {n} events", "ms", b, r, False,
-                target, ok)
-        )  # fmt: skip
+        at = {side: percentile(ms, p) if p < 100 else max(ms) for side, ms in latencies.items()}
+        target, ok = max_ratio(at[BUS], at[RAW], 1.2) if label == "p99" else ("", None)
+        row = Row(NAME, f"publish -> handler {label} at {rate}/s, {n} events", "ms", at[BUS],
+                  at[RAW], False, target, ok)  # fmt: skip
+        row.faststream = at.get(FASTSTREAM)
+        rows.append(row)
     return rows
 
 

@@ -2,17 +2,20 @@
 
 bus: `Publisher.publish` (checks the type, encodes CloudEvents headers, waits for the confirm)
 and `Publisher.publish_many(window=W)`. raw: `exchange.publish(mandatory=True)` on a confirm
-channel, awaited one by one, then with at most W confirms outstanding (a semaphore). The events
+channel, awaited one by one, then with at most W confirms outstanding (a semaphore); FastStream
+(when installed): `RabbitBroker.publish` the same two ways. The events
 go out in rounds taken in ABBA order; the sink queue is purged between rounds.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bench.common import (
     BUS,
+    FASTSTREAM,
     RAW,
     Env,
     RawPublisher,
@@ -27,10 +30,13 @@ from bench.common import (
     timed,
     topology,
 )
+from bench.fs import FsPublisher
 from bus.publisher import Publisher
 
 NAME = "publish"
 KEY = "bench.published"
+
+Send = Callable[[list[Any]], Awaitable[None]]
 
 
 async def run(env: Env) -> list[Row]:
@@ -45,44 +51,70 @@ async def run(env: Env) -> list[Row]:
         declared(env.url, topo),
         Publisher(env.url, topo, source="bench") as pub,
         RawPublisher(env.url, f"{prefix}.events") as raw,
+        contextlib.AsyncExitStack() as stack,
     ):
-
-        async def bus_one_by_one(items: list[Any]) -> None:
-            for p in items:
-                await pub.publish(KEY, p)
-
-        async def raw_one_by_one(items: list[Any]) -> None:
-            for p in items:
-                await raw.publish(KEY, p)
-
-        async def bus_many(items: list[Any]) -> None:
-            await pub.publish_many([(KEY, p) for p in items], window=window)
-
-        async def raw_many(items: list[Any]) -> None:
-            await raw.publish_window(KEY, items, window)
-
-        await bus_one_by_one(payloads[:50])  # first frames, connection buffers, code paths
-        await raw_one_by_one(payloads[:50])
+        publishers: dict[str, Any] = {BUS: _BusWindow(pub), RAW: raw}
+        if env.faststream:
+            fs = await stack.enter_async_context(FsPublisher(env.url, f"{prefix}.events"))
+            publishers[FASTSTREAM] = fs
+        for p in publishers.values():  # first frames, connection buffers, code paths
+            await _one_by_one(p)(payloads[:50])
         await purge(env.url, sink)
-        one = await _rounds(env, sink, payloads, {BUS: bus_one_by_one, RAW: raw_one_by_one})
-        many = await _rounds(env, sink, payloads, {BUS: bus_many, RAW: raw_many})
-    return [
+        one = await _rounds(env, sink, payloads, {s: _one_by_one(p) for s, p in publishers.items()})
+        many = await _rounds(
+            env, sink, payloads, {s: _windowed(p, window) for s, p in publishers.items()}
+        )
+    rows = [
         rate_row(NAME, "publish, awaited one by one", n, one[BUS], one[RAW]),
         rate_row(NAME, f"publish_many, window {window}", n, many[BUS], many[RAW], 1.0),
     ]
+    if env.faststream:
+        rows[0].faststream = n / one[FASTSTREAM]
+        rows[1].faststream = n / many[FASTSTREAM]
+    return rows
+
+
+class _BusWindow:
+    """The bus publisher with the raw side's `publish_window`: `publish_many`."""
+
+    def __init__(self, pub: Publisher) -> None:
+        self.pub = pub
+
+    async def publish(self, key: str, data: Any) -> None:
+        await self.pub.publish(key, data)
+
+    async def publish_window(self, key: str, items: list[Any], window: int) -> None:
+        await self.pub.publish_many([(key, p) for p in items], window=window)
+
+
+def _one_by_one(p: Any) -> Send:
+    async def send(items: list[Any]) -> None:
+        for data in items:
+            await p.publish(KEY, data)
+
+    return send
+
+
+def _windowed(p: Any, window: int) -> Send:
+    async def send(items: list[Any]) -> None:
+        await p.publish_window(KEY, items, window)
+
+    return send
 
 
 async def _rounds(
     env: Env,
     sink: str,
     payloads: list[Any],
-    send: dict[str, Callable[[list[Any]], Awaitable[None]]],
+    send: dict[str, Send],
 ) -> dict[str, float]:
     """Seconds per side to send all *payloads*, in ABBA rounds."""
-    seconds = {BUS: 0.0, RAW: 0.0}
+    seconds = dict.fromkeys(env.sides, 0.0)
     start = 0
     rounds = env.counts.rounds
-    for size, first_second in zip(split(len(payloads), rounds), abba(rounds), strict=True):
+    for size, first_second in zip(
+        split(len(payloads), rounds), abba(rounds, env.sides), strict=True
+    ):
         items = payloads[start : start + size]
         start += size
         for side in first_second:

@@ -43,6 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--url", default=os.environ.get("BUS_URL", DEFAULT_URL), help="AMQP URL")
     p.add_argument("--queue-type", choices=("quorum", "classic"), default="quorum")
     p.add_argument("--prefetch", type=int, default=32, help="prefetch of bus and raw consumers")
+    p.add_argument(
+        "--no-faststream", action="store_true",
+        help="skip FastStream even when the `bench` extra is installed",
+    )  # fmt: skip
     counts = p.add_argument_group("counts (defaults: the full run; --smoke lowers them)")
     for f in dataclasses.fields(Counts):
         counts.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
@@ -113,13 +117,16 @@ def print_table(results: dict[str, list[Row]]) -> None:
 
 def markdown(results: dict[str, list[Row]]) -> str:
     """The table as markdown, for the README."""
-    lines = ["| scenario | metric | unit | bus | raw aio-pika | bus/raw | target |",
-             "|---|---|---|---:|---:|---:|---|"]  # fmt: skip
-    for rs in results.values():
-        for r in rs:
-            verdict = "" if r.passed is None else (" ✓" if r.passed else " ✗")
-            lines.append(f"| {r.scenario} | {r.metric} | {r.unit} | {fmt(r.bus)} | "
-                         f"{fmt(r.raw)} | {r.ratio:.2f} | {r.target}{verdict} |")  # fmt: skip
+    rows = [r for rs in results.values() for r in rs]
+    fs = any(r.faststream is not None for r in rows)
+    lines = ["| scenario | metric | unit | bus | raw aio-pika | bus/raw | target |"
+             + (" FastStream |" if fs else ""),
+             "|---|---|---|---:|---:|---:|---|" + ("---:|" if fs else "")]  # fmt: skip
+    for r in rows:
+        verdict = "" if r.passed is None else (" ✓" if r.passed else " ✗")
+        lines.append(f"| {r.scenario} | {r.metric} | {r.unit} | {fmt(r.bus)} | "
+                     f"{fmt(r.raw)} | {r.ratio:.2f} | {r.target}{verdict} |"
+                     + (f" {fmt(r.faststream)} |" if fs else ""))  # fmt: skip
     return "\n".join(lines)
 
 
@@ -133,6 +140,8 @@ def write_json(
     import aio_pika
     import pydantic
 
+    from bench import fs
+
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "finished_at": datetime.now(UTC).isoformat(),
@@ -143,7 +152,11 @@ def write_json(
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "versions": {"aio_pika": aio_pika.__version__, "pydantic": pydantic.VERSION},
+        "versions": {
+            "aio_pika": aio_pika.__version__,
+            "pydantic": pydantic.VERSION,
+            "faststream": fs.version() if env.faststream else None,
+        },
         "queue_type": env.queue_type,
         "prefetch": env.prefetch,
         "counts": dataclasses.asdict(env.counts),
@@ -160,7 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # The bus logs a warning per failed handler; the retry scenario fails thousands on purpose.
     logging.basicConfig(level=logging.ERROR)
-    env = Env(args.url, counts_from(args), args.queue_type, args.prefetch)
+    from bench import fs
+
+    env = Env(args.url, counts_from(args), args.queue_type, args.prefetch,
+              faststream=fs.AVAILABLE and not args.no_faststream)  # fmt: skip
+    if not env.faststream:
+        why = "--no-faststream" if fs.AVAILABLE else "not installed: pip install -e '.[bench]'"
+        print(f"FastStream is not measured ({why})", file=sys.stderr)
     names = args.only or list(SCENARIOS)
     results, errors = asyncio.run(run_all(env, names))
     print_table(results)
