@@ -5,15 +5,22 @@ task (see bus.delivery for why we skip it). Consuming on the underlying aiormq c
 re-consuming is ours to do: after the robust channel reopens (a reconnect, a channel error)
 and after the broker cancels the consumer (queue deleted, quorum leader moved), we consume
 again, every `interval` seconds until it works or we are stopped.
+
+The consumer tag is ours, chosen before `basic.consume` is sent, so a stop that comes while a
+consume is in flight still knows what to cancel, and a broker cancel can never be missed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
+import aiormq
 from aio_pika.abc import AbstractRobustChannel
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
@@ -36,13 +43,26 @@ class Consumer:
         self.queue = queue
         self.on_delivery = on_delivery
         self.interval = interval
-        self.tag: str | None = None
+        self._prefix = f"bus.{uuid.uuid4().hex[:12]}"
+        self._serial = itertools.count(1)
+        self._tag: str | None = None
+        self._underlay: aiormq.Channel | None = None  # where _tag consumes
         self._stopped = False
+        self._in_rpc = False
+        self._wake = asyncio.Event()
         self._resuming: asyncio.Task[None] | None = None
 
     @property
     def consuming(self) -> bool:
-        return self.tag is not None and not self._stopped
+        """The broker delivers to us right now (as far as this process can know)."""
+        u = self._underlay
+        return (
+            not self._stopped
+            and self._tag is not None
+            and u is not None
+            and not u.is_closed
+            and self._tag in u.consumers
+        )
 
     async def start(self) -> None:
         await self._consume()
@@ -52,13 +72,19 @@ class Consumer:
         """Stop consuming. Deliveries already received still run; the rest stay in the queue."""
         self._stopped = True
         self.channel.reopen_callbacks.discard(self._on_reopen)
-        if self._resuming is not None:
-            self._resuming.cancel()
-        tag, self.tag = self.tag, None
-        if tag is None or self.channel.is_closed:
+        resuming = self._resuming
+        if resuming is not None and not resuming.done():
+            if self._in_rpc:  # let it finish: a cancelled aiormq rpc closes the channel, and
+                self._wake.set()  # with it every running handler
+                await asyncio.wait([resuming], timeout=10)
+            resuming.cancel()
+        await self._cancel_current()
+
+    async def _cancel_current(self) -> None:
+        tag, underlay, self._tag = self._tag, self._underlay, None
+        if tag is None or underlay is None or underlay.is_closed or tag not in underlay.consumers:
             return
         try:
-            underlay = await self.channel.get_underlay_channel()
             await underlay.basic_cancel(tag)
         except Exception:  # a dead channel has no consumer to cancel
             log.debug("cancel of %s failed", tag, exc_info=True)
@@ -67,18 +93,26 @@ class Consumer:
         await self.on_delivery(Delivery(message))
 
     async def _consume(self) -> None:
-        underlay = await self.channel.get_underlay_channel()
+        underlay = cast(aiormq.Channel, await self.channel.get_underlay_channel())
         underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
-        ok = await underlay.basic_consume(self.queue, self._deliver)
-        self.tag = ok.consumer_tag
+        tag = f"{self._prefix}.{next(self._serial)}"
+        self._tag, self._underlay = tag, underlay
+        self._in_rpc = True
+        try:
+            await underlay.basic_consume(self.queue, self._deliver, consumer_tag=tag)
+        finally:
+            self._in_rpc = False
+        if self._stopped:  # stopped while the consume was in flight
+            await self._cancel_current()
 
     def _on_reopen(self, *_: Any) -> None:
-        self.tag = None  # the old channel, and its consumer, are gone
-        self._resume("the channel reopened")
+        # the old channel, and its consumer, are gone (unless a resume already consumed on
+        # the new one: then there is nothing to do)
+        if not self.consuming:
+            self._resume("the channel reopened")
 
     def _on_cancel(self, frame: Basic.Cancel) -> None:
-        if frame.consumer_tag == self.tag:
-            self.tag = None
+        if frame.consumer_tag == self._tag:
             self._resume("the broker cancelled the consumer")
 
     def _resume(self, why: str) -> None:
@@ -88,10 +122,15 @@ class Consumer:
         self._resuming = asyncio.get_running_loop().create_task(self._resume_until_consuming())
 
     async def _resume_until_consuming(self) -> None:
-        while not self._stopped and self.tag is None:
+        while not self._stopped and not self.consuming:
             try:
+                await self.channel.ready()  # reopened and its qos applied again
+                if self._stopped or self.consuming:
+                    return
                 await self._consume()
             except Exception as exc:
                 log.warning("cannot consume %s yet (%s: %s); trying again in %.0fs",
                             self.queue, type(exc).__name__, exc, self.interval)  # fmt: skip
-                await asyncio.sleep(self.interval)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.interval)

@@ -3,11 +3,16 @@ after the broker cancels its consumer, and deliver aiormq frames as the handler 
 
 from __future__ import annotations
 
+import time
 from typing import Any
+
+import pytest
 
 from bus import Context, Router
 from bus.connection import connect_plain
 from bus.publisher import Publisher
+from bus.stores import MemoryStore
+from bus.subscriber import Runtime
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, apply_topology, make_topology, running
 
@@ -45,3 +50,23 @@ async def test_a_consumer_cancelled_by_the_broker_consumes_again_once_the_queue_
         await pub.publish("order.placed", {"order_id": "o-2"}, id="e-2")
         await wait_for(lambda: len(seen) == 2, timeout=10, message="the event after the gap")
         assert seen[1][0] == "e-2"
+
+
+async def test_a_runtime_waiting_for_its_deleted_queue_stops_promptly(
+    amqp_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    topology = make_topology(prefix, {"svc": {"keys": ["order.placed"]}}, queue_type="classic")
+    async with applied(amqp_url, topology):
+        rt = Runtime(topology, "svc", Router(), url=amqp_url, store=MemoryStore())
+        await rt.start()
+        conn = await connect_plain(amqp_url)
+        try:
+            channel = await conn.channel()
+            await channel.queue_delete(f"{prefix}.svc")
+        finally:
+            await conn.close()
+        await wait_for(lambda: not rt.ready, message="not ready while the queue is gone")
+        await wait_for(lambda: "cannot consume" in caplog.text, message="a failed re-consume")
+        started = time.monotonic()
+        assert await rt.stop(5), "nothing was running: the drain must succeed"
+        assert time.monotonic() - started < 3
