@@ -7,7 +7,6 @@ broker, persistent, `mandatory` (an unroutable event is an error, not a silent s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -209,26 +208,33 @@ class Publisher:
                 checked.append(self.event(e[0], e[1]))
         gate = asyncio.Semaphore(window)
         progress = time.monotonic()
+        confirmed = 0
 
         async def one(e: Event) -> None:
-            nonlocal progress
+            nonlocal progress, confirmed
             async with gate:
                 # no timer per publish: scheduling and cancelling one per event cost ~5 % of
-                # the CPU; the watchdog below catches a broker that stopped confirming
-                await self.send(e, timer=False)
-                progress = time.monotonic()
+                # the CPU; the watchdog below catches a broker that stopped answering
+                try:
+                    await self.send(e, timer=False)
+                    confirmed += 1
+                finally:
+                    progress = time.monotonic()
 
         batch = asyncio.gather(*(one(e) for e in checked), return_exceptions=True)
-        while not batch.done():
-            await asyncio.wait([batch], timeout=min(1.0, self.deadline))
-            if not batch.done() and time.monotonic() - progress > self.deadline:
-                batch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await batch
-                raise PublishTimeout(
-                    f"no confirm from the broker for {self.deadline:.0f}s; the events of this "
-                    "batch may or may not have been published (send them again: same ids)"
-                )
+        try:
+            while not batch.done():
+                await asyncio.wait([batch], timeout=min(1.0, self.deadline))
+                if not batch.done() and time.monotonic() - progress > self.deadline:
+                    raise PublishTimeout(
+                        f"no answer from the broker for {self.deadline:.0f}s: {confirmed} of "
+                        f"{len(checked)} events confirmed; the others may or may not have been "
+                        "published (send them again: same ids)"
+                    )
+        except BaseException:  # our timeout, or the caller cancelled us: stop sending
+            batch.cancel()
+            await asyncio.wait([batch])
+            raise
         failures = [r for r in batch.result() if isinstance(r, BaseException)]
         if failures:
             raise PublishError(
