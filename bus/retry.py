@@ -146,6 +146,8 @@ def format_trace(error: BaseException) -> str:
     Those re-parse the source line of every frame with `ast` on every failure: over half of a
     failure hand-off's CPU went there. A frame's source line comes from linecache as usual.
     """
+    if _has_group(error):  # sub-exceptions are drawn as a tree: leave that to the stdlib
+        return "".join(traceback.format_exception(error))
     blocks: list[str] = []
     exc: BaseException | None = error
     seen: set[int] = set()
@@ -161,6 +163,17 @@ def format_trace(error: BaseException) -> str:
         else:
             exc = None
     return "".join(reversed(blocks))
+
+
+def _has_group(error: BaseException) -> bool:
+    seen: set[int] = set()
+    exc: BaseException | None = error
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, BaseExceptionGroup):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return False
 
 
 def _one_trace(exc: BaseException) -> str:

@@ -281,3 +281,18 @@ def test_format_trace_names_the_error_as_the_traceback_module_does(error: Except
         raised = exc
     expected = "".join(traceback.format_exception_only(raised))
     assert format_trace(raised).endswith(expected)
+
+
+def test_format_trace_shows_the_sub_exceptions_of_an_exception_group() -> None:
+    def reserve() -> None:
+        raise ValueError("sku-1 is out of stock")
+
+    try:
+        try:
+            reserve()
+        except ValueError as exc:
+            raise ExceptionGroup("unhandled errors in a TaskGroup", [exc]) from None
+    except ExceptionGroup as group:
+        trace = format_trace(group)
+    assert "ValueError: sku-1 is out of stock" in trace
+    assert "in reserve" in trace
