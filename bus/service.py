@@ -70,6 +70,12 @@ async def serve(
     )
     http = None
     gauges = None
+    # What start-up made (modules, validators, the topology) lives as long as the process:
+    # take it out of the collector's sight, or every full collection walks it again (measured:
+    # a 16 ms pause, the worst publish->handler latency of 5,000). Before connecting, so that
+    # a connection replaced after a reconnect can still be collected.
+    gc.collect()
+    gc.freeze()
     try:
         await runtime.start()
         if metrics_port is not None:
@@ -77,10 +83,6 @@ async def serve(
             interval = float(os.environ.get("BUS_GAUGE_INTERVAL", 5))
             gauges = await QueueGauges(sub, settings.url, metrics, interval=interval).start()
         pruner = asyncio.create_task(_prune_forever(store))
-        # Everything start-up made (modules, validators, the topology) lives as long as the
-        # process: take it out of the collector's sight, or every full collection walks it
-        # again. Measured: a 16 ms pause, the worst publish->handler latency of 5,000.
-        gc.freeze()
         await stop.wait()
         log.info("stopping %s: draining in-flight handlers (grace %.0fs)", name, grace)
         pruner.cancel()
