@@ -111,6 +111,7 @@ class Publisher:
         self._connection = connection
         self._owns_connection = connection is None
         self._channel: AbstractChannel | None = None
+        self._aiormq: aiormq.Channel | None = None  # the robust channel's current one
         self._validators: dict[str, jsonschema.protocols.Validator | None] = {}
         self._published: dict[str, Any] = {}
 
@@ -131,6 +132,7 @@ class Publisher:
     async def close(self) -> None:
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
+        self._aiormq = None
         if self._owns_connection and self._connection is not None:
             await self._connection.close()
         self._channel = None
@@ -148,6 +150,9 @@ class Publisher:
     def event(self, event_type: str, data: Any, **kw: Any) -> Event:
         """A checked `Event`: the type is declared and the data passes its JSON Schema."""
         self.check(event_type, data)
+        return self._build(event_type, data, **kw)
+
+    def _build(self, event_type: str, data: Any, **kw: Any) -> Event:
         kw = {k: v for k, v in kw.items() if v is not None}
         kw.setdefault("traceparent", new_traceparent())
         return Event(type=event_type, data=data, source=self.source, **kw)
@@ -199,20 +204,23 @@ class Publisher:
         Raises PublishTimeout when no confirm at all arrived for `deadline` seconds (a batch
         may take longer than that in all, as long as the broker keeps confirming).
         """
-        checked = []
-        for e in events:  # every event is checked before the first is sent
+        checked = list(events)
+        for e in checked:  # every event is checked before the first is sent
             if isinstance(e, Event):
                 self.check(e.type, e.data)
-                checked.append(e)
             else:
-                checked.append(self.event(e[0], e[1]))
+                self.check(e[0], e[1])
+        ids = [e.id if isinstance(e, Event) else "" for e in checked]
         gate = asyncio.Semaphore(window)
         progress = time.monotonic()
         confirmed = 0
 
-        async def one(e: Event) -> None:
+        async def one(i: int, e: EventLike) -> None:
             nonlocal progress, confirmed
             async with gate:
+                if not isinstance(e, Event):  # built here, while earlier ones are in flight
+                    e = self._build(e[0], e[1])
+                    ids[i] = e.id
                 # no timer per publish: scheduling and cancelling one per event cost ~5 % of
                 # the CPU; the watchdog below catches a broker that stopped answering
                 try:
@@ -221,7 +229,7 @@ class Publisher:
                 finally:
                     progress = time.monotonic()
 
-        batch = asyncio.gather(*(one(e) for e in checked), return_exceptions=True)
+        batch = asyncio.gather(*(one(i, e) for i, e in enumerate(checked)), return_exceptions=True)
         try:
             while not batch.done():
                 await asyncio.wait([batch], timeout=min(1.0, self.deadline))
@@ -240,7 +248,7 @@ class Publisher:
             raise PublishError(
                 f"{len(failures)} of {len(checked)} events were not confirmed; first: {failures[0]}"
             ) from failures[0]
-        return [e.id for e in checked]
+        return ids
 
     async def send(self, event: Event, *, timer: bool = True) -> None:
         """Publish an already-checked event, republishing after reconnects until the deadline.
@@ -316,12 +324,16 @@ class Publisher:
         )  # fmt: skip
 
     async def _underlay(self) -> aiormq.Channel:
+        current = self._aiormq
+        if current is not None and not current.is_closed:  # the common case, without awaiting
+            return current
         if self._channel is None:
             raise ConfigError("Publisher is not connected: use `async with` or `await connect()`")
         connection = self._connection
         if self._channel.is_closed and connection is not None and not connection.is_closed:
             await self._channel.reopen()  # robust channels reopen by themselves, a plain one here
-        return cast(aiormq.Channel, await self._channel.get_underlay_channel())
+        self._aiormq = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+        return self._aiormq
 
 
 class SyncPublisher:
