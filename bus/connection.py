@@ -1,5 +1,6 @@
 """The one place that opens AMQP connections. aio-pika's robust connection owns reconnects:
-it restores channels, queues and consumers after the broker comes back."""
+it restores channels (and their qos) after the broker comes back; the subscriber's consumer
+consumes again by itself (bus.consumer)."""
 
 from __future__ import annotations
 
