@@ -380,10 +380,11 @@ class Counter:
         return self.last - self.first
 
     async def until(self, target: int, timeout: float) -> None:
-        """Wait until *target* calls were counted in all."""
+        """Wait until *target* calls were counted in all (at once if they already were)."""
         self.expected = target
-        if self.count < target:
-            self.done.clear()
+        if self.count >= target:  # `done` may never have been set: the calls came first
+            return
+        self.done.clear()
         await self.wait(timeout)
 
     async def wait(self, timeout: float) -> None:

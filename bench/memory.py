@@ -72,7 +72,13 @@ async def _measure(
     try:
 
         async def expect(word: str) -> None:
-            line = await asyncio.wait_for(stdout.readline(), 60 + large / 200)
+            timeout = 60 + large / 200
+            try:
+                line = await asyncio.wait_for(stdout.readline(), timeout)
+            except TimeoutError:
+                raise TimeoutError(
+                    f"memory worker ({mode}) did not say {word!r} within {timeout:.0f}s"
+                ) from None
             if not line.startswith(word.encode()):
                 raise RuntimeError(f"memory worker ({mode}) said {line!r}, expected {word!r}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.common import BUS, FASTSTREAM, RAW, abba, split
+from bench.common import BUS, FASTSTREAM, RAW, Counter, abba, split
 
 
 @pytest.mark.parametrize(("n", "rounds"), [(20_000, 4), (10, 4), (7, 3), (4, 4)])
@@ -28,3 +28,11 @@ def test_abba_with_three_sides_keeps_the_middle_one_at_the_average() -> None:
     assert plan[0] == (RAW, BUS, FASTSTREAM) and plan[1] == (FASTSTREAM, BUS, RAW)
     assert {order[1] for order in plan} == {BUS}
     assert sum(o.index(RAW) for o in plan) == sum(o.index(FASTSTREAM) for o in plan)
+
+
+async def test_counter_until_returns_at_once_when_the_calls_already_came() -> None:
+    counter = Counter(1 << 62)  # as the memory worker makes it: nothing sets `done` early
+    for _ in range(300):
+        counter.hit()
+    await counter.until(300, timeout=1)  # the events were handled before anyone asked
+    assert counter.count == 300
