@@ -19,8 +19,7 @@ from pamqp.commands import Basic
 class Delivery:
     """Body, routing data and AMQP properties of one `basic.deliver`, with ack/nack/reject."""
 
-    __slots__ = ("body", "channel", "delivery_tag", "exchange", "properties", "redelivered",
-                 "routing_key")  # fmt: skip
+    __slots__ = ("body", "channel", "delivery_tag", "exchange", "properties", "routing_key")
 
     def __init__(self, message: DeliveredMessage) -> None:
         d = message.delivery
@@ -30,7 +29,6 @@ class Delivery:
         self.delivery_tag: int = d.delivery_tag or 0
         self.exchange: str = d.exchange or ""
         self.routing_key: str = d.routing_key or ""
-        self.redelivered: bool = bool(d.redelivered)
         self.properties: Basic.Properties = message.header.properties
 
     @property

@@ -15,8 +15,8 @@ from typing import Any
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
+from bus.delivery import copy_properties
 from bus.errors import ConfigError
-from bus.handoff import copy_of
 from bus.retry import (
     ATTEMPT,
     DEAD_REASON,
@@ -140,9 +140,11 @@ async def replay(
             done.append(p)
             if dry_run:
                 continue
-            await channel.default_exchange.publish(
-                copy_of(m, replay_headers(m.headers)),
+            underlay = await channel.get_underlay_channel()
+            await underlay.basic_publish(
+                m.body,
                 routing_key=sub.queue,
+                properties=copy_properties(m.properties, replay_headers(m.headers)),
                 mandatory=True,
                 timeout=30,
             )

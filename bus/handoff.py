@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from typing import Any, cast
 
-import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel
 
 from bus.delivery import Delivery, copy_properties
 
 HANDOFF_TIMEOUT = 30.0
-
-
-def copy_of(m: AbstractIncomingMessage, headers: Mapping[str, Any]) -> aio_pika.Message:
-    """*m* with new headers: same body, id, type, timestamps; persistent; no per-message TTL."""
-    return aio_pika.Message(
-        m.body,
-        headers=dict(headers),
-        content_type=m.content_type,
-        content_encoding=m.content_encoding,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        priority=m.priority,
-        correlation_id=m.correlation_id,
-        reply_to=m.reply_to,
-        message_id=m.message_id,
-        timestamp=m.timestamp,
-        type=m.type,
-        app_id=m.app_id,
-    )
 
 
 class HandOff:

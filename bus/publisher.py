@@ -60,21 +60,6 @@ _TRANSIENT = (
 EventLike = Event | tuple[str, Any]
 
 
-def to_message(wire: Wire) -> aio_pika.Message:
-    """The aio-pika message for a wire form (persistent, JSON)."""
-    return aio_pika.Message(
-        wire.body,
-        headers=wire.headers,
-        content_type=wire.content_type,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=wire.message_id,
-        timestamp=wire.timestamp,
-        type=wire.type,
-        app_id=wire.app_id,
-        correlation_id=wire.correlation_id,
-    )
-
-
 def to_properties(wire: Wire) -> Basic.Properties:
     """The AMQP properties of a wire form (persistent, JSON), built straight for aiormq:
     an `aio_pika.Message` costs ten times more to build and is only converted to these."""
