@@ -24,6 +24,7 @@ from bench.common import (
     Order,
     RawPublisher,
     Row,
+    Windowed,
     abba,
     deadline_for,
     declared,
@@ -106,7 +107,7 @@ async def _sender(
             await pub.publish_many([(key, p) for p in items], window=window)
 
         return bus_send
-    publisher: RawPublisher | FsPublisher
+    publisher: Windowed
     if side == RAW:
         publisher = await stack.enter_async_context(RawPublisher(env.url, exchange))
     else:

@@ -10,16 +10,13 @@ FastStream logs two lines per message by default; `logger=None` keeps that out o
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import random
-import uuid
-from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import BaseModel
 
+from bench.common import Windowed, hand_made_envelope
 from bench.consumers import OnEvent
 
 try:
@@ -42,7 +39,7 @@ def _broker(url: str, **kw: Any) -> Any:
     return RabbitBroker(url, logger=None, app_id="bench", **kw)
 
 
-class FsPublisher:
+class FsPublisher(Windowed):
     """`RabbitBroker.publish` on its default confirm channel, `on_return_raises`."""
 
     def __init__(self, url: str, exchange: str) -> None:
@@ -57,9 +54,7 @@ class FsPublisher:
         await self.broker.stop()
 
     async def publish(self, routing_key: str, data: Any) -> None:
-        event_id = str(uuid.uuid4())
-        now = datetime.now(UTC)
-        trace, span = random.getrandbits(128), random.getrandbits(64)
+        event_id, now, headers = hand_made_envelope(routing_key)
         await self.broker.publish(
             data,
             exchange=self.exchange,
@@ -69,24 +64,8 @@ class FsPublisher:
             message_id=event_id,
             message_type=routing_key,
             timestamp=now,
-            headers={
-                "cloudEvents_specversion": "1.0",
-                "cloudEvents_id": event_id,
-                "cloudEvents_source": "bench",
-                "cloudEvents_type": routing_key,
-                "cloudEvents_time": now.isoformat().replace("+00:00", "Z"),
-                "traceparent": f"00-{trace:032x}-{span:016x}-01",
-            },
+            headers=headers,
         )
-
-    async def publish_window(self, routing_key: str, items: Sequence[Any], window: int) -> None:
-        gate = asyncio.Semaphore(window)
-
-        async def one(data: Any) -> None:
-            async with gate:
-                await self.publish(routing_key, data)
-
-        await asyncio.gather(*(one(d) for d in items))
 
 
 @contextlib.asynccontextmanager
