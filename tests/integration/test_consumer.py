@@ -37,12 +37,7 @@ async def test_a_consumer_cancelled_by_the_broker_consumes_again_once_the_queue_
         await wait_for(lambda: len(seen) == 1, message="the first event")
         assert seen == [("e-1", "order.placed", "c-1")]
 
-        conn = await connect_plain(amqp_url)  # an operator deletes the queue under us
-        try:
-            channel = await conn.channel()
-            await channel.queue_delete(f"{prefix}.svc")
-        finally:
-            await conn.close()
+        await delete_queue(amqp_url, f"{prefix}.svc")  # an operator deletes it under us
         await wait_for(lambda: not rt.ready, message="not ready while the queue is gone")
 
         await apply_topology(amqp_url, topology)  # and applies the topology again
@@ -59,14 +54,18 @@ async def test_a_runtime_waiting_for_its_deleted_queue_stops_promptly(
     async with applied(amqp_url, topology):
         rt = Runtime(topology, "svc", Router(), url=amqp_url, store=MemoryStore())
         await rt.start()
-        conn = await connect_plain(amqp_url)
-        try:
-            channel = await conn.channel()
-            await channel.queue_delete(f"{prefix}.svc")
-        finally:
-            await conn.close()
+        await delete_queue(amqp_url, f"{prefix}.svc")
         await wait_for(lambda: not rt.ready, message="not ready while the queue is gone")
         await wait_for(lambda: "cannot consume" in caplog.text, message="a failed re-consume")
         started = time.monotonic()
         assert await rt.stop(5), "nothing was running: the drain must succeed"
         assert time.monotonic() - started < 3
+
+
+async def delete_queue(url: str, queue: str) -> None:
+    conn = await connect_plain(url)
+    try:
+        channel = await conn.channel()
+        await channel.queue_delete(queue)
+    finally:
+        await conn.close()

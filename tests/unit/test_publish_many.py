@@ -63,3 +63,18 @@ async def test_publish_many_times_out_only_when_nothing_is_confirmed_for_the_dea
 
     with pytest.raises(PublishTimeout, match="0 of 5 events confirmed"):
         await publisher_with(stuck).publish_many([("order.placed", {})] * 5)
+
+
+async def test_publish_many_returns_the_id_of_each_event_in_order() -> None:
+    sent: list[str] = []
+
+    async def send(event: Event, *, timer: bool = True) -> None:
+        await asyncio.sleep(0.001 * (len(sent) % 3))  # confirms come back out of order
+        sent.append(event.id)
+
+    given = Event(type="order.placed", data={}, id="given-id")
+    ids = await publisher_with(send).publish_many(
+        [("order.placed", {"n": 0}), given, ("order.placed", {"n": 2})], window=2
+    )
+    assert ids[1] == "given-id" and all(ids) and len(set(ids)) == 3
+    assert sorted(ids) == sorted(sent), "every returned id is the id that was sent"
