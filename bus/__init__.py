@@ -1,6 +1,6 @@
 """bus: a Python event bus over RabbitMQ.
 
-from bus import Publisher, SyncPublisher, Router, Context, Reject
+from bus import Publisher, SyncPublisher, Outbox, Router, Context, Reject
 """
 
 from bus.context import Context
@@ -16,6 +16,7 @@ from bus.errors import (
     UnknownEventType,
     UnroutableError,
 )
+from bus.outbox import Outbox
 from bus.publisher import Publisher, SyncPublisher
 from bus.router import Router
 
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigError",
     "Context",
     "InvalidEvent",
+    "Outbox",
     "PublishError",
     "PublishTimeout",
     "Publisher",

@@ -17,7 +17,6 @@ from typing import Any, Self, TypeVar, cast
 
 import aio_pika
 import aiormq
-import jsonschema
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from pamqp.commands import Basic
 from tenacity import (
@@ -30,18 +29,12 @@ from tenacity import (
 from bus import tracing
 from bus.connection import connect
 from bus.envelope import Event, Wire, encode, new_traceparent
-from bus.errors import (
-    ConfigError,
-    InvalidEvent,
-    PublishError,
-    PublishTimeout,
-    UnknownEventType,
-    UnroutableError,
-)
+from bus.errors import ConfigError, PublishError, PublishTimeout, UnroutableError
 from bus.metrics import Metrics
 from bus.settings import Settings
 from bus.topology.model import Topology
 from bus.topology.model import load as load_topology
+from bus.validation import EventChecker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -97,7 +90,7 @@ class Publisher:
         self._owns_connection = connection is None
         self._channel: AbstractChannel | None = None
         self._aiormq: aiormq.Channel | None = None  # the robust channel's current one
-        self._validators: dict[str, jsonschema.protocols.Validator | None] = {}
+        self._checker = EventChecker(topology)
         self._published: dict[str, Any] = {}
 
     @classmethod
@@ -144,24 +137,7 @@ class Publisher:
 
     def check(self, event_type: str, data: Any) -> None:
         """Raise UnknownEventType or InvalidEvent before anything is sent."""
-        if event_type not in self.topology.events:
-            raise UnknownEventType(
-                f"event type {event_type!r} is not declared in {self.topology.source} "
-                "(add it under `events:`)"
-            )
-        if event_type not in self._validators:
-            schema = self.topology.events[event_type].json_schema
-            self._validators[event_type] = (
-                jsonschema.Draft202012Validator(schema) if schema is not None else None
-            )
-        validator = self._validators[event_type]
-        if validator is not None:
-            error = jsonschema.exceptions.best_match(validator.iter_errors(data))
-            if error is not None:
-                where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-                raise InvalidEvent(
-                    f"{event_type} data fails its schema at {where}: {error.message}"
-                )
+        self._checker.check(event_type, data)
 
     # -- publishing --------------------------------------------------------------------------
 

@@ -29,6 +29,15 @@ def active() -> bool:
     )
 
 
+def current_traceparent() -> str | None:
+    """The `traceparent` of the span the caller is in (an API request, say), or None."""
+    if not active():
+        return None
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
 @contextlib.contextmanager
 def publish_span(exchange: str, routing_key: str, event_id: str) -> Iterator[str | None]:
     """A PRODUCER span; yields the `traceparent` to send, or None when nothing is recording."""
