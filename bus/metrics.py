@@ -41,6 +41,25 @@ class Metrics:
         self.ready = Gauge(
             "bus_ready", "1 while connected and consuming", ["subscriber"], registry=r
         )
+        self.outbox_pending = Gauge(
+            "bus_outbox_pending", "Outbox rows waiting for a relay", registry=r
+        )
+        self.outbox_oldest_age = Gauge(
+            "bus_outbox_oldest_age_seconds",
+            "Age of the oldest outbox row waiting for a relay (0 when none)",
+            registry=r,
+        )
+        self.outbox_set_aside = Gauge(
+            "bus_outbox_set_aside", "Outbox rows the relay could not publish, kept", registry=r
+        )
+        self.relay_published = Counter(
+            "bus_relay_published_total", "Outbox rows published and removed", ["type"], registry=r
+        )
+        self.relay_ready = Gauge(
+            "bus_relay_ready",
+            "1 while the relay reaches both the outbox and the broker",
+            registry=r,
+        )
 
     @staticmethod
     @cache

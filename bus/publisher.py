@@ -115,6 +115,15 @@ class Publisher:
             await self._connection.close()
         self._channel = None
 
+    @property
+    def connected(self) -> bool:
+        """Connected to the broker now (the robust connection may be reconnecting)."""
+        conn = self._connection
+        return (
+            conn is not None and not conn.is_closed and conn.connected.is_set()
+            and self._channel is not None
+        )  # fmt: skip
+
     async def __aenter__(self) -> Self:
         return await self.connect()
 

@@ -7,9 +7,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from bus.errors import ConfigError
+
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 DEFAULT_TOPOLOGY = "topology/topology.yaml"
 DEFAULT_STORE_URL = "sqlite:///.bus/processed.db"
+DEFAULT_OUTBOX_URL = "sqlite:///.bus/outbox.db"
 
 
 class Settings(BaseModel):
@@ -20,6 +23,7 @@ class Settings(BaseModel):
     url: str = DEFAULT_URL
     topology: str = DEFAULT_TOPOLOGY
     store_url: str = DEFAULT_STORE_URL
+    outbox_url: str = DEFAULT_OUTBOX_URL
 
     @field_validator("url")
     @classmethod
@@ -30,11 +34,13 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls, **overrides: str | None) -> Settings:
-        """`BUS_URL`, `BUS_TOPOLOGY`, `BUS_STORE_URL`; non-None *overrides* win."""
+        """`BUS_URL`, `BUS_TOPOLOGY`, `BUS_STORE_URL`, `BUS_OUTBOX_URL`; non-None *overrides*
+        win."""
         values = {
             "url": os.environ.get("BUS_URL", DEFAULT_URL),
             "topology": os.environ.get("BUS_TOPOLOGY", DEFAULT_TOPOLOGY),
             "store_url": os.environ.get("BUS_STORE_URL", DEFAULT_STORE_URL),
+            "outbox_url": os.environ.get("BUS_OUTBOX_URL", DEFAULT_OUTBOX_URL),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -51,3 +57,12 @@ def redact(url: str) -> str:
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]  # keeps [::1] brackets and the port
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def sqlite_path(url: str, variable: str) -> str:
+    """The file of ``sqlite:///relative/path`` or ``sqlite:////absolute/path``."""
+    path = url.split("://", 1)[-1]
+    path = path[1:] if path.startswith("/") else path
+    if not path:
+        raise ConfigError(f"{variable}: sqlite needs a path, e.g. sqlite:///.bus/name.db")
+    return path

@@ -35,14 +35,19 @@ TopologyOption = typer.Option(
 
 
 def settings(
-    url: str | None = None, topology: str | None = None, store_url: str | None = None
+    url: str | None = None,
+    topology: str | None = None,
+    store_url: str | None = None,
+    outbox_url: str | None = None,
 ) -> Settings:
     from pydantic import ValidationError
 
     from bus.errors import ConfigError
 
     try:
-        return Settings.from_env(url=url, topology=topology, store_url=store_url)
+        return Settings.from_env(
+            url=url, topology=topology, store_url=store_url, outbox_url=outbox_url
+        )
     except ValidationError as exc:
         raise ConfigError(
             "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())

@@ -1,0 +1,256 @@
+"""`bus relay`: outbox rows to the broker, each confirmed before its row is deleted.
+
+One step: claim rows (bus.outbox: whole transactions on PostgreSQL, a lease on SQLite), turn
+each into the event a `Publisher` would have sent, publish them with confirms (persistent,
+`mandatory`) in insert order, then delete the confirmed rows. A row that is not an event (not
+JSON, an undeclared type, data failing its schema) or that the broker returns as unroutable
+is set aside with its reason, never dropped and never in the way of the rows behind it. A
+broker or database outage only lets rows wait: the relay keeps trying and says so once.
+A crash between a confirm and the delete publishes that row again (same id: subscribers run
+it once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+from bus.envelope import Event, decode_body, new_traceparent
+from bus.errors import BrokerUnavailable, InvalidEvent, UnknownEventType, UnroutableError
+from bus.metrics import Metrics
+from bus.outbox.base import OutboxStore, Row
+from bus.publisher import Publisher
+from bus.settings import redact
+from bus.topology.model import Topology
+
+log = logging.getLogger(__name__)
+
+BATCH = 500  # rows per claim (a PostgreSQL claim takes whole transactions, so may take more)
+WINDOW = 1000  # confirms in flight
+DEADLINE = 10.0  # seconds for a confirm before the step gives up and tries again later
+IDLE = 5.0  # PostgreSQL: look again this often even without a NOTIFY
+BACKOFF_MAX = 10.0
+REPORT_EVERY = 5.0  # refresh the outbox gauges
+
+
+class Relay:
+    """Runs until *stop* is set: `await Relay(outbox, topology, url).run(stop)`."""
+
+    def __init__(
+        self,
+        outbox: OutboxStore,
+        topology: Topology,
+        url: str,
+        *,
+        metrics: Metrics | None = None,
+        batch: int = BATCH,
+        window: int = WINDOW,
+        deadline: float = DEADLINE,
+        idle: float = IDLE,
+    ) -> None:
+        self.outbox = outbox
+        self.metrics = metrics or Metrics.default()
+        self.batch = batch
+        self.window = window
+        self.idle = idle
+        self.publisher = Publisher(
+            url, topology, source="bus-relay", deadline=deadline, metrics=self.metrics
+        )
+        self._outbox_ok = False
+        self._connected_once = False
+        self._trouble: str | None = None
+        self._counters: dict[str, Any] = {}
+
+    @property
+    def ready(self) -> bool:
+        """The last claim reached the outbox and the broker connection is up."""
+        return self._outbox_ok and self.publisher.connected
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until *stop*; a step in progress finishes (its confirms and deletes) first."""
+        reporter = asyncio.create_task(self._report_forever())
+        backoff = 0.5
+        try:
+            while not stop.is_set():
+                try:
+                    moved = await self.step()
+                except Exception as exc:  # broker or database away: wait, then try again
+                    self._troubled(exc)
+                    await _sleep_unless(stop, backoff)
+                    backoff = min(BACKOFF_MAX, backoff * 2)
+                    continue
+                backoff = 0.5
+                self._recovered()
+                if moved == 0:
+                    await self._idle(stop)
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+            self.metrics.relay_ready.set(0)
+            await self.publisher.close()
+
+    async def step(self) -> int:
+        """Claim, publish and settle one batch; returns how many rows it claimed."""
+        if not self.publisher.connected:
+            if self._connected_once:  # the robust connection is reconnecting by itself
+                raise BrokerUnavailable("the broker connection is down; reconnecting")
+            await self.publisher.connect()
+            self._connected_once = True
+        claim = await self.outbox.claim(self.batch)
+        self._outbox_ok = True
+        if not claim.rows:
+            await claim.abandon()
+            return 0
+        try:
+            done, aside, failed = await self._publish(claim.rows)
+        except BaseException:
+            await claim.abandon()
+            raise
+        await claim.finish(done, aside)
+        for seq, reason in aside:
+            log.error("outbox row %s set aside: %s", seq, reason)
+        if failed:  # the rest waits for the next try; confirmed rows are gone already
+            raise failed[0]
+        return len(claim.rows)
+
+    async def _publish(
+        self, rows: Sequence[Row]
+    ) -> tuple[list[int], list[tuple[int, str]], list[BaseException]]:
+        aside: list[tuple[int, str]] = []
+        events: list[tuple[int, Event]] = []
+        for row in rows:
+            try:
+                events.append((row.seq, self._event(row)))
+            except (InvalidEvent, UnknownEventType) as exc:
+                aside.append((row.seq, f"not an event: {exc}"))
+        gate = asyncio.Semaphore(self.window)
+
+        async def one(event: Event) -> None:
+            async with gate:  # tasks start in row order, and so do their publishes
+                await self.publisher.send(event)
+
+        results = await asyncio.gather(*(one(e) for _, e in events), return_exceptions=True)
+        done: list[int] = []
+        failed: list[BaseException] = []
+        for (seq, event), result in zip(events, results, strict=True):
+            if result is None:
+                done.append(seq)
+                self._count(event.type)
+            elif isinstance(result, UnroutableError):
+                aside.append((seq, f"unroutable: {result}"))
+            elif isinstance(result, Exception):
+                failed.append(result)
+            else:
+                raise result  # cancelled
+        return done, aside, failed
+
+    def _event(self, row: Row) -> Event:
+        """The event a `Publisher` would have sent for *row*: same id, source, time, ids."""
+        if not row.id.strip():
+            raise InvalidEvent("the row's id is empty")
+        data = decode_body(row.data.encode())
+        self.publisher.check(row.type, data)
+        return Event(
+            type=row.type, data=data, id=row.id, source=row.source, time=row.created_at,
+            correlation_id=row.correlation_id, causation_id=row.causation_id,
+            traceparent=row.traceparent or new_traceparent(),
+        )  # fmt: skip
+
+    def _count(self, event_type: str) -> None:
+        child = self._counters.get(event_type)
+        if child is None:
+            child = self._counters[event_type] = self.metrics.relay_published.labels(event_type)
+        child.inc()
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        """Until rows may have arrived (NOTIFY or a poll), or until *stop*."""
+        waiter = asyncio.create_task(self.outbox.wait(self.idle))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (waiter, stopper):
+            task.cancel()
+        await asyncio.gather(waiter, stopper, return_exceptions=True)
+
+    async def _report_forever(self) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # the step loop reports outages
+                status = await self.outbox.status(sample=0)
+                self.metrics.outbox_pending.set(status.pending)
+                self.metrics.outbox_oldest_age.set(status.oldest_age_seconds)
+                self.metrics.outbox_set_aside.set(status.set_aside)
+            self.metrics.relay_ready.set(1 if self.ready else 0)
+            await asyncio.sleep(REPORT_EVERY)
+
+    def _troubled(self, exc: BaseException) -> None:
+        what = f"{type(exc).__name__}: {exc}"
+        self._outbox_ok = self._outbox_ok and not _is_outbox_error(exc)
+        if what != self._trouble:
+            log.warning("relay cannot move rows now (%s); rows wait in the outbox", what)
+            self._trouble = what
+        self.metrics.relay_ready.set(0)
+
+    def _recovered(self) -> None:
+        if self._trouble is not None:
+            log.info("relay moving rows again")
+            self._trouble = None
+        self.metrics.relay_ready.set(1 if self.ready else 0)
+
+
+def _is_outbox_error(exc: BaseException) -> bool:
+    module = type(exc).__module__
+    return module.startswith(("asyncpg", "sqlite3", "aiosqlite"))
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def serve(
+    url: str,
+    outbox_url: str,
+    topology: Topology,
+    *,
+    metrics_port: int | None = None,
+    grace: float = 25.0,
+    batch: int = BATCH,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """`bus relay`: relay until SIGTERM/SIGINT (or *stop*), finishing the step in progress
+    within *grace* seconds. Serves /metrics, /healthz and /readyz on *metrics_port*."""
+    from bus.health import HealthServer
+    from bus.outbox import open_outbox
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    outbox = await open_outbox(outbox_url)
+    metrics = Metrics.default()
+    relay = Relay(outbox, topology, url, metrics=metrics, batch=batch)
+    http = None
+    if metrics_port is not None:
+        http = HealthServer(metrics_port, metrics.registry, loop, lambda: relay.ready).start()
+    log.info("relay %s -> %s", redact(outbox_url), redact(url))
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        await stop.wait()
+        log.info("relay stopping: finishing the batch in flight (grace %.0fs)", grace)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), grace)
+        except TimeoutError:
+            log.warning("relay cut off after %.0fs: unconfirmed rows stay in the outbox", grace)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if http is not None:
+            http.close()
+        await outbox.close()
+    log.info("relay stopped")
