@@ -18,6 +18,9 @@ from api.settings import ApiSettings
 from bus.errors import BusError
 from bus.logs import configure
 
+# On SIGTERM in-flight requests finish within this; then the subscriber drains (BUS_GRACE_PERIOD).
+HTTP_DRAIN_SECONDS = 5
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m api", description=__doc__)
@@ -48,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         port=settings.port,
         access_log=args.access_log,
         log_config=None,  # keep the bus's log format (BUS_LOG_FORMAT)
-        timeout_graceful_shutdown=int(settings.grace),
+        timeout_graceful_shutdown=HTTP_DRAIN_SECONDS,
     )
 
 
