@@ -1,7 +1,8 @@
 """Keep deploy/ honest without Docker or a cluster.
 
 Every file parses; every command a container runs is a real `bus` command; every subscriber of
-the topology has its compose service, Deployment, PodDisruptionBudget and ScaledObject; the
+the topology has its compose service, Deployment, PodDisruptionBudget and ScaledObject, except a
+subscriber listed in EMBEDDED, which runs inside its host's process and is checked there; the
 Kubernetes manifests validate against the Kubernetes schemas; generated files match a fresh
 generation.
 """
@@ -36,6 +37,14 @@ TOPOLOGY = ROOT / "topology" / "topology.yaml"
 K8S_VERSION = "1.30.0"
 METRICS_PORT = "9100"
 
+# Subscribers that run inside another process rather than as their own `bus run` service:
+# subscriber -> the compose service and k8s Deployment that embed it. They have no service, no
+# PodDisruptionBudget and no ScaledObject of their own; their host is checked instead.
+EMBEDDED = {"orders": "api"}
+# Containers of the bus image that run a Python module instead of the `bus` CLI: name -> command.
+NOT_BUS_CLI = {"api": ["python", "-m", "api"]}
+API_PORT = 8000
+
 
 @cache
 def topology() -> Topology:
@@ -43,7 +52,8 @@ def topology() -> Topology:
 
 
 def subscribers() -> list[Subscriber]:
-    return topology().subscribers()
+    """The subscribers that are services of their own (`bus run NAME`)."""
+    return [s for s in topology().subscribers() if s.name not in EMBEDDED]
 
 
 @cache
@@ -118,6 +128,9 @@ def bus_commands() -> list[tuple[str, list[str]]]:
     found: list[tuple[str, list[str]]] = []
     for name, svc in compose()["services"].items():
         if _is_bus_image(str(svc.get("image", ""))):
+            if name in NOT_BUS_CLI:
+                assert svc["entrypoint"] == NOT_BUS_CLI[name], f"compose {name}: entrypoint"
+                continue
             assert "entrypoint" not in svc, f"compose {name}: the image's ENTRYPOINT is `bus`"
             command = svc.get("command")
             assert isinstance(command, list), f"compose {name}: give `command:` as a list"
@@ -127,6 +140,9 @@ def bus_commands() -> list[tuple[str, list[str]]]:
         for c in spec.get("containers", []) + spec.get("initContainers", []):
             if c["image"] != "bus":
                 continue
+            name = doc["metadata"]["name"]
+            if name in NOT_BUS_CLI and c.get("command") == NOT_BUS_CLI[name]:
+                continue  # not the CLI: checked by test_k8s_api_deployment_is_production_shaped
             args = [str(a) for a in c.get("args", [])]
             if "command" in c:
                 assert c["command"][:1] == ["bus"], f"{file}: command must start with bus"
@@ -238,6 +254,8 @@ def test_prometheus_scrapes_every_subscriber() -> None:
     }
     for sub in subscribers():
         assert f"{sub.name}:{METRICS_PORT}" in targets, f"prometheus does not scrape {sub.name}"
+    for sub, host in EMBEDDED.items():  # its bus_* metrics are on its host's /metrics
+        assert f"{host}:{API_PORT}" in targets, f"prometheus does not scrape {host} ({sub})"
 
 
 def test_grafana_provisioning_parses() -> None:
@@ -445,3 +463,110 @@ def test_prometheus_config_passes_promtool() -> None:
         check=False,
     )
     assert done.returncode == 0, f"promtool check config failed:\n{done.stdout}{done.stderr}"
+
+
+# --- the orders API (embedding subscriber `orders`) and the outbox relay -----------------------
+
+
+def test_embedded_subscribers_are_declared_and_really_embedded() -> None:
+    from api.settings import SUBSCRIBER
+
+    declared = {s.name: s for s in topology().subscribers()}
+    assert set(EMBEDDED) <= set(declared), "EMBEDDED names a subscriber the topology lacks"
+    assert EMBEDDED == {SUBSCRIBER: "api"}, "the API embeds exactly the subscriber it runs"
+    assert declared[SUBSCRIBER].handlers.startswith("api."), "its handlers live in the API"
+    scaled = {so["spec"]["scaleTargetRef"]["name"] for so in kind("ScaledObject")}
+    for sub, host in EMBEDDED.items():
+        assert sub not in compose()["services"], f"{sub} runs inside {host}, not as a service"
+        assert sub not in by_name("Deployment"), f"{sub} runs inside {host}, not on its own"
+        assert host not in scaled, f"{host} serves HTTP: it is not scaled by KEDA on a queue"
+
+
+def test_compose_runs_the_api_beside_postgres_not_behind_the_broker() -> None:
+    svc = compose()["services"]["api"]
+    assert svc["entrypoint"] == NOT_BUS_CLI["api"]
+    assert svc["command"][svc["command"].index("--port") + 1] == str(API_PORT)
+    assert svc["command"][svc["command"].index("--host") + 1] == "0.0.0.0"
+    assert f"{API_PORT}:{API_PORT}" in svc["ports"]
+    assert f":{API_PORT}/healthz" in " ".join(svc["healthcheck"]["test"])
+    assert set(svc["depends_on"]) == {"postgres"}, "orders are taken while the broker is away"
+    env = svc["environment"]
+    assert (
+        env["BUS_OUTBOX_URL"].startswith("postgresql://") and "@postgres:" in env["BUS_OUTBOX_URL"]
+    )
+    assert env["BUS_URL"].startswith("amqp://${")
+    assert env["BUS_STORE_URL"].startswith("postgresql://")
+    assert int(env["BUS_GRACE_PERIOD"]) + 5 < _seconds(svc["stop_grace_period"])
+
+
+def test_compose_runs_two_relays_on_the_apis_database() -> None:
+    services = compose()["services"]
+    relay = services["relay"]
+    assert relay["command"] == ["relay", "--metrics-port", METRICS_PORT]
+    assert relay["deploy"]["replicas"] == 2, "relays run side by side"
+    assert (
+        relay["environment"]["BUS_OUTBOX_URL"] == services["api"]["environment"]["BUS_OUTBOX_URL"]
+    )
+    assert relay["depends_on"]["topology"]["condition"] == "service_completed_successfully"
+    assert f":{METRICS_PORT}/healthz" in " ".join(relay["healthcheck"]["test"])
+
+
+def test_k8s_api_deployment_is_production_shaped() -> None:
+    d = by_name("Deployment")["api"]
+    pod = d["spec"]["template"]["spec"]
+    c = container(d)
+    assert c["command"] == NOT_BUS_CLI["api"]
+    assert c["args"][c["args"].index("--port") + 1] == str(API_PORT)
+    assert c["args"][c["args"].index("--host") + 1] == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for probe in ("livenessProbe", "readinessProbe"):
+        p = c[probe]["httpGet"]["port"]
+        assert (ports[p] if isinstance(p, str) else p) == API_PORT, f"{probe} must ask {API_PORT}"
+    assert d["spec"]["replicas"] >= 2
+    env = env_of(c)
+    for secret in ("BUS_URL", "BUS_STORE_URL", "BUS_OUTBOX_URL"):
+        assert env[secret]["valueFrom"]["secretKeyRef"]["name"] == "bus-secrets", secret
+    assert int(env["BUS_GRACE_PERIOD"]["value"]) + 5 < pod["terminationGracePeriodSeconds"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/app/.bus"]], "a writable .bus/ on a read-only root"
+    topo_dir = str(Path(env["BUS_TOPOLOGY"]["value"]).parent)
+    assert volumes[mounts[topo_dir]]["configMap"]["name"] == "bus-topology"
+    labels = d["spec"]["template"]["metadata"]["labels"]
+    service = by_name("Service")["api"]
+    assert service["spec"]["selector"].items() <= labels.items(), "the Service selects no api pod"
+    assert service["spec"]["ports"][0]["targetPort"] in ("http", API_PORT)
+    pdb = by_name("PodDisruptionBudget")["api"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_k8s_runs_two_relays_with_probes() -> None:
+    d = by_name("Deployment")["relay"]
+    c = container(d)
+    assert d["spec"]["replicas"] == 2, "relays may run side by side"
+    assert c["args"] == ["relay", "--metrics-port", METRICS_PORT]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert c[probe]["httpGet"]["path"] == path
+        assert ports[c[probe]["httpGet"]["port"]] == int(METRICS_PORT)
+    env = env_of(c)
+    for secret in ("BUS_URL", "BUS_OUTBOX_URL"):
+        assert env[secret]["valueFrom"]["secretKeyRef"]["name"] == "bus-secrets", secret
+    labels = d["spec"]["template"]["metadata"]["labels"]
+    pdb = by_name("PodDisruptionBudget")["relay"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_the_image_holds_the_api_it_is_asked_to_run() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    for name, command in NOT_BUS_CLI.items():
+        package = command[-1]
+        assert re.search(rf"^COPY {package} \S+$", text, re.M), (
+            f"{name} runs `{' '.join(command)}`, but deploy/Dockerfile does not COPY {package}/"
+        )
