@@ -1,9 +1,11 @@
 """`bus demo`: the whole flow on one machine.
 
 A copy of the topology under a `demo.` prefix with short retry delays, a local SMTP sink and a
-flaky warehouse, the services as real processes (`bus run NAME`), a stream of orders published
-as a shop's API would, and snapshots of what every service did, from its own /metrics.
-The command line renders the snapshots; this module only runs the flow and measures it.
+flaky warehouse, the services as real processes (`bus run NAME`), the orders API and a relay
+as processes of their own, a stream of orders POSTed to the API as a shop's clients would (the
+API writes each order and its `order.placed` into its own database, the relay publishes it),
+and snapshots of what every service did, from its own /metrics. The command line renders the
+snapshots; this module only runs the flow and measures it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import asyncio
 import contextlib
 import copy
 import os
-import random
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,12 +33,15 @@ from bus.demo_peers import (
     Service,
     WarehouseStats,
     scrape,
+    start_api,
+    start_relay,
     start_service,
     stop_services,
     wait_ready,
 )
+from bus.demo_shop import Shop
 from bus.errors import BusError
-from bus.publisher import Publisher
+from bus.outbox import OutboxStore, open_outbox
 from bus.routing import matches
 from bus.status import collect
 from bus.topology import apply as applier
@@ -45,10 +49,9 @@ from bus.topology.model import Subscriber, Topology, from_dict
 from bus.topology.model import load as load_topology
 from bus.topology.plan import Action, ExchangeDecl, QueueDecl, Role, desired, diff
 
-# What one order causes: the shop publishes `order.placed`, fulfillment `shipment.requested`.
+# What one order causes: the API writes `order.placed`, fulfillment publishes `shipment.requested`.
 FLOW = ("order.placed", "shipment.requested")
-SKUS = {"BOOK-1": 12.5, "MUG-2": 8.0, "TEE-3": 19.9, "PEN-4": 2.5, "LAMP-5": 34.0}
-CUSTOMERS = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Margaret", "Linus")
+API_HANDLERS = "api."  # a subscriber whose handlers live in the API runs inside the API process
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class DemoOptions:
     prefix: str = "demo"
     workdir: Path = Path(".bus/demo")
     grace: float = 5.0  # for each service's drain on SIGTERM
+    kill_relay: bool = False  # SIGKILL the relay half way and start a replacement
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,12 @@ class Snapshot:
     subscribers: tuple[SubscriberView, ...]
     mails: int
     warehouse: WarehouseStats
+    outbox_pending: int = 0  # accepted orders whose event the relay has not published yet
+    outbox_lag: float = 0.0  # age of the oldest of them, seconds
+
+    @property
+    def relayed(self) -> int:
+        return self.published - self.outbox_pending
 
     @property
     def done(self) -> bool:
@@ -100,6 +110,9 @@ class Outcome:
     snapshot: Snapshot
     problems: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    api: dict[str, float] = field(default_factory=dict)  # response times, ms
+    max_outbox_lag: float = 0.0
+    relay_kills: int = 0
 
     @property
     def ok(self) -> bool:
@@ -123,6 +136,13 @@ class Outcome:
             },
             "mails": s.mails,
             "warehouse": asdict(s.warehouse),
+            "api": self.api,
+            "outbox": {
+                "relayed": s.relayed,
+                "pending": s.outbox_pending,
+                "max_lag_seconds": round(self.max_outbox_lag, 3),
+                "relay_kills": self.relay_kills,
+            },
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
             "problems": self.problems,
         }
@@ -187,20 +207,6 @@ def _receives(topology: Topology, sub: Subscriber, event_type: str) -> bool:
     )
 
 
-def order(run: str, i: int) -> dict[str, Any]:
-    """Valid `order.placed` data, different for each *i* and the same on every run."""
-    rnd = random.Random(i)
-    lines = [(sku, rnd.randint(1, 3)) for sku in rnd.sample(sorted(SKUS), rnd.randint(1, 3))]
-    customer = CUSTOMERS[i % len(CUSTOMERS)]
-    return {
-        "order_id": f"o-{run}-{i + 1:04d}",
-        "email": f"{customer.lower()}{i + 1}@example.com",
-        "customer": customer,
-        "total": round(sum(SKUS[sku] * n for sku, n in lines), 2),
-        "items": [{"sku": sku, "quantity": n} for sku, n in lines],
-    }
-
-
 # -- broker objects ----------------------------------------------------------------------------
 
 
@@ -249,11 +255,13 @@ class _Stage:
     sink: MailSink
     warehouse: FlakyWarehouse
     client: httpx.AsyncClient
-    services: list[Service] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)  # subscribers, the API among them
+    relays: list[Service] = field(default_factory=list)
+    outbox: OutboxStore | None = None
 
     async def snapshot(self, start: float, orders: int, published: Callable[[], int]) -> Snapshot:
-        """Queue depths, then each service's counts, then our own: an order is never seen
-        handled before it is seen published."""
+        """Queue depths, then each service's counts, then our own, then the outbox: an order
+        is never seen handled before it is seen accepted, nor relayed before it is pending."""
         expected = expected_handled(self.topology, orders)
         states = {st.subscriber: st for st in await collect(self.conn, self.topology)}
         counts = await asyncio.gather(*(scrape(self.client, s) for s in self.services))
@@ -268,9 +276,14 @@ class _Stage:
                     waiting=st.queue.ready, retrying=sum(q.ready for q in st.retries),
                 )
             )  # fmt: skip
+        accepted = published()
+        pending, lag = 0, 0.0
+        if self.outbox is not None:
+            status = await self.outbox.status(sample=0)
+            pending, lag = min(status.pending, accepted), status.oldest_age_seconds
         return Snapshot(
-            time.monotonic() - start, orders, published(), tuple(views),
-            self.sink.delivered, self.warehouse.stats(),
+            time.monotonic() - start, orders, accepted, tuple(views),
+            self.sink.delivered, self.warehouse.stats(), pending, lag,
         )  # fmt: skip
 
 
@@ -294,7 +307,6 @@ class Demo:
         self.on_tick = on_tick
         self.tick = tick
         self.run_id = f"{int(time.time()) % 100000:05d}"
-        self.published = 0
         self.timings: dict[str, float] = {}
 
     async def run(self) -> Outcome:
@@ -337,6 +349,7 @@ class Demo:
             "BUS_URL": self.url,
             "BUS_TOPOLOGY": str(Path(stage.topology.source).resolve()),
             "BUS_STORE_URL": f"sqlite:///{w}/processed.db",
+            "BUS_OUTBOX_URL": f"sqlite:///{w}/outbox.db",  # the API's own database
             "ANALYTICS_DB_URL": f"sqlite:///{w}/analytics.db",
             "SMTP_URL": stage.sink.url,
             "WAREHOUSE_URL": stage.warehouse.url,
@@ -356,7 +369,7 @@ class Demo:
                     outcome = await self._services_and_flow(stage, t0)
                 finally:
                     t1 = time.monotonic()
-                    stopped = await stop_services(stage.services, self.o.grace)
+                    stopped = await stop_services([*stage.services, *stage.relays], self.o.grace)
                     self.timings["shutdown"] = time.monotonic() - t1
             outcome.problems += stopped
             return outcome
@@ -366,19 +379,49 @@ class Demo:
 
     async def _services_and_flow(self, stage: _Stage, t0: float) -> Outcome:
         env = self._env(stage)
+        embedded = [s.name for s in stage.topology.subscribers() if _in_api(s)]
         for name in stage.topology.subscriber_names:
-            stage.services.append(await start_service(name, env, self.o.workdir))
-        await wait_ready(stage.services, stage.client, timeout=30)
-        self.timings["startup"] = time.monotonic() - t0
-        ports = ", ".join(f"{s.name} :{s.port}" for s in stage.services)
-        self.say(f"services consuming (metrics {ports}); logs in {self.o.workdir}/")
+            if name not in embedded:
+                stage.services.append(await start_service(name, env, self.o.workdir))
+        api = await start_api(env, self.o.workdir, embedded[0] if embedded else "orders")
+        stage.services.append(api)
+        await wait_ready([api], stage.client, timeout=30)  # it creates its tables and the outbox
+        stage.outbox = await open_outbox(env["BUS_OUTBOX_URL"])
+        try:
+            stage.relays.append(await start_relay(env, self.o.workdir))
+            await wait_ready([*stage.services, *stage.relays], stage.client, timeout=30)
+            self.timings["startup"] = time.monotonic() - t0
+            ports = ", ".join(f"{s.name} :{s.port}" for s in stage.services)
+            relay = stage.relays[0].port
+            self.say(f"services consuming (metrics {ports}); orders API http://127.0.0.1:"
+                     f"{api.port}, relay :{relay}; logs in {self.o.workdir}/")  # fmt: skip
+            return await self._flow(stage, env, f"http://127.0.0.1:{api.port}")
+        finally:
+            await stage.outbox.close()
+
+    async def _flow(self, stage: _Stage, env: dict[str, str], api: str) -> Outcome:
+        shop = Shop(api, self.run_id, self.o.orders, self.o.rate)
+        kills = 0
+
+        async def kill_relay() -> None:
+            nonlocal kills
+            victim = stage.relays.pop()
+            victim.process.kill()  # SIGKILL: no drain, no hand-over of anything it held
+            await victim.process.wait()
+            kills += 1
+            stage.relays.append(await start_relay(env, self.o.workdir, kills + 1))
+            self.say(f"relay killed (SIGKILL) after {shop.accepted} orders; a new relay "
+                     "takes over (SQLite: when the dead one's lease lapses, ≤5s)")  # fmt: skip
+
         start = time.monotonic()
-        publishing = asyncio.create_task(self._publish(stage.topology))
+        posting = asyncio.create_task(shop.run(kill_relay if self.o.kill_relay else None))
+        max_lag = 0.0
         try:
             while True:
-                snap = await stage.snapshot(start, self.o.orders, lambda: self.published)
+                snap = await stage.snapshot(start, self.o.orders, lambda: shop.accepted)
+                max_lag = max(max_lag, snap.outbox_lag)
                 self.on_tick(snap)
-                problems = self._trouble(publishing, stage.services)
+                problems = self._trouble(posting, shop, [*stage.services, *stage.relays])
                 if snap.done or problems:
                     break
                 if snap.elapsed > self.o.timeout:
@@ -387,33 +430,29 @@ class Demo:
                     break
                 await asyncio.sleep(self.tick)
         finally:
-            publishing.cancel()
+            posting.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await publishing
+                await posting
         self.timings["flow"] = time.monotonic() - start
         problems += [
             f"{v.name} parked {v.parked} in {v.queue}.dlq" for v in snap.subscribers if v.parked
         ]
-        return Outcome(snap, problems)
+        outcome = Outcome(snap, problems, api=shop.percentiles_ms(), relay_kills=kills)
+        outcome.max_outbox_lag = max_lag
+        return outcome
 
-    def _trouble(self, publishing: asyncio.Task[None], services: Sequence[Service]) -> list[str]:
-        problems = [d for d in (s.died() for s in services) if d]
-        if publishing.done() and not publishing.cancelled() and publishing.exception():
-            exc = publishing.exception()
-            problems.append(f"publishing stopped after {self.published} of {self.o.orders}: {exc}")
+    def _trouble(
+        self, posting: asyncio.Task[None], shop: Shop, procs: Sequence[Service]
+    ) -> list[str]:
+        problems = [d for d in (s.died() for s in procs) if d]
+        if posting.done() and not posting.cancelled() and posting.exception():
+            exc = posting.exception()
+            problems.append(f"orders stopped after {shop.accepted} of {self.o.orders}: {exc}")
         return problems
 
-    async def _publish(self, topology: Topology) -> None:
-        """Orders at the requested rate, each confirmed by the broker, as a shop's API would."""
-        async with Publisher(self.url, topology, source="demo-shop") as pub:
-            start = time.monotonic()
-            for i in range(self.o.orders):
-                pause = start + i / self.o.rate - time.monotonic()
-                if pause > 0:
-                    await asyncio.sleep(pause)
-                data = order(self.run_id, i)
-                await pub.publish("order.placed", data, correlation_id=data["order_id"])
-                self.published += 1
+
+def _in_api(sub: Subscriber) -> bool:
+    return sub.handlers.startswith(API_HANDLERS)
 
 
 def _behind(snap: Snapshot) -> str:
@@ -423,6 +462,8 @@ def _behind(snap: Snapshot) -> str:
         for v in snap.subscribers
         if not v.settled
     ]
+    if snap.outbox_pending:
+        parts.insert(0, f"{snap.outbox_pending} events still in the outbox")
     if snap.published < snap.orders:
-        parts.insert(0, f"published {snap.published} of {snap.orders}")
+        parts.insert(0, f"the API accepted {snap.published} of {snap.orders} orders")
     return "; ".join(parts) or "nothing missing"

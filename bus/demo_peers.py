@@ -90,6 +90,12 @@ class _Ledger:
             return WarehouseStats(self.calls, seen.count(503), seen.count(201), recovered)
 
 
+class _Backlogged(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5: a burst of fulfillment's prefetch (32 calls
+    # at once, e.g. when a backlog drains) would see connection resets instead of answers
+    request_queue_size = 128
+
+
 class FlakyWarehouse:
     """A warehouse webhook: the first *fail_first* calls get HTTP 503, every later one 201."""
 
@@ -123,7 +129,7 @@ class FlakyWarehouse:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # the demo's view shows the calls
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Backlogged(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(
             target=self._server.serve_forever, name="demo-warehouse", daemon=True
@@ -161,12 +167,33 @@ class Service:
 
 
 async def start_service(name: str, env: Mapping[str, str], workdir: Path) -> Service:
+    """`bus run NAME` as its own process, with its metrics on a free port."""
     port = free_port()
-    log = workdir / f"{name}.log"
+    env = {**env, "BUS_METRICS_PORT": str(port)}
+    return await _start(name, ["-m", "bus.cli", "run", name], env, workdir, port)
+
+
+async def start_api(env: Mapping[str, str], workdir: Path, subscriber: str) -> Service:
+    """The orders API (`python -m api`), which runs *subscriber* inside it; /metrics on its port."""
+    port = free_port()
+    return await _start(subscriber, ["-m", "api", "--port", str(port)], env, workdir, port, "api")
+
+
+async def start_relay(env: Mapping[str, str], workdir: Path, n: int = 1) -> Service:
+    """`bus relay` as its own process (the demo may SIGKILL it), its metrics on a free port."""
+    port = free_port()
+    args = ["-m", "bus.cli", "relay", "--metrics-port", str(port)]
+    return await _start("relay", args, env, workdir, port, f"relay-{n}")
+
+
+async def _start(
+    name: str, args: list[str], env: Mapping[str, str], workdir: Path, port: int,
+    log_name: str | None = None,
+) -> Service:  # fmt: skip
+    log = workdir / f"{log_name or name}.log"
     with log.open("wb") as out:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bus.cli", "run", name,
-            env={**env, "BUS_METRICS_PORT": str(port)},
+            sys.executable, *args, env=dict(env),
             stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
         )  # fmt: skip
     return Service(name, port, log, process)
@@ -211,6 +238,20 @@ async def stop_services(services: Sequence[Service], grace: float) -> list[str]:
         if code != 0:
             problems.append(f"{s.name} exited with code {code} ({s.tail()})")
     return problems
+
+
+async def scrape_total(client: httpx.AsyncClient, service: Service, name: str) -> float:
+    """The sum of every sample of metric *name* (e.g. `bus_relay_published_total`) of a process."""
+    try:
+        text = (await client.get(f"http://127.0.0.1:{service.port}/metrics")).text
+    except httpx.HTTPError:
+        return 0.0
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
 
 
 async def scrape(client: httpx.AsyncClient, service: Service) -> dict[str, int]:

@@ -37,6 +37,9 @@ def demo(
     timeout: float = typer.Option(45.0, "--timeout", min=1, help="Seconds for the flow."),
     flaky: int = typer.Option(3, "--flaky", min=0, help="The warehouse fails this many calls."),
     keep: bool = typer.Option(False, "--keep", help="Keep the demo queues and exchange."),
+    kill_relay: bool = typer.Option(
+        False, "--kill-relay", help="SIGKILL the relay half way (a new one takes over)."
+    ),
     prefix: str = typer.Option("demo", "--prefix", help="Name prefix of the demo's objects."),
     plain: bool = typer.Option(False, "--plain", help="Progress lines instead of a live view."),
     json_summary: bool = typer.Option(
@@ -46,13 +49,15 @@ def demo(
     url: str | None = UrlOption,
 ) -> None:
     """Run the whole flow here: the topology under a `demo.` prefix with short retries, an SMTP
-    sink, a flaky warehouse, the three services, a stream of orders; exit 1 if any is lost."""
+    sink, a flaky warehouse, the services, the orders API and a relay, orders POSTed to the API;
+    exit 1 if any is lost."""
     if not _PREFIX.match(prefix):
         raise ConfigError(f"--prefix {prefix!r}: use letters, digits, '-' and '_'")
     s = settings(url, topology)
     options = DemoOptions(
         orders=orders, rate=_rate(rate), delays=_delays(delays), timeout=timeout,
         keep=keep, flaky=flaky, prefix=prefix, workdir=Path(".bus") / prefix,
+        kill_relay=kill_relay,
     )  # fmt: skip
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -124,8 +129,8 @@ class _PlainView:
             for v in snap.subscribers
         )
         line = (
-            f"[{snap.elapsed:5.1f}s] published {snap.published}/{snap.orders} | {subs} "
-            f"| mails {snap.mails} | warehouse {_calls(snap)}"
+            f"[{snap.elapsed:5.1f}s] accepted {snap.published}/{snap.orders} | {_outbox(snap)} "
+            f"| {subs} | mails {snap.mails} | warehouse {_calls(snap)}"
         )
         console.print(line, markup=False, soft_wrap=True)
 
@@ -149,12 +154,18 @@ class _LiveView(_PlainView):
 
     def tick(self, snap: Snapshot) -> None:
         head = Text.assemble(
-            ("published ", "dim"), f"{snap.published}/{snap.orders}",
+            ("orders accepted ", "dim"), f"{snap.published}/{snap.orders}",
+            ("   ", ""), _outbox(snap),
             ("   mails delivered ", "dim"), str(snap.mails),
             ("   warehouse ", "dim"), _calls(snap),
             ("   ", ""), (f"{snap.elapsed:.1f}s", "dim"),
         )  # fmt: skip
         self._live.update(Group(head, _table(snap, live=True)))
+
+
+def _outbox(snap: Snapshot) -> str:
+    lag = f", oldest {snap.outbox_lag:.1f}s" if snap.outbox_pending else ""
+    return f"relayed {snap.relayed} (outbox {snap.outbox_pending}{lag})"
 
 
 def _calls(snap: Snapshot) -> str:
@@ -189,10 +200,19 @@ def _summary(outcome: Outcome) -> None:
     console.print(_table(snap, live=False))
     w = snap.warehouse
     console.print(
-        f"published {snap.published}/{snap.orders} orders · mails delivered {snap.mails} · "
+        f"orders accepted {snap.published}/{snap.orders} · mails delivered {snap.mails} · "
         f"warehouse {_calls(snap)}: {w.recovered} orders accepted after a 503 and a retry",
         soft_wrap=True,
     )
+    a = outcome.api
+    if a:
+        killed = f", relay SIGKILLed {outcome.relay_kills}x" if outcome.relay_kills else ""
+        console.print(
+            f"orders API: POST /orders p50 {a['p50_ms']:.1f} ms, p99 {a['p99_ms']:.1f} ms · "
+            f"outbox: {snap.relayed} relayed, lag max {outcome.max_outbox_lag:.1f}s{killed}",
+            soft_wrap=True,
+            markup=False,
+        )
     steps = ("startup", "flow", "shutdown", "total")
     console.print("timings: " + ", ".join(f"{k} {t[k]:.1f}s" for k in steps if k in t))
     if outcome.ok:

@@ -78,9 +78,12 @@ async def test_demo_handles_every_order_in_every_service_and_recovers_from_503s(
     summary = summary_of(done.stdout)
 
     assert summary["ok"] is True and summary["problems"] == []
-    assert summary["published"] == 5
+    assert summary["published"] == 5, "the API accepted every order"
+    assert summary["outbox"]["relayed"] == 5 and summary["outbox"]["pending"] == 0
+    assert summary["api"]["p99_ms"] > 0
     subs = summary["subscribers"]
-    assert set(subs) == {"email", "analytics", "fulfillment"}
+    assert set(subs) == {"email", "analytics", "fulfillment", "orders"}
+    assert subs["orders"]["handled"] == 5, "the API saw each shipment requested"
     for name, counts in subs.items():
         assert counts["handled"] > 0, f"{name} handled nothing: {counts}"
         assert counts["handled"] == counts["expected"], f"{name}: {counts}"
@@ -96,6 +99,26 @@ async def test_demo_handles_every_order_in_every_service_and_recovers_from_503s(
     assert took < 40, f"the demo took {took:.1f}s"
 
     assert gone, "the demo left its queues behind"
+
+
+async def test_demo_with_the_relay_killed_half_way_still_handles_every_order(
+    amqp_url: str, tmp_path: Path
+) -> None:
+    prefix = f"demo-t{uuid.uuid4().hex[:8]}"
+    try:
+        done = run_demo(
+            "--orders", "40", "--rate", "40", "--flaky", "0", "--kill-relay", "--prefix", prefix,
+            "--timeout", "40", "--json-summary", cwd=tmp_path, url=amqp_url,
+        )  # fmt: skip
+    finally:
+        await remove_leftovers(amqp_url, prefix)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    summary = summary_of(done.stdout)
+    assert summary["ok"] is True
+    assert summary["outbox"]["relay_kills"] == 1 and summary["outbox"]["relayed"] == 40
+    for name, counts in summary["subscribers"].items():
+        assert counts["handled"] == counts["expected"], f"{name}: {counts}"
+    assert "relay killed (SIGKILL)" in done.stdout
 
 
 def test_demo_without_a_broker_says_how_to_get_one_in_one_line(tmp_path: Path) -> None:
@@ -120,4 +143,6 @@ def test_demo_topology_isolates_names_under_the_prefix_with_short_retries() -> N
         assert sub.delays == ("1s", "2s")
         assert {b.exchange for b in sub.bindings} == {"demo.events"}
     assert topology.schedules() == []
-    assert expected_handled(topology, 3) == {"email": 3, "analytics": 6, "fulfillment": 3}
+    assert expected_handled(topology, 3) == {
+        "email": 3, "analytics": 6, "fulfillment": 3, "orders": 3,
+    }  # fmt: skip

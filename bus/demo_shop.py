@@ -1,0 +1,88 @@
+"""The shop's clients in `bus demo`: orders POSTed to the orders API at a steady rate, each
+with its own `Idempotency-Key`, and the API's response times."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+# what the API's catalogue sells (api/catalogue.py); the API prices the order itself
+SKUS = ("BOOK-1", "BOOK-2", "MUG-1", "TSHIRT-M", "STICKER")
+CUSTOMERS = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Ken", "Margaret", "Linus")
+
+
+def order_request(i: int) -> dict[str, Any]:
+    """A valid `POST /orders` body, different for each *i* and the same on every run."""
+    rnd = random.Random(i)
+    lines = [(sku, rnd.randint(1, 3)) for sku in rnd.sample(SKUS, rnd.randint(1, 3))]
+    customer = CUSTOMERS[i % len(CUSTOMERS)]
+    return {
+        "email": f"{customer.lower()}{i + 1}@example.com",
+        "customer": customer,
+        "items": [{"sku": sku, "quantity": n} for sku, n in lines],
+    }
+
+
+@dataclass
+class Shop:
+    """POSTs *orders* orders at *rate* per second; `accepted` counts the 201s."""
+
+    api: str  # http://127.0.0.1:PORT
+    run_id: str
+    orders: int
+    rate: float
+    accepted: int = 0
+    latencies: list[float] = field(default_factory=list)  # seconds, one per accepted order
+    order_ids: list[str] = field(default_factory=list)
+
+    async def run(self, halfway: Callable[[], Awaitable[None]] | None = None) -> None:
+        """All orders, paced; *halfway* is awaited once half of them were accepted."""
+        limits = httpx.Limits(max_connections=16)
+        async with httpx.AsyncClient(base_url=self.api, timeout=10, limits=limits) as client:
+            start = time.monotonic()
+            pending: set[asyncio.Task[None]] = set()
+            for i in range(self.orders):
+                pause = start + i / self.rate - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                if halfway is not None and i == self.orders // 2:
+                    await asyncio.gather(*pending)
+                    await halfway()
+                task = asyncio.create_task(self._place(client, i))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            await asyncio.gather(*pending)
+
+    async def _place(self, client: httpx.AsyncClient, i: int) -> None:
+        key = f"demo-{self.run_id}-{i + 1:04d}"
+        started = time.perf_counter()
+        response = await client.post(
+            "/orders", json=order_request(i), headers={"Idempotency-Key": key}
+        )
+        took = time.perf_counter() - started
+        if response.status_code != 201:
+            raise RuntimeError(
+                f"POST /orders answered {response.status_code}: {response.text[:200]}"
+            )
+        self.latencies.append(took)
+        self.order_ids.append(response.json()["order_id"])
+        self.accepted += 1
+
+    def percentiles_ms(self) -> dict[str, float]:
+        """p50, p99 and max response time in milliseconds (zeros before any answer)."""
+        if not self.latencies:
+            return {"p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+        ordered = sorted(self.latencies)
+        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+        return {
+            "p50_ms": round(statistics.median(ordered) * 1000, 2),
+            "p99_ms": round(p99 * 1000, 2),
+            "max_ms": round(ordered[-1] * 1000, 2),
+        }
