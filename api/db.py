@@ -26,6 +26,8 @@ from api.settings import ensure_parent, sqlalchemy_url
 from bus.outbox.schema import Dialect, ddl, dialect_of
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+POOL_SIZE = 10  # PostgreSQL connections kept open per process
+POOL_OVERFLOW = 20  # and opened beyond that for a burst
 SCHEMA_LOCK = 0x0B05_A91  # pg_advisory_xact_lock key: one replica creates the tables at a time
 
 metadata = MetaData()
@@ -69,6 +71,10 @@ order_progress = Table(
 def open_engine(url: str, **kw: Any) -> AsyncEngine:
     """An async engine for `sqlite:///…` or `postgresql://…` (BUS_OUTBOX_URL)."""
     ensure_parent(url)
+    if dialect_of(url) is Dialect.POSTGRES:
+        # connections beyond pool_size are closed when returned, and opening one costs more
+        # than a whole request: keep enough for a burst
+        kw = {"pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW, **kw}
     engine = create_async_engine(sqlalchemy_url(url), **kw)
     if dialect_of(url) is Dialect.SQLITE:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
