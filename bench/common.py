@@ -51,11 +51,14 @@ class Counts:
     mem_small: int = 10_000
     mem_large: int = 100_000
     rounds: int = 4  # each scenario's work is split into rounds taken in ABBA order
+    outbox: int = 20_000  # rows the relay moves, per database
+    api_rate: int = 200  # orders per second POSTed to the orders API
+    api_seconds: float = 30.0
 
 
 SMOKE = Counts(
     publish=300, window=50, consume=500, fanout=200, rate=200, seconds=1.0, retry=100,
-    mem_small=300, mem_large=1_500, rounds=2,
+    mem_small=300, mem_large=1_500, rounds=2, outbox=300, api_rate=50, api_seconds=2.0,
 )  # fmt: skip
 
 BUS, RAW, FASTSTREAM = "bus", "raw", "faststream"
