@@ -36,11 +36,11 @@ from api.repository import event_id_of
 from api.services import Services
 from api.settings import ApiSettings
 from api.supervisor import Phase
-from bus import Outbox, Publisher
+from bus import Context, Outbox, Publisher, Router
 from bus.settings import Settings
 from bus.topology.model import Topology, load
 from tests.conftest import wait_for
-from tests.integration.helpers import applied, make_topology
+from tests.integration.helpers import applied, make_topology, running
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = ROOT / "topology" / "topology.yaml"
@@ -469,3 +469,51 @@ async def test_python_m_api_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- the whole loop: API -> outbox -> relay -> fulfillment -> bus -> API ------------------------
+
+
+async def test_the_loop_closes_through_the_relay_and_fulfillment(
+    amqp_url: str, prefix: str, database_url: str
+) -> None:
+    from bus.relay import serve as relay
+
+    topology = make_topology(
+        prefix,
+        {
+            "orders": {"handlers": "api.progress:router", "keys": ["shipment.requested"]},
+            "fulfillment": {"keys": ["order.placed"]},
+        },
+    )
+    seen: list[tuple[str, str, str]] = []
+    fulfillment = Router()
+
+    @fulfillment.on("order.placed")
+    async def ship(event: dict[str, Any], ctx: Context) -> None:
+        seen.append((event["order_id"], ctx.correlation_id, ctx.source))
+        await ctx.publish(
+            "shipment.requested", {"order_id": event["order_id"], "warehouse_ref": "W-1"}
+        )
+
+    app = create_app(settings(database_url, bus_url=amqp_url, subscribe=True), topology=topology)
+    async with (
+        applied(amqp_url, topology),
+        serving(app) as client,
+        running(amqp_url, topology, "fulfillment", fulfillment),
+    ):
+        stop = asyncio.Event()
+        relaying = asyncio.create_task(relay(amqp_url, database_url, topology, stop=stop))
+        try:
+            ids = [(await client.post("/orders", json=ORDER)).json()["order_id"] for _ in range(3)]
+
+            async def all_shipped() -> bool:
+                bodies = [(await client.get(f"/orders/{i}")).json() for i in ids]
+                return all(b["status"] == "shipment_requested" for b in bodies)
+
+            await wait_for(all_shipped, timeout=20, message="three orders around the loop")
+        finally:
+            stop.set()
+            await asyncio.wait_for(relaying, 10)
+        assert sorted(seen) == sorted((i, i, "orders-api") for i in ids), "each order once"
+        assert await count(client, "bus_outbox") == 0, "the relay removed what it published"
