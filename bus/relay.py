@@ -29,7 +29,7 @@ from bus.topology.model import Topology
 
 log = logging.getLogger(__name__)
 
-BATCH = 500  # rows per claim (a PostgreSQL claim takes whole transactions, so may take more)
+BATCH = 1000  # rows per claim (a PostgreSQL claim takes whole transactions, so may take more)
 WINDOW = 1000  # confirms in flight
 DEADLINE = 10.0  # seconds for a confirm before the step gives up and tries again later
 IDLE = 5.0  # PostgreSQL: look again this often even without a NOTIFY

@@ -102,7 +102,7 @@ def relay(
     metrics_port: int | None = typer.Option(
         None, "--metrics-port", envvar="BUS_METRICS_PORT", help="Serve /metrics, /healthz, /readyz."
     ),
-    batch: int = typer.Option(500, "--batch", min=1, help="Rows per claim."),
+    batch: int = typer.Option(1000, "--batch", min=1, help="Rows per claim."),
     grace: float = typer.Option(
         float(os.environ.get("BUS_GRACE_PERIOD", 25)),
         "--grace-period",
