@@ -13,5 +13,6 @@ Modules, each importing only those above it:
     repository                     place an order with its event; read it; record its progress
     progress                       the `orders` subscriber's router (`api.progress:router`)
     supervisor, metrics            the embedded subscriber's lifecycle; request latency
-    orders                         the FastAPI app
+    services                       what runs while the app serves: database, orders, subscriber
+    orders                         the FastAPI app (`create_app`, `app`); __main__ runs uvicorn
 """
