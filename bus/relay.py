@@ -20,7 +20,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from bus.envelope import Event, decode_body, new_traceparent
-from bus.errors import BrokerUnavailable, InvalidEvent, UnknownEventType, UnroutableError
+from bus.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    InvalidEvent,
+    UnknownEventType,
+    UnroutableError,
+)
 from bus.metrics import Metrics
 from bus.outbox.base import OutboxStore, Row
 from bus.publisher import Publisher
@@ -206,6 +212,25 @@ def _is_outbox_error(exc: BaseException) -> bool:
     return module.startswith(("asyncpg", "sqlite3", "aiosqlite"))
 
 
+async def _open_when_ready(url: str, stop: asyncio.Event) -> OutboxStore | None:
+    """The outbox, once its database answers and `bus_outbox` exists (a relay may start before
+    the migration or the database): says why it waits, once; None if stopped meanwhile."""
+    from bus.outbox import open_outbox
+
+    said = ""
+    while not stop.is_set():
+        try:
+            return await open_outbox(url)
+        except (ConfigError, BrokerUnavailable) as exc:
+            if isinstance(exc, ConfigError) and "bus outbox init" not in str(exc):
+                raise  # a wrong URL: waiting will not help
+            if str(exc) != said:
+                log.warning("relay waiting: %s", exc)
+                said = str(exc)
+        await _sleep_unless(stop, 2.0)
+    return None
+
+
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
@@ -224,33 +249,39 @@ async def serve(
     """`bus relay`: relay until SIGTERM/SIGINT (or *stop*), finishing the step in progress
     within *grace* seconds. Serves /metrics, /healthz and /readyz on *metrics_port*."""
     from bus.health import HealthServer
-    from bus.outbox import open_outbox
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    outbox = await open_outbox(outbox_url)
     metrics = Metrics.default()
-    relay = Relay(outbox, topology, url, metrics=metrics, batch=batch)
+    running: list[Relay] = []  # the relay, once the outbox is there: /readyz follows it
     http = None
     if metrics_port is not None:
-        http = HealthServer(metrics_port, metrics.registry, loop, lambda: relay.ready).start()
-    log.info("relay %s -> %s", redact(outbox_url), redact(url))
-    task = asyncio.create_task(relay.run(stop))
+        ready = lambda: bool(running) and running[0].ready  # noqa: E731
+        http = HealthServer(metrics_port, metrics.registry, loop, ready).start()
     try:
-        await stop.wait()
-        log.info("relay stopping: finishing the batch in flight (grace %.0fs)", grace)
+        outbox = await _open_when_ready(outbox_url, stop)
+        if outbox is None:
+            return
+        relay = Relay(outbox, topology, url, metrics=metrics, batch=batch)
+        running.append(relay)
+        log.info("relay %s -> %s", redact(outbox_url), redact(url))
+        task = asyncio.create_task(relay.run(stop))
         try:
-            await asyncio.wait_for(asyncio.shield(task), grace)
-        except TimeoutError:
-            log.warning("relay cut off after %.0fs: unconfirmed rows stay in the outbox", grace)
+            await stop.wait()
+            log.info("relay stopping: finishing the batch in flight (grace %.0fs)", grace)
+            try:
+                await asyncio.wait_for(asyncio.shield(task), grace)
+            except TimeoutError:
+                log.warning("relay cut off after %.0fs: unconfirmed rows wait in the outbox", grace)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await outbox.close()
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         if http is not None:
             http.close()
-        await outbox.close()
     log.info("relay stopped")

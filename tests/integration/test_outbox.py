@@ -22,7 +22,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bus.cli import app
-from bus.outbox import Outbox
+from bus.outbox import Outbox, open_outbox
+from bus.relay import serve
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, get_all, make_topology, queue_depth
 from tests.integration.outbox_kit import audited, outbox_db, relaying
@@ -285,3 +286,25 @@ async def test_sqlite_relays_take_turns_and_a_standby_takes_over(
             await wait_for(lambda: _drained(url), message="the standby to relay")
         copies = await audited(amqp_url, f"{prefix}.audit")
     assert copies == Counter(dict.fromkeys(ids, 1)), "each row once, by one relay at a time"
+
+
+async def test_a_relay_started_before_the_table_exists_waits_then_relays(
+    amqp_url: str, prefix: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    topology = audit_topology(prefix)
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    stop = asyncio.Event()
+    async with applied(amqp_url, topology):
+        relay = asyncio.create_task(serve(amqp_url, url, topology, stop=stop))
+        await wait_for(
+            lambda: any("relay waiting" in r.getMessage() for r in caplog.records),
+            message="the relay to say it waits for bus outbox init",
+        )
+        assert not relay.done()
+        await (await open_outbox(url, create=True)).close()  # the migration runs
+        ids = await write("sqlite", url, Outbox(topology), [("order.shipped", {})])
+        await wait_for(lambda: queue_depth(amqp_url, f"{prefix}.audit"), message="the event")
+        stop.set()
+        await asyncio.wait_for(relay, 15)
+        copies = await audited(amqp_url, f"{prefix}.audit")
+    assert copies == Counter(dict.fromkeys(ids, 1))

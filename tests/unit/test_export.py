@@ -158,6 +158,7 @@ def test_asyncapi_receivers_follow_the_broker_routing(topology: Topology) -> Non
         ("email", "order.placed"),
         ("email", "order.shipped"),
         ("fulfillment", "order.placed"),
+        ("orders", "shipment.requested"),
         *(("analytics", e) for e in topology.events),
     }
     sends = {name for name, op in ops.items() if op["action"] == "send"}
@@ -200,7 +201,7 @@ def test_export_with_users_adds_users_and_permissions() -> None:
     result = _invoke("-f", "definitions", "--users")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert {u["name"] for u in doc["users"]} == {"email", "analytics", "fulfillment"}
+    assert {u["name"] for u in doc["users"]} == {"email", "analytics", "fulfillment", "orders"}
 
 
 def test_export_rejects_an_unknown_format() -> None:
