@@ -165,7 +165,7 @@ class Publisher:
             event_type, data, id=id, correlation_id=correlation_id,
             causation_id=causation_id, traceparent=traceparent,
         )  # fmt: skip
-        await self.send(event)
+        await self.send(event, parent=traceparent)
         return event.id
 
     async def publish_many(self, events: Iterable[EventLike], *, window: int = 1000) -> list[str]:
@@ -220,10 +220,12 @@ class Publisher:
             ) from failures[0]
         return ids
 
-    async def send(self, event: Event, *, timer: bool = True) -> None:
+    async def send(self, event: Event, *, timer: bool = True, parent: str | None = None) -> None:
         """Publish an already-checked event, republishing after reconnects until the deadline.
 
         `timer=False`: no deadline on the first confirm (the caller watches for progress).
+        *parent*: a `traceparent` that OpenTelemetry's publish span continues when the caller
+        is in no span of its own (the relay, for the trace an outbox writer began).
         """
         first_timeout = self.deadline if timer else None
         exchange_name = self.topology.events[event.type].exchange
@@ -231,7 +233,9 @@ class Publisher:
         started = time.monotonic()
         try:
             if tracing.active():
-                with tracing.publish_span(exchange_name, event.type, event.id) as traceparent:
+                with tracing.publish_span(
+                    exchange_name, event.type, event.id, parent
+                ) as traceparent:
                     if traceparent:
                         wire.headers["traceparent"] = traceparent
                     await self._send_once(wire, exchange_name, started, first_timeout)

@@ -138,7 +138,8 @@ class Relay:
 
         async def one(event: Event) -> None:
             async with gate:  # tasks start in row order, and so do their publishes
-                await self.publisher.send(event)
+                # the row's trace goes on (OpenTelemetry: the publish span's parent)
+                await self.publisher.send(event, parent=event.traceparent)
 
         results = await asyncio.gather(*(one(e) for _, e in events), return_exceptions=True)
         done: list[int] = []

@@ -39,9 +39,18 @@ def current_traceparent() -> str | None:
 
 
 @contextlib.contextmanager
-def publish_span(exchange: str, routing_key: str, event_id: str) -> Iterator[str | None]:
-    """A PRODUCER span; yields the `traceparent` to send, or None when nothing is recording."""
+def publish_span(
+    exchange: str, routing_key: str, event_id: str, parent: str | None = None
+) -> Iterator[str | None]:
+    """A PRODUCER span; yields the `traceparent` to send, or None when nothing is recording.
+
+    Its parent is the caller's current span; without one (a relay publishing an outbox row),
+    the event's own *parent* `traceparent`, so the trace begun in the writer's request goes on.
+    """
     tracer = trace.get_tracer("bus")
+    context = None
+    if parent and not trace.get_current_span().get_span_context().is_valid:
+        context = propagate.extract({"traceparent": parent})
     attributes: dict[str, Any] = {
         **_SYSTEM,
         "messaging.operation.type": "send",
@@ -50,7 +59,7 @@ def publish_span(exchange: str, routing_key: str, event_id: str) -> Iterator[str
         "messaging.message.id": event_id,
     }
     with tracer.start_as_current_span(
-        f"publish {exchange}", kind=SpanKind.PRODUCER, attributes=attributes
+        f"publish {exchange}", context=context, kind=SpanKind.PRODUCER, attributes=attributes
     ):
         carrier: dict[str, str] = {}
         propagate.inject(carrier)

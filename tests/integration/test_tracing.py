@@ -75,3 +75,29 @@ async def test_publish_and_process_spans_follow_the_messaging_conventions_in_one
 
 def _mine(exporter: Any, prefix: str) -> list[Any]:
     return [s for s in exporter.get_finished_spans() if prefix in s.name]
+
+
+async def test_an_outbox_row_written_in_a_request_span_carries_that_trace_to_the_broker(
+    amqp_url: str, prefix: str, spans: Any, tmp_path: Any
+) -> None:
+    import sqlite3
+
+    from bus.outbox import Outbox
+    from bus.outbox.schema import Dialect, ddl
+    from tests.integration.helpers import get_all, queue_depth
+    from tests.integration.outbox_kit import relaying
+
+    topology = make_topology(prefix, {"audit": {"keys": ["#"]}})
+    path = tmp_path / "outbox.db"
+    with sqlite3.connect(path) as db:
+        for statement in ddl(Dialect.SQLITE):
+            db.execute(statement)
+        with trace.get_tracer("api").start_as_current_span("POST /orders") as request:
+            Outbox(topology, source="api").add_sync(db, "order.shipped", {}, id=f"{prefix}-o")
+    trace_id = f"{request.get_span_context().trace_id:032x}"
+    async with applied(amqp_url, topology), relaying(f"sqlite:///{path}", topology, amqp_url):
+        await wait_for(lambda: queue_depth(amqp_url, f"{prefix}.audit"), message="the event")
+        (message,) = await get_all(amqp_url, f"{prefix}.audit")
+    assert str(message.headers["traceparent"]).split("-")[1] == trace_id, (
+        "the relayed event continues the request's trace"
+    )

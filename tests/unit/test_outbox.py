@@ -209,7 +209,7 @@ class FakePublisher:
         self.failures = failures
         self.sent: list[Event] = []
 
-    async def send(self, event: Event) -> None:
+    async def send(self, event: Event, parent: str | None = None) -> None:
         self.sent.append(event)
         if event.id in self.failures:
             raise self.failures[event.id]
