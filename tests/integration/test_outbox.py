@@ -308,3 +308,54 @@ async def test_a_relay_started_before_the_table_exists_waits_then_relays(
         await asyncio.wait_for(relay, 15)
         copies = await audited(amqp_url, f"{prefix}.audit")
     assert copies == Counter(dict.fromkeys(ids, 1))
+
+
+async def test_a_sqlalchemy_async_session_writes_a_jsonb_row_on_postgres_that_is_relayed(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    topology = audit_topology(prefix)
+    outbox = Outbox(topology, source="shop")
+    async with applied(amqp_url, topology), outbox_db("postgresql", tmp_path) as url:
+        engine = create_async_engine(url.replace("postgresql://", "postgresql+asyncpg://"))
+        async with AsyncSession(engine) as session, session.begin():
+            first = await outbox.add(session, "order.placed", {"order_id": "o-async", "n": [1]})
+        await engine.dispose()
+        async with relaying(url, topology, amqp_url):
+            await wait_for(lambda: queue_depth(amqp_url, f"{prefix}.audit"), message="the event")
+        (m,) = await get_all(amqp_url, f"{prefix}.audit")
+    assert m.message_id == first
+    assert json.loads(m.body) == {"order_id": "o-async", "n": [1]}, "jsonb round trip"
+
+
+async def test_the_relay_serves_readiness_and_the_outbox_metrics(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    import httpx
+
+    from tests.integration.servers import free_port
+
+    topology = audit_topology(prefix)
+    port = free_port()
+    stop = asyncio.Event()
+    async with applied(amqp_url, topology), outbox_db("sqlite", tmp_path) as url:
+        await write("sqlite", url, Outbox(topology), [("order.shipped", {})])
+        task = asyncio.create_task(serve(amqp_url, url, topology, metrics_port=port, stop=stop))
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+
+                async def ready() -> bool:
+                    try:
+                        return (await http.get("/readyz")).status_code == 200
+                    except httpx.HTTPError:
+                        return False
+
+                await wait_for(ready, message="/readyz 200")
+                await wait_for(lambda: queue_depth(amqp_url, f"{prefix}.audit"), message="event")
+                text = (await http.get("/metrics")).text
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)
+    assert 'bus_relay_published_total{type="order.shipped"} 1.0' in text
+    assert "bus_outbox_pending" in text and "bus_relay_ready" in text

@@ -120,6 +120,7 @@ async def test_two_relays_without_a_crash_publish_each_row_exactly_once(
         finally:
             for proc in relays:
                 stop_process(proc)
+        assert [p.returncode for p in relays] == [0, 0], "SIGTERM: each relay drains, exits 0"
         copies = await audited(amqp_url, f"{prefix}.audit")
         logs = [(tmp_path / f"relay-{i}.log").read_text() for i in (1, 2)]
     assert set(copies) == set(written)
