@@ -48,13 +48,15 @@ T = TypeVar("T")
 
 # Errors after which the message may not have reached the broker: publish it again once the
 # robust connection is back. A duplicate is possible and harmless (the event id is the same).
+# Not a bare RuntimeError: aio-pika signals a channel closed by a reconnect with
+# ChannelInvalidStateError (a RuntimeError subclass, listed); any other RuntimeError is a bug,
+# which must surface at once rather than as a PublishTimeout after the whole deadline.
 _TRANSIENT = (
     aiormq.exceptions.AMQPConnectionError,
     aiormq.exceptions.ChannelInvalidStateError,
     aiormq.exceptions.ConnectionClosed,
     ConnectionError,
     asyncio.TimeoutError,
-    RuntimeError,  # aio-pika: "channel closed" while the robust connection reconnects
 )
 
 EventLike = Event | tuple[str, Any]
