@@ -15,7 +15,7 @@ from typing import Any
 
 try:
     from opentelemetry import propagate, trace
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace import SpanKind
 except ImportError:  # the extra is not installed
     trace = None  # type: ignore[assignment]
 
@@ -69,7 +69,3 @@ def process_span(
     ) as span:  # fmt: skip
         yield span
 
-
-def mark_failed(span: Any, exc: BaseException) -> None:
-    span.record_exception(exc)
-    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
