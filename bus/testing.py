@@ -141,8 +141,10 @@ class TestBus:
         self.store = MemoryStore()
         self._publishers: dict[str, Publisher] = {}
         self._dispatchers: dict[str, Dispatcher] = {}
+        self._routers: list[Router] = []
         for name in running:
             router = (routers or {}).get(name) or import_router(self._subs[name].handlers)
+            self._routers.append(router)
             self._dispatchers[name] = Dispatcher(
                 self.topology, self._subs[name], router,
                 Claims(self.store, name, DEFAULT_LEASE), _Source(self, name), clock=self._clock,
@@ -163,6 +165,10 @@ class TestBus:
     async def __aexit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Run the routers' shutdown hooks, as `bus run` does once drained."""
+        for router in self._routers:
+            for hook in router.shutdown_hooks:
+                await hook()
         await self.store.close()
 
     # -- what a test reads --------------------------------------------------------------------

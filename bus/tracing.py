@@ -68,4 +68,3 @@ def process_span(
         record_exception=True, set_status_on_exception=True,
     ) as span:  # fmt: skip
         yield span
-
