@@ -37,7 +37,9 @@ PRUNE = f"DELETE FROM {TABLE} WHERE state = 'done' AND updated_at < {{0}}"
 
 
 def qmark(sql: str, n: int) -> str:
-    return sql.format(*(["?"] * n))
+    """SQLite's numbered parameters: `{2}` is the third argument wherever it stands (plain `?`
+    would bind by position in the text, and RENEW names its lease before its key)."""
+    return sql.format(*(f"?{i}" for i in range(1, n + 1)))
 
 
 def dollar(sql: str, n: int) -> str:

@@ -85,6 +85,14 @@ class StoreContract:
         assert await other.claim(sub, "e-1") is Claim.CLAIMED
         assert await store.claim(sub, "e-1") is Claim.BUSY, "the new lease holds"
 
+    async def test_a_renewed_claim_outlives_its_first_lease(
+        self, store: Store, other: Store, sub: str
+    ) -> None:
+        assert await store.claim(sub, "e-1", lease=TINY_LEASE) is Claim.CLAIMED
+        await store.renew(sub, "e-1", lease=300)  # the heartbeat of a slow handler
+        await asyncio.sleep(TINY_LEASE * 2)
+        assert await other.claim(sub, "e-1") is Claim.BUSY, "the renewal did not extend it"
+
     async def test_release_after_complete_keeps_the_record(self, store: Store, sub: str) -> None:
         await store.claim(sub, "e-1")
         await store.complete(sub, "e-1")
