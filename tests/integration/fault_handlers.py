@@ -80,6 +80,21 @@ async def takes_a_while(event: dict[str, Any], ctx: Context) -> None:
     _effect(ctx)
 
 
+# -- a handler that says when it starts, for recovery after SIGKILL ---------------------------
+
+marks_start = Router()
+
+
+@marks_start.on("order.placed")
+async def starts_then_works(event: dict[str, Any], ctx: Context) -> None:
+    import asyncio
+
+    with (_dir() / "started").open("a") as f:
+        f.write(f"{ctx.id} {os.getpid()}\n")
+    await asyncio.sleep(float(os.environ.get("FAULT_HANDLER_SECONDS", "0.5")))
+    _effect(ctx)
+
+
 # -- an effect recorded idempotently by event id, in the same transaction as its run count ----
 
 idempotent_effect = Router()
