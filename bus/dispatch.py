@@ -173,12 +173,18 @@ class Dispatcher:
         except (InvalidEvent, ValidationError) as exc:
             return self._fail(m, dead(self.sub, DeadReason.INVALID), attempt, handler,
                               _short(exc), meta.type)  # fmt: skip
-        return await self._run(m, meta, handler, event, attempt)
+        return await self._run(m, headers, meta, handler, event, attempt)
 
     async def _run(
-        self, m: Incoming, meta: Meta, handler: Handler, event: Any, attempt: int
+        self,
+        m: Incoming,
+        headers: Mapping[str, Any],
+        meta: Meta,
+        handler: Handler,
+        event: Any,
+        attempt: int,
     ) -> Outcome:
-        ctx = Context(meta, attempt, self.sub.name, m.routing_key, m.headers, self.publisher)
+        ctx = Context(meta, attempt, self.sub.name, m.routing_key, headers, self.publisher)
         claim = await self.claims.claim(meta.id)
         if claim is Claim.DONE:
             ctx.log.info("duplicate %s %s: already processed, acked", meta.type, meta.id)
