@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import aiormq
@@ -57,4 +58,15 @@ async def test_a_channel_in_an_invalid_state_is_retried_until_it_works() -> None
         publisher_on(underlay).publish("order.placed", {}, id="e-1"), 5
     )
     assert event_id == "e-1"
+    assert underlay.calls == 2
+
+
+async def test_a_runtime_error_while_the_connection_is_down_is_retried() -> None:
+    """aiormq raises a bare RuntimeError ("... closed") for a channel of a reconnecting
+    connection: that one is the connection's, not a bug."""
+    underlay = FakeUnderlay(RuntimeError("<Connection ...> closed"))
+    pub = publisher_on(underlay)
+    reconnecting = SimpleNamespace(is_closed=False, connected=asyncio.Event(), transport=None)
+    pub._connection = reconnecting  # type: ignore[assignment]
+    assert await asyncio.wait_for(pub.publish("order.placed", {}, id="e-2"), 5) == "e-2"
     assert underlay.calls == 2
