@@ -74,12 +74,8 @@ class Runtime:
         self._counters: dict[tuple[str, str], Any] = {}
         self._timers: dict[str, Any] = {}
         self._consumer: Consumer | None = None
-        self._publisher = Publisher(
-            url, topology, source=self.sub.name, metrics=self.metrics
-        )  # connected on start, on our connection
-        self._dispatcher = Dispatcher(
-            topology, self.sub, router, self._claims, self._publisher, observe=self._observe
-        )
+        self._publisher: Publisher | None = None  # these two from start(), on our connection
+        self._dispatcher: Dispatcher | None = None
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -93,8 +89,11 @@ class Runtime:
             self.url, self.topology, source=self.sub.name, metrics=self.metrics,
             connection=self._connection,
         )  # fmt: skip
-        self._dispatcher.publisher = self._publisher
         await self._publisher.connect()
+        self._dispatcher = Dispatcher(
+            self.topology, self.sub, self.router, self._claims, self._publisher,
+            observe=self._observe,
+        )  # fmt: skip
         self._handoff = self._make_handoff(
             await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         )
@@ -156,7 +155,8 @@ class Runtime:
             log.warning("%d handlers still running after %.0fs grace", self._inflight, grace)
         await self._acks.drain()
         await self._claims.stop()
-        await self._publisher.close()
+        if self._publisher is not None:
+            await self._publisher.close()
         if self._connection is not None and not self._connection.is_closed:
             await self._connection.close()
         return drained
@@ -171,6 +171,7 @@ class Runtime:
         self._inflight += 1
         self._idle.clear()
         try:
+            assert self._dispatcher is not None  # consuming starts after it exists
             await self._perform(message, await self._dispatcher.dispatch(message))
         except Exception:  # a bug or a store outage must not kill the consumer
             log.exception("unexpected error handling a delivery; returning it to the queue")
