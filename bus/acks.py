@@ -60,13 +60,16 @@ class Acker:
     def settled(self, m: Delivery) -> None:
         """The delivery was rejected, nacked or left to the broker: never ack it."""
         ch = self._channels.get(id(m.channel))
-        if ch is not None and m.delivery_tag in ch.state:
+        if ch is not None and ch.channel is m.channel and m.delivery_tag in ch.state:
             ch.state[m.delivery_tag] = _State.SETTLED
             self._schedule()
 
     def ack(self, m: Delivery) -> None:
         ch = self._channels.get(id(m.channel))
-        if ch is None or m.delivery_tag not in ch.state:
+        if ch is None or ch.channel is not m.channel or m.delivery_tag not in ch.state:
+            if m.channel.is_closed:  # it died under the handler: the broker redelivers
+                log.debug("ack of %s dropped: its channel is closed", m.delivery_tag)
+                return
             raise RuntimeError("ack of a delivery that was never registered")
         ch.state[m.delivery_tag] = _State.ACK
         self._schedule()

@@ -1,8 +1,11 @@
 """Idempotency claims of one subscriber: claim with waiting, and one heartbeat for all.
 
 A claim is a lease in the store. While handlers run, one background task renews every claim
-this process holds every third of the lease, so a slow handler keeps its claim and a crashed
-process blocks an id for at most one lease.
+this process holds every third of the lease, so a slow handler keeps its claim. A crashed
+process's claim is taken over as soon as the store sees its owner gone (bus.stores.owner, the
+PostgreSQL owner lock), else after one lease. `claim` returns BUSY only when another replica
+held the id throughout the wait: the caller must then leave the message alone (bus.dispatch
+requeues it), never run the handler without the claim.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ class Claims:
                 await self._renewer
 
     async def claim(self, event_id: str) -> Claim:
-        """Claim the id; while another replica holds it, wait for it to finish or expire."""
+        """Claim the id; while another replica holds it, wait (up to a lease and a second) for
+        it to finish, expire or be found dead. BUSY means it never let go: do not run."""
         deadline = None
         while True:
             claim = await self.store.claim(self.subscriber, event_id, self.lease)

@@ -7,14 +7,26 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from bus.envelope import Meta, new_traceparent
 
-if TYPE_CHECKING:
-    from bus.publisher import Publisher
-
 _FOLLOW_UP = uuid.UUID("6b7a1c3e-1f0e-4d1e-9a55-8b5f2c0de001")
+
+
+class Publishes(Protocol):
+    """What `ctx.publish` needs: `bus.Publisher`, or `bus.testing.TestBus` in memory."""
+
+    async def publish(
+        self,
+        event_type: str,
+        data: Any,
+        *,
+        id: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        traceparent: str | None = None,
+    ) -> str: ...
 
 
 class Context:
@@ -30,7 +42,7 @@ class Context:
         subscriber: str,
         routing_key: str,
         headers: Mapping[str, Any],
-        publisher: Publisher,
+        publisher: Publishes,
     ) -> None:
         self.meta = meta
         self.attempt = attempt

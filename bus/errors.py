@@ -6,7 +6,6 @@ BusError                      base of all failures
 ├── UnknownEventType          publish of a type the topology does not declare
 ├── InvalidEvent              data failing the event's JSON Schema, or a message we cannot decode
 ├── BrokerUnavailable         cannot reach RabbitMQ (URL is redacted)
-├── DriftError                a live queue's arguments differ from the file
 └── PublishError              the broker did not confirm a message
     ├── UnroutableError       the message was returned: no queue is bound for it
     └── PublishTimeout        no confirm before the deadline
@@ -56,10 +55,6 @@ class InvalidEvent(BusError):
 
 class BrokerUnavailable(BusError):
     """RabbitMQ does not answer at the configured URL."""
-
-
-class DriftError(BusError):
-    """A live broker object differs from what the topology file declares."""
 
 
 class PublishError(BusError):

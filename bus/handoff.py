@@ -19,12 +19,16 @@ class HandOff:
 
     def __init__(self, channel: AbstractChannel) -> None:
         self.channel = channel
-        self._locks: dict[str, asyncio.Lock] = {}
+        # message id -> (its lock, how many hand-offs hold or wait for it). Dropped when the
+        # count reaches 0: `lock.locked()` is False while a woken waiter has not resumed yet,
+        # so deleting on that would let a newcomer take a fresh lock beside the waiter.
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def republish(self, m: Delivery, queue: str, headers: dict[str, Any]) -> None:
         # aiormq matches returned messages by message_id: never two in flight with one id
         key = m.message_id or ""
-        lock = self._locks.setdefault(key, asyncio.Lock())
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
         try:
             async with lock:
                 channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
@@ -33,5 +37,8 @@ class HandOff:
                     mandatory=True, timeout=HANDOFF_TIMEOUT, wait=False,
                 )  # fmt: skip
         finally:
-            if not lock.locked() and self._locks.get(key) is lock:
+            lock, users = self._locks[key]
+            if users == 1:
                 del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)

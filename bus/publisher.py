@@ -21,7 +21,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from pamqp.commands import Basic
 from tenacity import (
     AsyncRetrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_delay,
     wait_random_exponential,
 )
@@ -47,7 +47,6 @@ _TRANSIENT = (
     aiormq.exceptions.ConnectionClosed,
     ConnectionError,
     asyncio.TimeoutError,
-    RuntimeError,  # aio-pika: "channel closed" while the robust connection reconnects
 )
 
 EventLike = Event | tuple[str, Any]
@@ -250,7 +249,9 @@ class Publisher:
             raise PublishError(
                 f"{event.type} ({event.id}) was refused by the broker: {exc}"
             ) from exc
-        except _TRANSIENT as exc:
+        except Exception as exc:
+            if not self._transient(exc):
+                raise
             raise PublishTimeout(
                 f"{event.type} ({event.id}) not confirmed within {self.deadline:.0f}s: "
                 f"{type(exc).__name__}: {exc}"
@@ -266,8 +267,30 @@ class Publisher:
     ) -> None:
         try:  # the common case: one publish, one confirm
             await self._publish(wire, exchange, timeout)
-        except _TRANSIENT:
+        except Exception as exc:
+            if not self._transient(exc):
+                raise
             await self._send_again(wire, exchange, started)
+
+    def _transient(self, exc: BaseException) -> bool:
+        """May a publish that raised *exc* succeed once the connection is back?
+
+        A bare RuntimeError only while the connection is down: aiormq raises one ("... closed")
+        for a channel asked of a connection that is reconnecting. Any other RuntimeError is a
+        bug, which must surface at once rather than as a PublishTimeout after the deadline.
+        """
+        if isinstance(exc, _TRANSIENT):
+            return True
+        return isinstance(exc, RuntimeError) and self._connection_down()
+
+    def _connection_down(self) -> bool:
+        conn = self._connection
+        if conn is None:
+            return False
+        if conn.is_closed or not conn.connected.is_set():
+            return True
+        transport = conn.transport
+        return transport is None or transport.connection.is_closed
 
     async def _send_again(self, wire: Wire, exchange: str, started: float) -> None:
         """The connection dropped before the confirm: publish again (same id) once the robust
@@ -276,7 +299,7 @@ class Publisher:
         async for attempt in AsyncRetrying(
             stop=stop_after_delay(max(0.0, self.deadline - (time.monotonic() - started))),
             wait=wait_random_exponential(multiplier=0.05, max=2.0),
-            retry=retry_if_exception_type(_TRANSIENT),
+            retry=retry_if_exception(self._transient),
             reraise=True,
         ):
             with attempt:

@@ -13,13 +13,14 @@ import sys
 
 from bus.errors import BusError, ConfigError
 from bus.gauges import QueueGauges
+from bus.handoff import HandOff
 from bus.health import HealthServer
 from bus.metrics import Metrics
 from bus.router import Router
 from bus.settings import Settings
 from bus.stores import open_store
 from bus.stores.base import DEFAULT_LEASE
-from bus.subscriber import Runtime
+from bus.subscriber import HandOffFactory, Runtime
 from bus.topology.model import load as load_topology
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,11 @@ async def serve(
     metrics_port: int | None = None,
     grace: float = DEFAULT_GRACE,
     stop: asyncio.Event | None = None,
+    handoff: HandOffFactory = HandOff,
 ) -> None:
-    """Consume until SIGTERM/SIGINT (or *stop*), then drain within *grace* seconds."""
+    """Consume until SIGTERM/SIGINT (or *stop*), then drain within *grace* seconds.
+
+    *handoff* builds the retry/DLQ hand-off (a seam for fault-injection tests)."""
     topology = load_topology(settings.topology)
     try:
         sub = topology.subscriber(name)
@@ -66,8 +70,9 @@ async def serve(
     store = await open_store(settings.store_url)
     lease = float(os.environ.get("BUS_CLAIM_LEASE_SECONDS", DEFAULT_LEASE))
     runtime = Runtime(
-        topology, name, router, url=settings.url, store=store, metrics=metrics, lease=lease
-    )
+        topology, name, router, url=settings.url, store=store, metrics=metrics, lease=lease,
+        handoff=handoff,
+    )  # fmt: skip
     http = None
     gauges = None
     # What start-up made (modules, validators, the topology) lives as long as the process:

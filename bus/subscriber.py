@@ -1,4 +1,8 @@
-"""The subscriber runtime: consume one queue, dispatch to the router, then ack, retry or park.
+"""The subscriber runtime: the I/O shell around `bus.dispatch`.
+
+It consumes one queue, hands each delivery to the `Dispatcher`, which decides (and runs the
+handler), and performs the outcome on the broker: ack, hand off to a retry queue or the DLQ,
+or requeue.
 
 Failure hand-off: the message is republished (body and properties intact, `x-death*` stripped,
 failure headers added) to the next `Q.retry.<delay>` or to `Q.dlq` through the default exchange,
@@ -10,47 +14,38 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 import aiormq
-import jsonschema
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
-from pydantic import ValidationError
+from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
 
-from bus import tracing
 from bus.acks import Acker
 from bus.claims import Claims
 from bus.connection import connect
 from bus.consumer import Consumer
-from bus.context import Context
 from bus.delivery import Delivery
-from bus.envelope import Meta, decode_body, decode_meta
-from bus.errors import ConfigError, InvalidEvent, Reject
+from bus.dispatch import Ack, Dispatcher, Duplicate, Outcome, Park, Retry
+from bus.errors import ConfigError
 from bus.handoff import HandOff
 from bus.metrics import Metrics
 from bus.publisher import Publisher
-from bus.retry import (
-    DeadLetter,
-    DeadReason,
-    Decision,
-    after_failure,
-    attempt_of,
-    dead,
-    failure_headers,
-)
-from bus.router import Handler, Router
-from bus.stores.base import DEFAULT_LEASE, Claim, Store
+from bus.router import Router
+from bus.stores.base import DEFAULT_LEASE, Store
 from bus.topology.model import Topology
 
 log = logging.getLogger(__name__)
 
 OK, RETRIED, DEAD, DUPLICATE = "ok", "retried", "dead", "duplicate"
 
+HandOffFactory = Callable[[AbstractChannel], HandOff]
+
 
 class Runtime:
-    """Runs one subscriber of the topology: `await rt.start()`, later `await rt.stop()`."""
+    """Runs one subscriber of the topology: `await rt.start()`, later `await rt.stop()`.
+
+    *handoff* builds the hand-off from its confirm channel (a seam for fault injection).
+    """
 
     def __init__(
         self,
@@ -62,6 +57,7 @@ class Runtime:
         store: Store,
         metrics: Metrics | None = None,
         lease: float = DEFAULT_LEASE,
+        handoff: HandOffFactory = HandOff,
     ) -> None:
         self.topology = topology
         self.sub = topology.subscriber(name)
@@ -70,20 +66,20 @@ class Runtime:
         self.store = store
         self.metrics = metrics or Metrics.default()
         self.lease = lease
+        self._make_handoff = handoff
         self._connection: AbstractRobustConnection | None = None
-        self._channel: AbstractRobustChannel | None = None
         self._handoff: HandOff | None = None
         self._acks = Acker()
         self._claims = Claims(store, self.sub.name, lease)
         self._counters: dict[tuple[str, str], Any] = {}
         self._timers: dict[str, Any] = {}
         self._consumer: Consumer | None = None
-        self._publisher: Publisher | None = None
+        self._publisher: Publisher | None = None  # these two from start(), on our connection
+        self._dispatcher: Dispatcher | None = None
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
-        self._validators: dict[str, jsonschema.protocols.Validator | None] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -94,12 +90,15 @@ class Runtime:
             connection=self._connection,
         )  # fmt: skip
         await self._publisher.connect()
-        self._handoff = HandOff(
+        self._dispatcher = Dispatcher(
+            self.topology, self.sub, self.router, self._claims, self._publisher,
+            observe=self._observe,
+        )  # fmt: skip
+        self._handoff = self._make_handoff(
             await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         )
         channel = await self._connection.channel(publisher_confirms=False)
         assert isinstance(channel, AbstractRobustChannel)
-        self._channel = channel
         await channel.set_qos(prefetch_count=self.sub.prefetch)
         self._consumer = Consumer(channel, self.sub.queue, self._on_message)
         try:  # on the aiormq channel: the robust one would declare it again on every reopen
@@ -114,7 +113,8 @@ class Runtime:
                 "run `bus topology apply` first"
             ) from None
         self._claims.start()
-        self.metrics.ready.labels(self.sub.name).set(1)
+        # read at each scrape: it follows the connection through an outage, as /readyz does
+        self.metrics.ready.labels(self.sub.name).set_function(lambda: float(self.ready))
         log.info(
             "subscriber %s consuming %s (prefetch %d)", self.sub.name, self.sub.queue,
             self.sub.prefetch, extra={"subscriber": self.sub.name},
@@ -144,7 +144,7 @@ class Runtime:
         not acked and the broker redelivers them).
         """
         self._stopping = True
-        self.metrics.ready.labels(self.sub.name).set(0)
+        self.metrics.ready.labels(self.sub.name).set_function(lambda: 0.0)  # and forget us
         if self._consumer is not None:
             await self._consumer.cancel()
         drained = True
@@ -171,52 +171,37 @@ class Runtime:
         self._inflight += 1
         self._idle.clear()
         try:
-            await self._handle(message)
+            assert self._dispatcher is not None  # consuming starts after it exists
+            await self._perform(message, await self._dispatcher.dispatch(message))
         except Exception:  # a bug or a store outage must not kill the consumer
             log.exception("unexpected error handling a delivery; returning it to the queue")
             await asyncio.sleep(1.0)  # a brake: a persistent fault must not become a hot loop
-            self._acks.settled(message)
-            try:
-                await message.nack(requeue=True)
-            except Exception:  # a dead channel requeues it anyway
-                log.debug("nack failed", exc_info=True)
+            await self._requeue(message)
         finally:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
 
-    async def _handle(self, m: Delivery) -> None:
-        attempt = attempt_of(m.headers)
+    async def _perform(self, m: Delivery, outcome: Outcome) -> None:
+        """Carry out what the dispatcher decided; only this touches the broker."""
+        kind = type(outcome)
+        if kind is Ack:
+            self._acks.ack(m)  # coalesced with its neighbours (bus.acks)
+            self._count(outcome.event_type, OK)
+        elif kind is Duplicate:
+            self._acks.ack(m)
+            self._count(outcome.event_type, DUPLICATE)
+        elif isinstance(outcome, Retry | Park):
+            await self._hand_off(m, outcome)
+        else:  # Requeue: another replica held the claim all through the claim's wait
+            await self._requeue(m)
+
+    async def _requeue(self, m: Delivery) -> None:
+        self._acks.settled(m)
         try:
-            meta = decode_meta(
-                message_id=m.message_id, type=m.type, app_id=m.app_id, timestamp=m.timestamp,
-                correlation_id=m.correlation_id, headers=m.headers,
-            )  # fmt: skip
-        except InvalidEvent as exc:
-            await self._hand_off(
-                m, dead(self.sub, DeadReason.INVALID), attempt, None, str(exc), "unknown"
-            )
-            return
-        handler = self.router.match(meta.type)
-        if handler is None:
-            reason = f"no handler for event type {meta.type!r} in subscriber {self.sub.name!r}"
-            await self._hand_off(
-                m, dead(self.sub, DeadReason.NO_HANDLER), attempt, None, reason, meta.type
-            )
-            return
-        try:
-            event = self._parse(handler, meta.type, m.body)
-        except (InvalidEvent, ValidationError) as exc:
-            await self._hand_off(
-                m,
-                dead(self.sub, DeadReason.INVALID),
-                attempt,
-                handler,
-                _short(exc),
-                meta.type,
-            )
-            return
-        await self._run(m, meta, handler, event, attempt)
+            await m.nack(requeue=True)
+        except Exception:  # a dead channel requeues it anyway
+            log.debug("nack failed", exc_info=True)
 
     def _count(self, event_type: str, outcome: str) -> None:
         child = self._counters.get((event_type, outcome))
@@ -233,113 +218,27 @@ class Runtime:
             )
         child.observe(seconds)
 
-    async def _run(
-        self, m: Delivery, meta: Meta, handler: Handler, event: Any, attempt: int
-    ) -> None:
-        assert self._publisher is not None
-        ctx = Context(meta, attempt, self.sub.name, m.routing_key, m.headers, self._publisher)
-        if await self._claims.claim(meta.id) is Claim.DONE:
-            ctx.log.info("duplicate %s %s: already processed, acked", meta.type, meta.id)
-            self._ack(m)
-            self._count(meta.type, DUPLICATE)
-            return
-        started = time.perf_counter()
+    async def _hand_off(self, m: Delivery, outcome: Retry | Park) -> None:
+        """Republish to the retry queue or the DLQ with confirms, and only then ack."""
+        assert self._handoff is not None
         try:
-            if tracing.active():
-                with tracing.process_span(self.sub.queue, meta.id, m.routing_key,
-                                          meta.traceparent, attempt):  # fmt: skip
-                    await handler.func(event, ctx)
-            else:
-                await handler.func(event, ctx)
-        except Reject as exc:
-            await self._claims.release(meta.id)
-            ctx.log.warning("rejected %s %s: %s", meta.type, meta.id, exc.reason)
-            decision: Decision = dead(self.sub, DeadReason.REJECTED)
-            await self._hand_off(m, decision, attempt, handler, exc, meta.type)
-        except Exception as exc:
-            await self._claims.release(meta.id)
-            ctx.log.warning("handler %s failed on attempt %d: %s: %s", handler.name, attempt,
-                            type(exc).__name__, exc)  # fmt: skip
-            await self._hand_off(m, after_failure(self.sub, attempt), attempt, handler, exc,
-                                 meta.type)  # fmt: skip
-        else:
-            await self._claims.complete(meta.id)
-            self._ack(m)
-            self._count(meta.type, OK)
-        finally:
-            self._observe(meta.type, time.perf_counter() - started)
-
-    def _parse(self, handler: Handler, event_type: str, body: bytes) -> Any:
-        validator = self._validator(event_type)
-        if validator is None and handler.adapter is not None:
-            return handler.parse_json(body)  # one pass: bytes -> model
-        data = decode_body(body)
-        if validator is not None:
-            error = jsonschema.exceptions.best_match(validator.iter_errors(data))
-            if error is not None:
-                where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-                raise InvalidEvent(f"fails the {event_type} schema at {where}: {error.message}")
-        return handler.parse_data(data)
-
-    def _validator(self, event_type: str) -> jsonschema.protocols.Validator | None:
-        if event_type not in self._validators:
-            spec = self.topology.events.get(event_type)
-            schema = spec.json_schema if spec else None
-            self._validators[event_type] = (
-                jsonschema.Draft202012Validator(schema) if schema is not None else None
-            )
-        return self._validators[event_type]
-
-    # -- acks and hand-offs ------------------------------------------------------------------
-
-    def _ack(self, m: Delivery) -> None:
-        """Ack soon, coalesced with neighbours (see bus.acks). If the channel dies first, the
-        broker redelivers and the idempotency store absorbs the copy."""
-        self._acks.ack(m)
-
-    async def _hand_off(
-        self,
-        m: Delivery,
-        decision: Decision,
-        attempt: int,
-        handler: Handler | None,
-        error: BaseException | str,
-        event_type: str,
-    ) -> None:
-        headers = failure_headers(
-            m.headers, decision=decision, attempt=attempt, subscriber=self.sub.name,
-            handler=handler.name if handler else None, error=error, now=datetime.now(UTC),
-            exchange=m.exchange, routing_key=m.routing_key,
-        )  # fmt: skip
-        outcome = DEAD if isinstance(decision, DeadLetter) else RETRIED
-        try:
-            await self._republish(m, decision.queue, headers)
+            await self._handoff.republish(m, outcome.queue, outcome.headers)
         except Exception as exc:
             # Could not hand off. Reject without requeue: the queue's own dead-letter route
             # parks the message in Q.dlq (without our headers), so it is never lost.
             log.error("hand-off of %s to %s failed (%s); rejecting it to %s",
-                      m.message_id, decision.queue, exc, self.sub.dlq)  # fmt: skip
+                      m.message_id, outcome.queue, exc, self.sub.dlq)  # fmt: skip
             self._acks.settled(m)
             try:
                 await m.reject(requeue=False)
             except Exception:
                 log.warning("reject of %s failed: it will be redelivered", m.message_id)
-            self._count(event_type, DEAD)
+            self._count(outcome.event_type, DEAD)
             return
-        self._ack(m)
-        self._count(event_type, outcome)
-        if isinstance(decision, DeadLetter):
-            log.warning("parked %s in %s (%s)", m.message_id, decision.queue, decision.reason,
+        self._acks.ack(m)
+        if isinstance(outcome, Park):
+            self._count(outcome.event_type, DEAD)
+            log.warning("parked %s in %s (%s)", m.message_id, outcome.queue, outcome.reason,
                         extra={"event_id": m.message_id, "subscriber": self.sub.name})  # fmt: skip
-
-    async def _republish(self, m: Delivery, queue: str, headers: dict[str, Any]) -> None:
-        assert self._handoff is not None
-        await self._handoff.republish(m, queue, headers)
-
-
-def _short(exc: BaseException) -> str:
-    if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(root)"
-        return f"invalid event: {exc.error_count()} error(s), first at {where}: {first['msg']}"
-    return str(exc)
+        else:
+            self._count(outcome.event_type, RETRIED)

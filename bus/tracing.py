@@ -15,7 +15,7 @@ from typing import Any
 
 try:
     from opentelemetry import propagate, trace
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace import SpanKind
 except ImportError:  # the extra is not installed
     trace = None  # type: ignore[assignment]
 
@@ -86,8 +86,3 @@ def process_span(
         record_exception=True, set_status_on_exception=True,
     ) as span:  # fmt: skip
         yield span
-
-
-def mark_failed(span: Any, exc: BaseException) -> None:
-    span.record_exception(exc)
-    span.set_status(Status(StatusCode.ERROR, type(exc).__name__))

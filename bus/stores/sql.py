@@ -9,35 +9,53 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     state         TEXT NOT NULL,
     leased_until  DOUBLE PRECISION NOT NULL,
     updated_at    DOUBLE PRECISION NOT NULL,
+    owner         TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (subscriber, event_id)
 )
 """
+# Tables made before claims named their owner (SQLite has no ADD COLUMN IF NOT EXISTS: the
+# SQLite store checks first).
+ADD_OWNER = f"ALTER TABLE {TABLE} ADD COLUMN owner TEXT NOT NULL DEFAULT ''"
+ADD_OWNER_IF_MISSING = (
+    f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS owner TEXT NOT NULL DEFAULT ''"
+)
 CREATE_INDEX = f"CREATE INDEX IF NOT EXISTS {TABLE}_updated ON {TABLE} (updated_at)"
 
 # Insert a claim, or take over an expired one; returns a row only when the claim is ours.
 CLAIM = f"""
-INSERT INTO {TABLE} (subscriber, event_id, state, leased_until, updated_at)
-VALUES ({{0}}, {{1}}, 'claimed', {{2}}, {{3}})
+INSERT INTO {TABLE} (subscriber, event_id, state, leased_until, updated_at, owner)
+VALUES ({{0}}, {{1}}, 'claimed', {{2}}, {{3}}, {{4}})
 ON CONFLICT (subscriber, event_id) DO UPDATE
-    SET leased_until = excluded.leased_until, updated_at = excluded.updated_at
+    SET leased_until = excluded.leased_until, updated_at = excluded.updated_at,
+        owner = excluded.owner
     WHERE {TABLE}.state = 'claimed' AND {TABLE}.leased_until < excluded.updated_at
 RETURNING state
 """
-STATE = f"SELECT state FROM {TABLE} WHERE subscriber = {{0}} AND event_id = {{1}}"
+STATE = f"SELECT state, owner FROM {TABLE} WHERE subscriber = {{0}} AND event_id = {{1}}"
+# Take over the live lease of an owner found dead; only one of several claimers matches.
+TAKE_OVER = f"""
+UPDATE {TABLE} SET owner = {{2}}, leased_until = {{3}}, updated_at = {{4}}
+WHERE subscriber = {{0}} AND event_id = {{1}} AND state = 'claimed' AND owner = {{5}}
+RETURNING state
+"""
 COMPLETE = f"""
 INSERT INTO {TABLE} (subscriber, event_id, state, leased_until, updated_at)
 VALUES ({{0}}, {{1}}, 'done', 0, {{2}})
 ON CONFLICT (subscriber, event_id) DO UPDATE SET state = 'done', leased_until = 0,
     updated_at = excluded.updated_at
 """
+# Renew and release touch our own claim only: never a lease another replica took over.
 RENEW = f"""UPDATE {TABLE} SET leased_until = {{2}}
-WHERE subscriber = {{0}} AND event_id = {{1}} AND state = 'claimed'"""
-RELEASE = f"DELETE FROM {TABLE} WHERE subscriber = {{0}} AND event_id = {{1}} AND state = 'claimed'"
+WHERE subscriber = {{0}} AND event_id = {{1}} AND state = 'claimed' AND owner = {{3}}"""
+RELEASE = f"""DELETE FROM {TABLE}
+WHERE subscriber = {{0}} AND event_id = {{1}} AND state = 'claimed' AND owner = {{2}}"""
 PRUNE = f"DELETE FROM {TABLE} WHERE state = 'done' AND updated_at < {{0}}"
 
 
 def qmark(sql: str, n: int) -> str:
-    return sql.format(*(["?"] * n))
+    """SQLite's numbered parameters: `{2}` is the third argument wherever it stands (plain `?`
+    would bind by position in the text, and RENEW names its lease before its key)."""
+    return sql.format(*(f"?{i}" for i in range(1, n + 1)))
 
 
 def dollar(sql: str, n: int) -> str:

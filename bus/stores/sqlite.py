@@ -4,11 +4,17 @@ Handlers that claim or complete in the same loop turn share one commit (group co
 call returns only after a commit that includes its statement, so a busy subscriber pays one
 transaction per batch instead of two per message, and other processes on the same file see
 every claim before its handler runs.
+
+Each store names its claims' owner (bus.stores.owner): a claim of a process that died on this
+machine is taken over at once instead of after its lease.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import sqlite3
 import time
 from typing import Any
 
@@ -16,11 +22,15 @@ import aiosqlite
 
 from bus.stores import sql
 from bus.stores.base import DEFAULT_LEASE, DEFAULT_RETENTION, Claim
+from bus.stores.owner import local_owner, local_owner_dead
+
+log = logging.getLogger(__name__)
 
 
 class SqliteStore:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
+        self.owner = local_owner()  # this store's claims: this process
         # One connection serves every concurrent handler: a commit while another coroutine's
         # statement is still open fails ("cannot commit transaction - SQL statements in
         # progress"), so statements and commits take turns.
@@ -35,6 +45,10 @@ class SqliteStore:
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.execute(sql.CREATE)
         await db.execute(sql.CREATE_INDEX)
+        columns = {row[1] for row in await db.execute_fetchall(f"PRAGMA table_info({sql.TABLE})")}
+        if "owner" not in columns:
+            with contextlib.suppress(sqlite3.OperationalError):  # another process was first
+                await db.execute(sql.ADD_OWNER)
         await db.commit()
         return cls(db)
 
@@ -64,22 +78,39 @@ class SqliteStore:
 
     async def claim(self, subscriber: str, event_id: str, lease: float = DEFAULT_LEASE) -> Claim:
         now = time.time()
-        row = await self._write(sql.qmark(sql.CLAIM, 4), (subscriber, event_id, now + lease, now))
+        row = await self._write(
+            sql.qmark(sql.CLAIM, 5), (subscriber, event_id, now + lease, now, self.owner)
+        )
         if row is not None:
             return Claim.CLAIMED
         async with self._lock:
             rows = await self._db.execute_fetchall(sql.qmark(sql.STATE, 2), (subscriber, event_id))
         state = next(iter(rows), None)
-        return Claim.DONE if state and state[0] == "done" else Claim.BUSY
+        if state is None:  # released between our two statements: the caller asks again
+            return Claim.BUSY
+        if state[0] == "done":
+            return Claim.DONE
+        holder = str(state[1])
+        if holder != self.owner and local_owner_dead(holder):
+            took = await self._write(
+                sql.qmark(sql.TAKE_OVER, 6),
+                (subscriber, event_id, self.owner, now + lease, now, holder),
+            )
+            if took is not None:
+                log.info("took over the claim on %s of %s, whose process is gone", event_id, holder)
+                return Claim.CLAIMED
+        return Claim.BUSY
 
     async def renew(self, subscriber: str, event_id: str, lease: float = DEFAULT_LEASE) -> None:
-        await self._write(sql.qmark(sql.RENEW, 3), (subscriber, event_id, time.time() + lease))
+        await self._write(
+            sql.qmark(sql.RENEW, 4), (subscriber, event_id, time.time() + lease, self.owner)
+        )
 
     async def complete(self, subscriber: str, event_id: str) -> None:
         await self._write(sql.qmark(sql.COMPLETE, 3), (subscriber, event_id, time.time()))
 
     async def release(self, subscriber: str, event_id: str) -> None:
-        await self._write(sql.qmark(sql.RELEASE, 2), (subscriber, event_id))
+        await self._write(sql.qmark(sql.RELEASE, 3), (subscriber, event_id, self.owner))
 
     async def prune(self, older_than: float = DEFAULT_RETENTION) -> int:
         async with self._lock:

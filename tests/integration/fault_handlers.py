@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from bus import Context, Router
-from bus.subscriber import Runtime
+from bus.delivery import Delivery
+from bus.handoff import HandOff
 
 
 def _dir() -> Path:
@@ -34,18 +35,17 @@ def _effect(ctx: Context) -> None:
 
 
 # -- crash between the retry republish (confirmed) and the ack of the original --------------
+# Run by `python -m tests.integration.fault_handlers svc`: `bus run` with a hand-off that kills
+# the process right after its first confirmed republish.
 
 crash_after_handoff = Router()
-_original_republish = Runtime._republish
 
 
-async def _republish_then_die(self: Runtime, *args: Any, **kwargs: Any) -> None:
-    await _original_republish(self, *args, **kwargs)
-    if os.environ.get("FAULT_MODE") == "crash-after-handoff" and _once("crashed"):
-        os._exit(137)  # like SIGKILL: no ack, no clean close
-
-
-Runtime._republish = _republish_then_die  # type: ignore[method-assign]
+class DiesAfterHandOff(HandOff):
+    async def republish(self, m: Delivery, queue: str, headers: dict[str, Any]) -> None:
+        await super().republish(m, queue, headers)
+        if _once("crashed"):
+            os._exit(137)  # like SIGKILL: no ack, no clean close
 
 
 @crash_after_handoff.on("order.placed")
@@ -80,6 +80,21 @@ async def takes_a_while(event: dict[str, Any], ctx: Context) -> None:
     _effect(ctx)
 
 
+# -- a handler that says when it starts, for recovery after SIGKILL ---------------------------
+
+marks_start = Router()
+
+
+@marks_start.on("order.placed")
+async def starts_then_works(event: dict[str, Any], ctx: Context) -> None:
+    import asyncio
+
+    with (_dir() / "started").open("a") as f:
+        f.write(f"{ctx.id} {os.getpid()}\n")
+    await asyncio.sleep(float(os.environ.get("FAULT_HANDLER_SECONDS", "0.5")))
+    _effect(ctx)
+
+
 # -- an effect recorded idempotently by event id, in the same transaction as its run count ----
 
 idempotent_effect = Router()
@@ -102,3 +117,13 @@ async def record_once(event: dict[str, Any], ctx: Context) -> None:
             "ON CONFLICT (id) DO UPDATE SET runs = runs + 1",
             (ctx.id,),
         )
+
+
+if __name__ == "__main__":  # a subscriber whose hand-off crashes once (see DiesAfterHandOff)
+    import asyncio
+    import sys
+
+    from bus.service import serve
+    from bus.settings import Settings
+
+    asyncio.run(serve(sys.argv[1], Settings.from_env(), grace=10, handoff=DiesAfterHandOff))

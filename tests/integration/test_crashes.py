@@ -18,9 +18,15 @@ from tests.conftest import wait_for
 from tests.integration.helpers import applied, get_all, queue_depth, topology_doc
 
 
-def spawn(name: str, topo: Path, tmp: Path, url: str, **env: str) -> subprocess.Popen[bytes]:
+def spawn(
+    name: str, topo: Path, tmp: Path, url: str, *, module: str | None = None, **env: str
+) -> subprocess.Popen[bytes]:
+    """`bus run NAME`, or `python -m MODULE NAME` for a service with a fault injected."""
+    command = (
+        ["-m", module, name] if module else ["-m", "bus.cli", "run", name, "--grace-period", "10"]
+    )
     return subprocess.Popen(
-        [sys.executable, "-m", "bus.cli", "run", name, "--grace-period", "10"],
+        [sys.executable, *command],
         env={**os.environ, "BUS_URL": url, "BUS_TOPOLOGY": str(topo), "FAULT_DIR": str(tmp),
              "BUS_STORE_URL": f"sqlite:///{tmp / 'processed.db'}",
              "BUS_CLAIM_LEASE_SECONDS": "1", **env},
@@ -45,7 +51,7 @@ async def test_a_process_killed_between_republish_and_ack_loses_nothing(
 ) -> None:
     topo, topology = setup(prefix, tmp_path, "tests.integration.fault_handlers:crash_after_handoff")
     async with applied(amqp_url, topology):
-        proc = spawn("svc", topo, tmp_path, amqp_url, FAULT_MODE="crash-after-handoff")
+        proc = spawn("svc", topo, tmp_path, amqp_url, module="tests.integration.fault_handlers")
         async with Publisher(amqp_url, topology) as pub:
             await pub.publish("order.placed", {"order_id": "o-1"}, id="e-1")
         code = await asyncio.to_thread(proc.wait, 20)

@@ -15,9 +15,9 @@ import pytest
 
 import bus.stores.postgres
 from bus.errors import BrokerUnavailable
-from bus.stores import Store, open_store
+from bus.stores import Claim, Store, open_store
 from bus.stores.postgres import PostgresStore
-from tests.unit.store_contract import StoreContract
+from tests.unit.store_contract import DeadHolder, StoreContract
 
 POSTGRES_URL = os.environ.get("BUS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -43,6 +43,15 @@ class TestPostgresStore(StoreContract):
         s = await _open()  # a second pool: another replica
         yield s
         await s.close()
+
+    @pytest.fixture
+    def dead_holder(self) -> DeadHolder:
+        async def leave_a_claim_and_die(sub: str, event_id: str) -> None:
+            holder = await _open()
+            assert await holder.claim(sub, event_id, lease=300) is Claim.CLAIMED
+            await holder.close()  # its lock connection ends, as a killed process's does
+
+        return leave_a_claim_and_die
 
 
 async def test_open_store_postgresql_url() -> None:

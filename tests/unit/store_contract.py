@@ -1,7 +1,9 @@
 """The one suite every idempotency store passes (as watermill runs one suite per transport).
 
 A test module subclasses `StoreContract` and provides two fixtures: `store`, and `other`, a
-second handle on the same records (another connection, as a second replica would hold).
+second handle on the same records (another connection, as a second replica would hold); and
+`dead_holder`, when the store can tell a dead claim owner: a coroutine function that leaves a
+long-leased claim on (subscriber, event id) by a replica that then died.
 `clock_module` names the module whose `time` the store reads, so that a test can age records
 without sleeping.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from types import ModuleType
 from typing import ClassVar
 
@@ -21,6 +23,7 @@ from bus.stores import Claim, Store
 
 DAY = 86_400.0
 TINY_LEASE = 0.05
+DeadHolder = Callable[[str, str], Awaitable[None]]
 
 
 class ShiftedClock:
@@ -49,6 +52,10 @@ class StoreContract:
         shifted = ShiftedClock()
         monkeypatch.setattr(self.clock_module, "time", shifted)
         yield shifted
+
+    @pytest.fixture
+    def dead_holder(self) -> DeadHolder:
+        pytest.skip("this store cannot tell whether a claim's owner lives")
 
     async def test_first_claim_is_ours(self, store: Store, sub: str) -> None:
         assert await store.claim(sub, "e-1") is Claim.CLAIMED
@@ -84,6 +91,14 @@ class StoreContract:
         await asyncio.sleep(TINY_LEASE * 2)
         assert await other.claim(sub, "e-1") is Claim.CLAIMED
         assert await store.claim(sub, "e-1") is Claim.BUSY, "the new lease holds"
+
+    async def test_a_renewed_claim_outlives_its_first_lease(
+        self, store: Store, other: Store, sub: str
+    ) -> None:
+        assert await store.claim(sub, "e-1", lease=TINY_LEASE) is Claim.CLAIMED
+        await store.renew(sub, "e-1", lease=300)  # the heartbeat of a slow handler
+        await asyncio.sleep(TINY_LEASE * 2)
+        assert await other.claim(sub, "e-1") is Claim.BUSY, "the renewal did not extend it"
 
     async def test_release_after_complete_keeps_the_record(self, store: Store, sub: str) -> None:
         await store.claim(sub, "e-1")
@@ -128,6 +143,32 @@ class StoreContract:
     ) -> None:
         await store.claim(sub, "e-1", lease=TINY_LEASE)
         await asyncio.sleep(TINY_LEASE * 2)
+        claims = [(store if i % 2 else other).claim(sub, "e-1") for i in range(10)]
+        results = await asyncio.gather(*claims)
+        assert sorted(results) == sorted([Claim.CLAIMED] + [Claim.BUSY] * 9), results
+
+    async def test_release_by_another_replica_keeps_the_holders_lease(
+        self, store: Store, other: Store, sub: str
+    ) -> None:
+        if other is store:
+            pytest.skip("one instance is one replica")
+        assert await store.claim(sub, "e-1", lease=300) is Claim.CLAIMED
+        await other.release(sub, "e-1")  # a replica that ran without the claim, say
+        assert await other.claim(sub, "e-1") is Claim.BUSY, "the holder's lease was deleted"
+
+    async def test_a_dead_owners_claim_is_taken_over_at_once_not_after_its_lease(
+        self, store: Store, sub: str, dead_holder: DeadHolder
+    ) -> None:
+        await dead_holder(sub, "e-1")  # leased for 300 s by a replica that died
+        assert await store.claim(sub, "e-1") is Claim.CLAIMED
+        assert await store.claim(sub, "e-1") is Claim.BUSY, "the new claim holds"
+        await store.complete(sub, "e-1")
+        assert await store.claim(sub, "e-1") is Claim.DONE
+
+    async def test_concurrent_takeover_of_a_dead_owners_claim_has_exactly_one_winner(
+        self, store: Store, other: Store, sub: str, dead_holder: DeadHolder
+    ) -> None:
+        await dead_holder(sub, "e-1")
         claims = [(store if i % 2 else other).claim(sub, "e-1") for i in range(10)]
         results = await asyncio.gather(*claims)
         assert sorted(results) == sorted([Claim.CLAIMED] + [Claim.BUSY] * 9), results

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
@@ -12,9 +15,10 @@ import pytest
 import bus.stores.memory
 import bus.stores.sqlite
 from bus.errors import ConfigError
-from bus.stores import MemoryStore, Store, open_store
+from bus.stores import Claim, MemoryStore, Store, open_store
+from bus.stores.owner import local_owner
 from bus.stores.sqlite import SqliteStore
-from tests.unit.store_contract import StoreContract
+from tests.unit.store_contract import DeadHolder, StoreContract
 
 
 class TestMemoryStore(StoreContract):
@@ -43,6 +47,19 @@ class TestSqliteStore(StoreContract):
         s = await SqliteStore.open(str(tmp_path / "processed.db"))
         yield s
         await s.close()
+
+    @pytest.fixture
+    def dead_holder(self, tmp_path: Path) -> DeadHolder:
+        async def leave_a_claim_and_die(sub: str, event_id: str) -> None:
+            proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+            holder = await SqliteStore.open(str(tmp_path / "processed.db"))
+            holder.owner = local_owner(proc.pid)  # its claims are that process's
+            assert await holder.claim(sub, event_id, lease=300) is Claim.CLAIMED
+            await holder.close()
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+
+        return leave_a_claim_and_die
 
     async def test_records_survive_a_restart(self, tmp_path: Path) -> None:
         path = str(tmp_path / "restart.db")

@@ -1,0 +1,278 @@
+"""One delivery in, one outcome out: the decisions of a subscriber, apart from its I/O.
+
+`Dispatcher.dispatch` decodes a delivery, picks the handler, parses the event, claims its id,
+runs the handler and says what must happen to the message:
+
+| outcome     | when                                                  | the shell then      |
+|-------------|-------------------------------------------------------|---------------------|
+| `Ack`       | the handler returned (its id is recorded as done)     | acks                |
+| `Duplicate` | the id was already processed: the handler did not run | acks                |
+| `Retry`     | the handler raised and the ladder has a next delay    | hands off, then acks |
+| `Park`      | rejected, invalid, no handler, or retries exhausted   | hands off, then acks |
+| `Requeue`   | another live replica still holds the id's claim       | nacks with requeue  |
+
+`bus.subscriber.Runtime` performs outcomes on the broker; `bus.testing.TestBus` performs them
+in memory. Neither decides anything, so both behave alike by construction.
+
+The common outcomes are cached per event type: a handled message allocates no outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import jsonschema
+from pydantic import ValidationError
+
+from bus import tracing
+from bus.claims import Claims
+from bus.context import Context, Publishes
+from bus.envelope import Meta, decode_body, decode_meta
+from bus.errors import InvalidEvent, Reject
+from bus.retry import (
+    DeadLetter,
+    DeadReason,
+    Decision,
+    after_failure,
+    attempt_of,
+    dead,
+    failure_headers,
+)
+from bus.router import Handler, Router
+from bus.stores.base import Claim
+from bus.topology.model import Subscriber, Topology
+
+log = logging.getLogger(__name__)
+
+
+class Incoming(Protocol):
+    """What dispatch reads of a delivery (`bus.delivery.Delivery` is one)."""
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def exchange(self) -> str: ...
+    @property
+    def routing_key(self) -> str: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def type(self) -> str | None: ...
+    @property
+    def app_id(self) -> str | None: ...
+    @property
+    def timestamp(self) -> datetime | None: ...
+    @property
+    def correlation_id(self) -> str | None: ...
+    @property
+    def headers(self) -> Mapping[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The handler returned: ack."""
+
+    event_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """Already processed: ack without running the handler."""
+
+    event_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Republish (body and properties intact, these headers) to `queue`, a retry queue."""
+
+    event_type: str
+    queue: str
+    delay: str
+    headers: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    """Republish to `queue`, the DLQ, with these headers (`bus-dead-reason` among them)."""
+
+    event_type: str
+    queue: str
+    reason: DeadReason
+    headers: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """Give the message back to the queue untouched: another replica still holds its claim."""
+
+    event_type: str
+    why: str
+
+
+Outcome = Ack | Duplicate | Retry | Park | Requeue
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Dispatcher:
+    """The decisions of one subscriber. `await dispatch(delivery)` -> `Outcome`."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        sub: Subscriber,
+        router: Router,
+        claims: Claims,
+        publisher: Publishes,
+        *,
+        clock: Clock = _utcnow,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.topology = topology
+        self.sub = sub
+        self.router = router
+        self.claims = claims
+        self.publisher = publisher
+        self.clock = clock
+        self.observe = observe  # (event type, handler seconds), after every handler run
+        self._acks: dict[str, Ack] = {}
+        self._duplicates: dict[str, Duplicate] = {}
+        self._validators: dict[str, jsonschema.protocols.Validator | None] = {}
+
+    async def dispatch(self, m: Incoming) -> Outcome:
+        """Decide what happens to *m*, running its handler when it should run.
+
+        Raises only what the store raises (an outage): the caller returns the message.
+        """
+        headers = m.headers
+        attempt = attempt_of(headers)
+        try:
+            meta = decode_meta(
+                message_id=m.message_id, type=m.type, app_id=m.app_id, timestamp=m.timestamp,
+                correlation_id=m.correlation_id, headers=headers,
+            )  # fmt: skip
+        except InvalidEvent as exc:
+            return self._fail(m, dead(self.sub, DeadReason.INVALID), attempt, None, str(exc),
+                              "unknown")  # fmt: skip
+        handler = self.router.match(meta.type)
+        if handler is None:
+            why = f"no handler for event type {meta.type!r} in subscriber {self.sub.name!r}"
+            return self._fail(m, dead(self.sub, DeadReason.NO_HANDLER), attempt, None, why,
+                              meta.type)  # fmt: skip
+        try:
+            event = self._parse(handler, meta.type, m.body)
+        except (InvalidEvent, ValidationError) as exc:
+            return self._fail(m, dead(self.sub, DeadReason.INVALID), attempt, handler,
+                              _short(exc), meta.type)  # fmt: skip
+        return await self._run(m, headers, meta, handler, event, attempt)
+
+    async def _run(
+        self,
+        m: Incoming,
+        headers: Mapping[str, Any],
+        meta: Meta,
+        handler: Handler,
+        event: Any,
+        attempt: int,
+    ) -> Outcome:
+        ctx = Context(meta, attempt, self.sub.name, m.routing_key, headers, self.publisher)
+        claim = await self.claims.claim(meta.id)
+        if claim is Claim.DONE:
+            ctx.log.info("duplicate %s %s: already processed, acked", meta.type, meta.id)
+            return self._duplicate(meta.type)
+        if claim is Claim.BUSY:  # never run beside a live holder, nor release its lease
+            ctx.log.warning("%s %s is still claimed by another replica; requeued",
+                            meta.type, meta.id)  # fmt: skip
+            return Requeue(meta.type, "claimed by another replica")
+        started = time.perf_counter()
+        try:
+            if tracing.active():
+                with tracing.process_span(self.sub.queue, meta.id, m.routing_key,
+                                          meta.traceparent, attempt):  # fmt: skip
+                    await handler.func(event, ctx)
+            else:
+                await handler.func(event, ctx)
+        except Reject as exc:
+            await self.claims.release(meta.id)
+            ctx.log.warning("rejected %s %s: %s", meta.type, meta.id, exc.reason)
+            return self._fail(m, dead(self.sub, DeadReason.REJECTED), attempt, handler, exc,
+                              meta.type)  # fmt: skip
+        except Exception as exc:
+            await self.claims.release(meta.id)
+            ctx.log.warning("handler %s failed on attempt %d: %s: %s", handler.name, attempt,
+                            type(exc).__name__, exc)  # fmt: skip
+            return self._fail(m, after_failure(self.sub, attempt), attempt, handler, exc,
+                              meta.type)  # fmt: skip
+        finally:
+            if self.observe is not None:
+                self.observe(meta.type, time.perf_counter() - started)
+        await self.claims.complete(meta.id)
+        return self._ack(meta.type)
+
+    def _ack(self, event_type: str) -> Ack:
+        outcome = self._acks.get(event_type)
+        if outcome is None:
+            outcome = self._acks[event_type] = Ack(event_type)
+        return outcome
+
+    def _duplicate(self, event_type: str) -> Duplicate:
+        outcome = self._duplicates.get(event_type)
+        if outcome is None:
+            outcome = self._duplicates[event_type] = Duplicate(event_type)
+        return outcome
+
+    def _fail(
+        self,
+        m: Incoming,
+        decision: Decision,
+        attempt: int,
+        handler: Handler | None,
+        error: BaseException | str,
+        event_type: str,
+    ) -> Retry | Park:
+        headers = failure_headers(
+            m.headers, decision=decision, attempt=attempt, subscriber=self.sub.name,
+            handler=handler.name if handler else None, error=error, now=self.clock(),
+            exchange=m.exchange, routing_key=m.routing_key,
+        )  # fmt: skip
+        if isinstance(decision, DeadLetter):
+            return Park(event_type, decision.queue, decision.reason, headers)
+        return Retry(event_type, decision.queue, decision.delay, headers)
+
+    def _parse(self, handler: Handler, event_type: str, body: bytes) -> Any:
+        validator = self._validator(event_type)
+        if validator is None and handler.adapter is not None:
+            return handler.parse_json(body)  # one pass: bytes -> model
+        data = decode_body(body)
+        if validator is not None:
+            error = jsonschema.exceptions.best_match(validator.iter_errors(data))
+            if error is not None:
+                where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+                raise InvalidEvent(f"fails the {event_type} schema at {where}: {error.message}")
+        return handler.parse_data(data)
+
+    def _validator(self, event_type: str) -> jsonschema.protocols.Validator | None:
+        if event_type not in self._validators:
+            spec = self.topology.events.get(event_type)
+            schema = spec.json_schema if spec else None
+            self._validators[event_type] = (
+                jsonschema.Draft202012Validator(schema) if schema is not None else None
+            )
+        return self._validators[event_type]
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(root)"
+        return f"invalid event: {exc.error_count()} error(s), first at {where}: {first['msg']}"
+    return str(exc)

@@ -1,0 +1,323 @@
+"""Test handlers without a broker: the topology's subscribers in memory, on a virtual clock.
+
+```python
+async with TestBus(topology="topology/topology.yaml", routers={"email": email_router}) as tb:
+    await tb.publish("order.placed", {...}, id="op-1")   # refuses what Publisher refuses
+    await tb.settle()        # until nothing is in flight; retry delays pass on a virtual clock
+    tb.handled("email")      # [Handled(type, id, attempt)] in order of completion
+    tb.parked("email")       # [Parked(id, type, reason, headers, data)]: the DLQ
+    tb.now                   # virtual seconds elapsed
+```
+
+What is the same as `bus run`, because it is the same code: the checks of `Publisher`
+(undeclared type, JSON Schema, not JSON-serialisable), the wire format (`bus.envelope`), the
+decisions (`bus.dispatch`: ack, retry, park, duplicate, with the same headers), idempotency
+(the claims over `MemoryStore`) and `ctx.publish`'s follow-up ids. What is RabbitMQ's rule,
+reimplemented: routing (`bus.routing`: `*` one word, `#` zero or more; fanout and direct too;
+one copy per queue however many of its bindings match; no queue bound = `UnroutableError`), and
+a retried message returning to its own queue only, through the default exchange.
+
+Deliveries run one at a time, in the order they became ready, so a test reads the same every
+run; a retry waits on the virtual clock, so a ladder of hours settles in milliseconds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from bus.claims import Claims
+from bus.dispatch import Ack, Dispatcher, Duplicate, Park, Retry
+from bus.durations import parse_ms
+from bus.envelope import Wire, decode_body, encode
+from bus.errors import ConfigError, UnroutableError
+from bus.publisher import Publisher
+from bus.retry import attempt_of
+from bus.router import Router
+from bus.routing import matches
+from bus.service import import_router
+from bus.stores.base import DEFAULT_LEASE
+from bus.stores.memory import MemoryStore
+from bus.topology.model import ExchangeType, Subscriber, Topology
+from bus.topology.model import load as load_topology
+
+__all__ = ["Handled", "Parked", "TestBus"]
+
+
+@dataclass(frozen=True, slots=True)
+class Handled:
+    """A handler run that returned (the message was acked)."""
+
+    type: str
+    id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """A message in a subscriber's DLQ, with the headers `bus run` would have written."""
+
+    id: str
+    type: str
+    reason: str
+    headers: dict[str, Any]
+    data: Any  # the decoded JSON body, or the raw bytes when it is not JSON
+
+
+class _Message:
+    """One message in a queue, read by dispatch as a broker delivery is."""
+
+    __slots__ = ("_wire", "app_id", "body", "correlation_id", "exchange", "headers",
+                 "message_id", "routing_key", "timestamp", "type")  # fmt: skip
+
+    def __init__(
+        self, wire: Wire, exchange: str, routing_key: str, headers: dict[str, Any]
+    ) -> None:
+        self.body = wire.body
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self.message_id: str | None = wire.message_id
+        self.type: str | None = wire.type
+        self.app_id: str | None = wire.app_id
+        self.timestamp: datetime | None = wire.timestamp
+        self.correlation_id = wire.correlation_id
+        self.headers = headers
+        self._wire = wire
+
+    def copy(self, exchange: str, routing_key: str, headers: dict[str, Any]) -> _Message:
+        """The same message with new headers, as a hand-off republishes it."""
+        return _Message(self._wire, exchange, routing_key, headers)
+
+
+class _Source:
+    """`ctx.publish` of one subscriber: its follow-ups are published with its name as source."""
+
+    def __init__(self, bus: TestBus, source: str) -> None:
+        self._bus = bus
+        self._source = source
+
+    async def publish(self, event_type: str, data: Any, **kw: Any) -> str:
+        return await self._bus.publish(event_type, data, source=self._source, **kw)
+
+
+class TestBus:
+    """The topology's subscribers in memory. See the module docstring."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    def __init__(
+        self,
+        topology: str | Path | Topology = "topology/topology.yaml",
+        routers: Mapping[str, Router] | None = None,
+        *,
+        subscribers: Iterable[str] | None = None,
+        source: str = "test",
+        max_deliveries: int = 100_000,
+    ) -> None:
+        """*routers* by subscriber name; those not given are imported from the subscriber's
+        `handlers:`. *subscribers* limits which subscribers run (default: all); messages
+        routed to the others wait in their queues. `settle()` fails after *max_deliveries*
+        (a handler that publishes forever)."""
+        self.topology = topology if isinstance(topology, Topology) else load_topology(topology)
+        self.source = source
+        self.max_deliveries = max_deliveries
+        names = self.topology.subscriber_names
+        running = list(subscribers) if subscribers is not None else names
+        unknown = sorted({*running, *(routers or {})} - set(names))
+        if unknown:
+            raise ConfigError(
+                f"no subscriber {', '.join(map(repr, unknown))} in {self.topology.source} "
+                f"(declared: {', '.join(names) or 'none'})"
+            )
+        self._subs: dict[str, Subscriber] = {n: self.topology.subscriber(n) for n in names}
+        self._running = running
+        self.store = MemoryStore()
+        self._publishers: dict[str, Publisher] = {}
+        self._dispatchers: dict[str, Dispatcher] = {}
+        self._routers: list[Router] = []
+        for name in running:
+            router = (routers or {}).get(name) or import_router(self._subs[name].handlers)
+            self._routers.append(router)
+            self._dispatchers[name] = Dispatcher(
+                self.topology, self._subs[name], router,
+                Claims(self.store, name, DEFAULT_LEASE), _Source(self, name), clock=self._clock,
+            )  # fmt: skip
+        self._epoch = datetime.now(UTC)
+        self._now = 0.0
+        self._ready: deque[tuple[str, _Message]] = deque()
+        self._waiting: dict[str, list[_Message]] = {n: [] for n in names}  # not running
+        self._delayed: list[tuple[float, int, str, _Message]] = []
+        self._seq = itertools.count()
+        self._handled: dict[str, list[Handled]] = {n: [] for n in names}
+        self._parked: dict[str, list[Parked]] = {n: [] for n in names}
+        self._duplicates: dict[str, list[str]] = {n: [] for n in names}
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Run the routers' shutdown hooks, as `bus run` does once drained."""
+        for router in self._routers:
+            for hook in router.shutdown_hooks:
+                await hook()
+        await self.store.close()
+
+    # -- what a test reads --------------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        """Virtual seconds elapsed since the bus was made."""
+        return self._now
+
+    def handled(self, subscriber: str) -> list[Handled]:
+        """Handler runs of *subscriber* that returned, in order of completion."""
+        return list(self._handled[self._known(subscriber)])
+
+    def parked(self, subscriber: str) -> list[Parked]:
+        """What *subscriber*'s DLQ holds, in order of arrival."""
+        return list(self._parked[self._known(subscriber)])
+
+    def duplicates(self, subscriber: str) -> list[str]:
+        """Ids delivered again after they were processed: acked without running the handler."""
+        return list(self._duplicates[self._known(subscriber)])
+
+    def pending(self, subscriber: str) -> int:
+        """Messages waiting for *subscriber*: ready, on the retry ladder, or not running."""
+        name = self._known(subscriber)
+        return (
+            sum(1 for n, _ in self._ready if n == name)
+            + sum(1 for *_, n, _ in self._delayed if n == name)
+            + len(self._waiting[name])
+        )
+
+    # -- publishing ---------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        event_type: str,
+        data: Any,
+        *,
+        id: str | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        traceparent: str | None = None,
+        source: str | None = None,
+    ) -> str:
+        """Publish as `Publisher.publish` does: refused at once for an undeclared type, data
+        failing its JSON Schema, or no queue bound (`UnroutableError`). Returns the id."""
+        publisher = self._publisher(source or self.source)
+        event = publisher.event(
+            event_type, data, id=id, correlation_id=correlation_id,
+            causation_id=causation_id, traceparent=traceparent,
+        )  # fmt: skip
+        wire = encode(event)
+        exchange = self.topology.events[event_type].exchange
+        targets = self._route(exchange, event_type)
+        if not targets:
+            raise UnroutableError(
+                f"{event_type} ({event.id}) was returned: no queue is bound for it on exchange "
+                f"{exchange!r}"
+            )
+        for name in targets:
+            self._enqueue(name, _Message(wire, exchange, event_type, dict(wire.headers)))
+        return event.id
+
+    def _publisher(self, source: str) -> Publisher:
+        pub = self._publishers.get(source)
+        if pub is None:  # never connected: only its checks and its event builder are used
+            pub = self._publishers[source] = Publisher("memory://", self.topology, source=source)
+        return pub
+
+    def _route(self, exchange: str, routing_key: str) -> list[str]:
+        """Subscribers whose queue gets a copy: RabbitMQ's rule, one copy per queue."""
+        kind = self.topology.exchanges[exchange].type
+        out = []
+        for name, sub in self._subs.items():
+            for b in sub.bindings:
+                if b.exchange != exchange:
+                    continue
+                if (
+                    kind is ExchangeType.FANOUT
+                    or (kind is ExchangeType.DIRECT and b.key == routing_key)
+                    or (kind is ExchangeType.TOPIC and matches(b.key, routing_key))
+                ):
+                    out.append(name)
+                    break
+        return out
+
+    def _enqueue(self, name: str, m: _Message) -> None:
+        if name in self._dispatchers:
+            self._ready.append((name, m))
+        else:
+            self._waiting[name].append(m)
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def settle(self) -> None:
+        """Deliver until nothing is in flight: every ready message, then the clock jumps to
+        the next retry due, and so on. Handlers run one at a time."""
+        for _ in range(self.max_deliveries):
+            if not self._ready and not self._tick():
+                return
+            name, m = self._ready.popleft()
+            await self._deliver(name, m)
+        raise RuntimeError(
+            f"TestBus.settle: still busy after {self.max_deliveries} deliveries "
+            "(does a handler publish forever?)"
+        )
+
+    def _tick(self) -> bool:
+        """Advance the virtual clock to the next retry due; False when none waits."""
+        if not self._delayed:
+            return False
+        self._now = max(self._now, self._delayed[0][0])
+        while self._delayed and self._delayed[0][0] <= self._now:
+            _, _, name, m = heapq.heappop(self._delayed)
+            self._ready.append((name, m))
+        return True
+
+    def _clock(self) -> datetime:
+        return self._epoch + timedelta(seconds=self._now)
+
+    async def _deliver(self, name: str, m: _Message) -> None:
+        outcome = await self._dispatchers[name].dispatch(m)
+        kind = type(outcome)
+        event_id = m.message_id or ""
+        if kind is Ack:
+            handled = Handled(outcome.event_type, event_id, attempt_of(m.headers))
+            self._handled[name].append(handled)
+        elif kind is Duplicate:
+            self._duplicates[name].append(event_id)
+        elif isinstance(outcome, Retry):
+            sub = self._subs[name]
+            # through the default exchange to Q.retry.<delay>, whose TTL dead-letters it to Q
+            back = m.copy("", sub.queue, outcome.headers)
+            due = self._now + parse_ms(outcome.delay) / 1000
+            heapq.heappush(self._delayed, (due, next(self._seq), name, back))
+        elif isinstance(outcome, Park):
+            reason, data = str(outcome.reason), _data(m.body)
+            parked = Parked(event_id, m.type or "", reason, outcome.headers, data)
+            self._parked[name].append(parked)
+        else:  # Requeue: never with one delivery at a time; kept for parity
+            self._ready.append((name, m))
+
+    def _known(self, subscriber: str) -> str:
+        if subscriber not in self._subs:
+            raise KeyError(f"no subscriber {subscriber!r} in {self.topology.source}")
+        return subscriber
+
+
+def _data(body: bytes) -> Any:
+    try:
+        return decode_body(body)
+    except Exception:
+        return body

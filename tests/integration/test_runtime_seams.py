@@ -1,0 +1,84 @@
+"""Seams between the runtime's pieces that a review found broken, on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from bus import Context, Publisher, Router
+from bus.metrics import Metrics
+from bus.stores import Claim, MemoryStore
+from bus.subscriber import Runtime
+from tests.conftest import wait_for
+from tests.integration.helpers import applied, make_topology
+from tests.integration.proxy import Proxy
+
+
+def ready_gauge(metrics: Metrics, subscriber: str) -> float | None:
+    return metrics.registry.get_sample_value("bus_ready", {"subscriber": subscriber})
+
+
+async def test_bus_ready_follows_readiness_through_a_broker_outage(
+    amqp_url: str, prefix: str
+) -> None:
+    topology = make_topology(prefix, {"svc": {"keys": ["order.placed"]}})
+    metrics = Metrics(CollectorRegistry())
+    proxy = await Proxy().start()
+    async with applied(amqp_url, topology):
+        rt = Runtime(topology, "svc", Router(), url=proxy.url(amqp_url), store=MemoryStore(),
+                     metrics=metrics)  # fmt: skip
+        await rt.start()
+        try:
+            assert ready_gauge(metrics, "svc") == 1.0
+            proxy.refusing = True  # the broker is gone and stays gone for a while
+            proxy.cut()
+            await wait_for(lambda: not rt.ready, timeout=10, message="the runtime not ready")
+            assert ready_gauge(metrics, "svc") == 0.0, "bus_ready must say 0 while /readyz is 503"
+            proxy.refusing = False
+            await wait_for(lambda: rt.ready, timeout=20, message="the runtime ready again")
+            assert ready_gauge(metrics, "svc") == 1.0
+        finally:
+            await rt.stop(5)
+        assert ready_gauge(metrics, "svc") == 0.0
+    await proxy.close()
+
+
+async def test_an_id_claimed_by_a_live_replica_past_the_wait_is_requeued_not_run(
+    amqp_url: str, prefix: str
+) -> None:
+    """The holder (another replica) keeps its lease; we must neither run the handler beside it
+    nor delete its lease, and once it completes our copy is a duplicate."""
+    topology = make_topology(prefix, {"svc": {"keys": ["order.placed"]}})
+    store = MemoryStore()
+    runs: list[str] = []
+    router = Router()
+
+    @router.on("order.placed")
+    async def effect(event: dict[str, Any], ctx: Context) -> None:
+        runs.append(ctx.id)
+
+    metrics = Metrics(CollectorRegistry())
+    assert await store.claim("svc", "e-held", lease=300) is Claim.CLAIMED  # the live holder
+    async with applied(amqp_url, topology):
+        rt = Runtime(topology, "svc", router, url=amqp_url, store=store, metrics=metrics,
+                     lease=0.2)  # fmt: skip
+        await rt.start()
+        try:
+            async with Publisher(amqp_url, topology) as pub:
+                await pub.publish("order.placed", {"order_id": "o-1"}, id="e-held")
+            await asyncio.sleep(2.0)  # past the claim's wait (lease + 1 s) at least once
+            assert runs == [], "the handler ran without a claim beside the live holder"
+            assert await store.claim("svc", "e-held") is Claim.BUSY, "the holder's lease is gone"
+            await store.complete("svc", "e-held")  # the holder finishes
+            await wait_for(
+                lambda: metrics.registry.get_sample_value(
+                    "bus_consumed_total",
+                    {"subscriber": "svc", "type": "order.placed", "outcome": "duplicate"},
+                ),
+                timeout=10, message="our copy acked as a duplicate",
+            )  # fmt: skip
+            assert runs == []
+        finally:
+            await rt.stop(5)

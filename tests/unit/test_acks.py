@@ -1,0 +1,62 @@
+"""Acker: coalesced acks, and deliveries of a channel that died under a running handler."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from bus.acks import Acker
+
+
+class FakeChannel:
+    def __init__(self) -> None:
+        self.is_closed = False
+        self.acks: list[tuple[int, bool]] = []
+
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        if self.is_closed:
+            raise RuntimeError("channel closed")
+        self.acks.append((delivery_tag, multiple))
+
+
+def delivery(channel: FakeChannel, tag: int) -> Any:
+    return SimpleNamespace(channel=channel, delivery_tag=tag)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_in_order_acks_are_coalesced_into_one_multiple_frame() -> None:
+    ch, acker = FakeChannel(), Acker()
+    ms = [delivery(ch, t) for t in (1, 2, 3)]
+    for m in ms:
+        acker.delivered(m)
+    for m in ms:
+        acker.ack(m)
+    await acker.drain()
+    assert ch.acks == [(3, True)]
+
+
+async def test_a_handler_completing_after_its_channel_died_does_not_raise() -> None:
+    """After a reconnect the old channel's state is dropped; its late handler's ack must be a
+    quiet no-op (the broker redelivers; the store absorbs), not a RuntimeError."""
+    old, acker = FakeChannel(), Acker()
+    slow, quick = delivery(old, 1), delivery(old, 2)
+    acker.delivered(slow)
+    acker.delivered(quick)
+    old.is_closed = True  # the connection dropped
+    acker.ack(quick)  # a flush now drops the dead channel's state
+    await acker.drain()
+    await settle()
+    acker.ack(slow)  # the slow handler of the old channel completes
+    await acker.drain()
+    assert old.acks == []
+    new = FakeChannel()
+    m = delivery(new, 1)
+    acker.delivered(m)
+    acker.ack(m)
+    await acker.drain()
+    assert new.acks == [(1, True)], "the new channel is acked as usual"
