@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import sqlite3
 import time
 from collections import Counter
@@ -357,5 +358,6 @@ async def test_the_relay_serves_readiness_and_the_outbox_metrics(
         finally:
             stop.set()
             await asyncio.wait_for(task, 15)
-    assert 'bus_relay_published_total{type="order.shipped"} 1.0' in text
+    # the process-wide registry: earlier relays of this test run may have counted too
+    assert re.search(r'bus_relay_published_total\{type="order.shipped"\} [1-9]', text), text
     assert "bus_outbox_pending" in text and "bus_relay_ready" in text
