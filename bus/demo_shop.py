@@ -39,7 +39,7 @@ class Shop:
     orders: int
     rate: float
     accepted: int = 0
-    latencies: list[float] = field(default_factory=list)  # seconds, one per accepted order
+    latencies: dict[int, float] = field(default_factory=dict)  # seconds, by the order's number
     order_ids: list[str] = field(default_factory=list)
 
     async def run(self, halfway: Callable[[], Awaitable[None]] | None = None) -> None:
@@ -71,18 +71,21 @@ class Shop:
             raise RuntimeError(
                 f"POST /orders answered {response.status_code}: {response.text[:200]}"
             )
-        self.latencies.append(took)
+        self.latencies[i] = took
         self.order_ids.append(response.json()["order_id"])
         self.accepted += 1
 
     def percentiles_ms(self) -> dict[str, float]:
-        """p50, p99 and max response time in milliseconds (zeros before any answer)."""
+        """p50, p99 and max response time in milliseconds of the warm API, and the first
+        (cold) request apart: a fresh process pays for its lazy imports and first queries once."""
         if not self.latencies:
-            return {"p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
-        ordered = sorted(self.latencies)
-        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+            return {"p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0, "first_ms": 0.0}
+        first = self.latencies.get(0, 0.0)
+        warm = sorted(t for i, t in self.latencies.items() if i) or [first]
+        p99 = warm[min(len(warm) - 1, int(len(warm) * 0.99))]
         return {
-            "p50_ms": round(statistics.median(ordered) * 1000, 2),
+            "p50_ms": round(statistics.median(warm) * 1000, 2),
             "p99_ms": round(p99 * 1000, 2),
-            "max_ms": round(ordered[-1] * 1000, 2),
+            "max_ms": round(warm[-1] * 1000, 2),
+            "first_ms": round(first * 1000, 2),
         }

@@ -208,7 +208,8 @@ def _summary(outcome: Outcome) -> None:
     if a:
         killed = f", relay SIGKILLed {outcome.relay_kills}x" if outcome.relay_kills else ""
         console.print(
-            f"orders API: POST /orders p50 {a['p50_ms']:.1f} ms, p99 {a['p99_ms']:.1f} ms · "
+            f"orders API: POST /orders p50 {a['p50_ms']:.1f} ms, p99 {a['p99_ms']:.1f} ms "
+            f"(the first, cold: {a['first_ms']:.0f} ms) · "
             f"outbox: {snap.relayed} relayed, lag max {outcome.max_outbox_lag:.1f}s{killed}",
             soft_wrap=True,
             markup=False,
