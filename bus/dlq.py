@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +53,14 @@ def _text(value: Any) -> str:
 
 
 def describe(m: AbstractIncomingMessage) -> Parked:
-    h = dict(m.headers or {})
+    return parked(m.message_id, m.type, m.headers, m.body)
+
+
+def parked(
+    message_id: str | None, type_: str | None, headers: Mapping[str, Any] | None, body: bytes
+) -> Parked:
+    """The failure story of a DLQ message from its id, type, headers and body."""
+    h = dict(headers or {})
     reason = _text(h.get(DEAD_REASON))
     attempts = _text(h.get(ATTEMPT))
     failed_at = _text(h.get(FAILED_AT))
@@ -71,8 +78,8 @@ def describe(m: AbstractIncomingMessage) -> Parked:
         attempts = attempts or _text(h.get("x-delivery-count")) or _text(first.get("count"))
         failed_at = failed_at or _text(first.get("time"))
     return Parked(
-        id=m.message_id or _text(h.get("cloudEvents_id")) or "?",
-        type=m.type or _text(h.get("cloudEvents_type")) or "?",
+        id=message_id or _text(h.get("cloudEvents_id")) or "?",
+        type=type_ or _text(h.get("cloudEvents_type")) or "?",
         reason=reason,
         attempts=attempts or "?",
         exception_type=_text(h.get(EXCEPTION_TYPE)),
@@ -80,7 +87,7 @@ def describe(m: AbstractIncomingMessage) -> Parked:
         failed_at=failed_at,
         stacktrace=_text(h.get(EXCEPTION_STACKTRACE)),
         headers=h,
-        body=m.body,
+        body=body,
     )
 
 
@@ -116,8 +123,13 @@ async def browse(
         await channel.close()  # unacked messages go back to the queue
 
 
-def group_by_exception(parked: list[Parked]) -> Counter[str]:
-    return Counter(p.exception_type or p.reason for p in parked)
+def group_key(p: Parked) -> str:
+    """What groups parked messages: the exception type, else the reason (broker-parked)."""
+    return p.exception_type or p.reason
+
+
+def group_by_exception(messages: list[Parked]) -> Counter[str]:
+    return Counter(group_key(p) for p in messages)
 
 
 async def replay(
@@ -127,15 +139,17 @@ async def replay(
     *,
     dry_run: bool = False,
     rate: float | None = None,
+    where: Callable[[Parked], bool] | None = None,
 ) -> list[Parked]:
-    """Republish the selected DLQ messages (all when *ids* is None) to the subscriber's queue
-    with confirms, each acked from the DLQ only after its confirm; the attempt count restarts."""
+    """Republish the selected DLQ messages (all when *ids* is None; only those *where* accepts
+    when given) to the subscriber's queue with confirms, each acked from the DLQ only after its
+    confirm; the attempt count restarts."""
     channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
     done: list[Parked] = []
     try:
         for m in await _take_all(channel, sub.dlq, None):
             p = describe(m)
-            if ids is not None and p.id not in ids:
+            if (ids is not None and p.id not in ids) or (where is not None and not where(p)):
                 continue
             done.append(p)
             if dry_run:
@@ -154,6 +168,32 @@ async def replay(
     finally:
         await channel.close()
     return done
+
+
+async def replace(
+    conn: AbstractConnection, sub: Subscriber, id: str, body: bytes, extra: Mapping[str, Any]
+) -> Parked | None:
+    """Replay the DLQ message *id* with a new *body* (same id and properties, replay headers
+    plus *extra*), confirmed, then acked from the DLQ; None when no such message is parked."""
+    channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+    try:
+        for m in await _take_all(channel, sub.dlq, None):
+            p = describe(m)
+            if p.id != id:
+                continue
+            underlay = await channel.get_underlay_channel()
+            await underlay.basic_publish(
+                body,
+                routing_key=sub.queue,
+                properties=copy_properties(m.properties, {**replay_headers(m.headers), **extra}),
+                mandatory=True,
+                timeout=30,
+            )
+            await m.ack()
+            return p
+        return None
+    finally:
+        await channel.close()
 
 
 async def purge(conn: AbstractConnection, sub: Subscriber) -> int:
