@@ -45,6 +45,17 @@ def age(seconds: float) -> str:
     return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
+def when(stamp: str | None) -> str:
+    """An RFC 3339 instant to the second, for tables (`2026-12-01 07:34:21Z`)."""
+    if not stamp:
+        return "-"
+    day, sep, clock = stamp.partition("T")
+    if not sep:
+        return stamp
+    zone = "Z" if clock.endswith("Z") else ""
+    return f"{day} {clock[:8]}{zone}"
+
+
 def create_app(config: UiConfig, topology: Topology | None = None) -> FastAPI:
     """The app for *config* (the topology is loaded from its settings unless given)."""
     topo = topology if topology is not None else load_topology(config.settings.topology)
@@ -61,6 +72,7 @@ def create_app(config: UiConfig, topology: Topology | None = None) -> FastAPI:
     app.state.broker_label = broker_label(config.settings.url)
     app.state.templates = templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters["age"] = age
+    templates.env.filters["when"] = when
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(api.router)
     app.include_router(pages.router)

@@ -24,7 +24,7 @@ from bus.router import Router
 from bus.service import import_router
 from bus.status import collect
 from bus.topology.model import Subscriber, Topology
-from bus.ui.browse import Browse, BrowseCache, scan
+from bus.ui.browse import Browse, BrowseCache, depth, returned, scan
 from bus.ui.config import UiConfig
 from bus.ui.edit import EDITED_AT, EDITED_BY, Checked, check_edit
 from bus.ui.overview import HeadAges, outbox_status, scheduler_status
@@ -122,8 +122,11 @@ class Backend:
         key = selection.group
         where = (lambda p: group_key(p) == key) if key is not None else None
         ids = set(selection.ids) if selection.ids is not None else None
+        conn = await self.connection()
+        before = await depth(conn, sub.dlq)
         try:
-            done = await dlq.replay(await self.connection(), sub, ids, rate=rate, where=where)
+            done = await dlq.replay(conn, sub, ids, rate=rate, where=where)
+            await returned(conn, sub.dlq, before - len(done))  # the ones left, back in place
         finally:
             self.cache.forget(sub.dlq)
         missing = sorted(ids - {p.id for p in done}) if ids is not None else []
@@ -161,10 +164,13 @@ class Backend:
         if checked.body is None:
             return checked
         stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        conn = await self.connection()
+        before = await depth(conn, sub.dlq)
         try:
             original = await dlq.replace(
-                await self.connection(), sub, id, checked.body, {EDITED_AT: stamp, EDITED_BY: who}
+                conn, sub, id, checked.body, {EDITED_AT: stamp, EDITED_BY: who}
             )
+            await returned(conn, sub.dlq, before - (original is not None))
         finally:
             self.cache.forget(sub.dlq)
         if original is None:

@@ -28,6 +28,7 @@ from bus.gauges import failed_at
 
 SCAN_TIMEOUT = 30.0
 MAX_AGE = 60.0
+RETURN_WAIT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,10 +170,26 @@ async def scan(
         # fewer than the declaration said (another reader took some): what we have
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), SCAN_TIMEOUT)
-        return count, got
     finally:
         if not channel.is_closed:
             await channel.close()  # every unacked delivery returns to the queue, in order
+    if got:
+        await returned(conn, queue, count)
+    return count, got
+
+
+async def returned(conn: AbstractConnection, queue: str, count: int) -> None:
+    """Wait (briefly) until the queue counts the returned messages again.
+
+    A quorum queue applies the return of a closed channel's deliveries after the close is
+    confirmed: a browse, story or replay right after a browse (or a replay of a selection)
+    could otherwise find the queue short of them (seen on RabbitMQ 3.10.8).
+    """
+    deadline = time.monotonic() + RETURN_WAIT
+    while time.monotonic() < deadline:
+        if await depth(conn, queue) >= count:
+            return
+        await asyncio.sleep(0.01)  # the broker tells nobody when it is done: poll, briefly
 
 
 class BrowseCache:
