@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 
 import typer
 
@@ -41,7 +43,18 @@ def ui(
     app = create_app(config)
     mode = "read-only (no BUS_UI_TOKEN)" if config.read_only else "token required for changes"
     log.info("bus ui on http://%s:%d/ (%s)", host, port, mode)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # uvicorn shuts down gracefully, then re-raises the signal to the handler it found:
+        # this one makes that a clean exit 0, as `bus run` and the orders API give
+        signal.signal(sig, _exit_cleanly)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
-    )
+        uvicorn.Config(
+            app, host=host, port=port, log_config=None, access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+    )  # fmt: skip
     run_async(server.serve())
+
+
+def _exit_cleanly(_signum: int, _frame: object) -> None:
+    sys.exit(0)

@@ -27,7 +27,7 @@ from bus.topology.model import Subscriber, Topology
 from bus.ui.browse import Browse, BrowseCache, depth, returned, scan
 from bus.ui.config import UiConfig
 from bus.ui.edit import EDITED_AT, EDITED_BY, Checked, check_edit
-from bus.ui.overview import HeadAges, outbox_status, scheduler_status
+from bus.ui.overview import HeadAges, OutboxProbe, scheduler_status
 from bus.validation import EventChecker
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class Backend:
         self.cache = BrowseCache(config.browse_limit, config.browse_ttl)
         self.checker = EventChecker(topology)
         self._heads = HeadAges()
+        self._outbox = OutboxProbe(config.settings.outbox_url)
         self._conn: AbstractConnection | None = None
         self._connecting = asyncio.Lock()
 
@@ -69,6 +70,7 @@ class Backend:
             return self._conn
 
     async def close(self) -> None:
+        await self._outbox.close()
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed:
             with contextlib.suppress(Exception):
@@ -88,11 +90,13 @@ class Backend:
         subscribers = []
         for st in await collect(conn, self.topology):
             row = st.as_dict()
-            row["dlq_oldest_age_seconds"] = await self._heads.age(conn, st.dlq.name, st.dlq.ready)
+            async with self.cache.lock(st.dlq.name):
+                age = await self._heads.age(conn, st.dlq.name, st.dlq.ready)
+            row["dlq_oldest_age_seconds"] = age
             subscribers.append(row)
         return {
             "subscribers": subscribers,
-            "outbox": await outbox_status(self.config.settings.outbox_url),
+            "outbox": await self._outbox.status(),
             "scheduler": await scheduler_status(conn, self.topology, self.config.lock_queue),
         }
 
@@ -102,7 +106,8 @@ class Backend:
 
     async def story(self, name: str, id: str) -> Parked:
         sub = self.subscriber(name)
-        _, found = await scan(await self.connection(), sub.dlq, 10**9, until_id=id)
+        async with self.cache.lock(sub.dlq):
+            _, found = await scan(await self.connection(), sub.dlq, 10**9, until_id=id)
         for p in reversed(found):
             if p.id == id:
                 return p
@@ -123,12 +128,13 @@ class Backend:
         where = (lambda p: group_key(p) == key) if key is not None else None
         ids = set(selection.ids) if selection.ids is not None else None
         conn = await self.connection()
-        before = await depth(conn, sub.dlq)
-        try:
-            done = await dlq.replay(conn, sub, ids, rate=rate, where=where)
-            await returned(conn, sub.dlq, before - len(done))  # the ones left, back in place
-        finally:
-            self.cache.forget(sub.dlq)
+        async with self.cache.lock(sub.dlq):
+            before = await depth(conn, sub.dlq)
+            try:
+                done = await dlq.replay(conn, sub, ids, rate=rate, where=where)
+                await returned(conn, sub.dlq, before - len(done))  # the ones left, in place
+            finally:
+                self.cache.forget(sub.dlq)
         missing = sorted(ids - {p.id for p in done}) if ids is not None else []
         log.info(
             "ui: %s replayed %d message(s) of %s (%s) to %s",
@@ -140,10 +146,11 @@ class Backend:
 
     async def purge(self, name: str, *, who: str) -> int:
         sub = self.subscriber(name)
-        try:
-            count = await dlq.purge(await self.connection(), sub)
-        finally:
-            self.cache.forget(sub.dlq)
+        async with self.cache.lock(sub.dlq):
+            try:
+                count = await dlq.purge(await self.connection(), sub)
+            finally:
+                self.cache.forget(sub.dlq)
         log.warning("ui: %s purged %d message(s) from %s", who, count, sub.dlq,
                     extra={"who": who, "action": "dlq.purge", "subscriber": name})  # fmt: skip
         return count
@@ -165,14 +172,15 @@ class Backend:
             return checked
         stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         conn = await self.connection()
-        before = await depth(conn, sub.dlq)
-        try:
-            original = await dlq.replace(
-                conn, sub, id, checked.body, {EDITED_AT: stamp, EDITED_BY: who}
-            )
-            await returned(conn, sub.dlq, before - (original is not None))
-        finally:
-            self.cache.forget(sub.dlq)
+        async with self.cache.lock(sub.dlq):
+            before = await depth(conn, sub.dlq)
+            try:
+                original = await dlq.replace(
+                    conn, sub, id, checked.body, {EDITED_AT: stamp, EDITED_BY: who}
+                )
+                await returned(conn, sub.dlq, before - (original is not None))
+            finally:
+                self.cache.forget(sub.dlq)
         if original is None:
             raise NotFound(f"no message {id!r} in {sub.dlq}")
         log.info(

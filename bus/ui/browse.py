@@ -200,6 +200,11 @@ class BrowseCache:
         self._entries: dict[str, Browse] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
+    def lock(self, queue: str) -> asyncio.Lock:
+        """Held by whatever reads or changes *queue* from this process: a message held by a
+        browse is invisible to a replay's `basic.get`, so the two must not overlap."""
+        return self._locks.setdefault(queue, asyncio.Lock())
+
     def forget(self, queue: str) -> None:
         self._entries.pop(queue, None)
 
@@ -216,8 +221,7 @@ class BrowseCache:
         now_depth = await depth(conn, queue)
         if (hit := self._fresh(queue, now_depth)) is not None:
             return hit
-        lock = self._locks.setdefault(queue, asyncio.Lock())
-        async with lock:
+        async with self.lock(queue):
             if (hit := self._fresh(queue, now_depth)) is not None:
                 return hit  # another request browsed while this one waited
             started = time.perf_counter()

@@ -3,6 +3,7 @@ scheduler. Reads only; every function takes the connection it uses."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -15,7 +16,7 @@ from aio_pika.abc import AbstractConnection
 
 from bus.errors import BusError, ConfigError
 from bus.gauges import failed_at
-from bus.outbox import open_outbox
+from bus.outbox import OutboxStore, open_outbox
 from bus.schedule import describe, instant_text, next_firings
 from bus.topology.model import Topology
 
@@ -66,20 +67,32 @@ async def _peek(conn: AbstractConnection, queue: str) -> datetime | None:
             await channel.close()  # the head returns to the front
 
 
-async def outbox_status(url: str) -> dict[str, Any]:
-    """`bus outbox status --json`, or {"available": false, "detail": why} without an outbox."""
-    try:
-        outbox = await open_outbox(url)
-    except BusError as exc:
-        return {"available": False, "detail": str(exc)}  # our messages redact URLs
-    except Exception as exc:  # a driver's error text is not ours to show
-        return {"available": False, "detail": type(exc).__name__}
-    try:
-        return {"available": True, **(await outbox.status(sample=5)).as_dict()}
-    except Exception as exc:
-        return {"available": False, "detail": type(exc).__name__}
-    finally:
-        await outbox.close()
+class OutboxProbe:
+    """`bus outbox status --json` for the overview, over one store kept open between refreshes
+    (a PostgreSQL pool per refresh would be a connection every few seconds per open tab)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._store: OutboxStore | None = None
+
+    async def status(self) -> dict[str, Any]:
+        """The status, or {"available": false, "detail": why} when there is no outbox."""
+        try:
+            if self._store is None:
+                self._store = await open_outbox(self.url)
+            return {"available": True, **(await self._store.status(sample=5)).as_dict()}
+        except BusError as exc:  # no table yet, or unreachable: our messages redact URLs
+            await self.close()
+            return {"available": False, "detail": str(exc)}
+        except Exception as exc:  # a driver's error text is not ours to show
+            await self.close()
+            return {"available": False, "detail": type(exc).__name__}
+
+    async def close(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            with contextlib.suppress(Exception):
+                await store.close()
 
 
 async def _lock_held(conn: AbstractConnection, lock_queue: str) -> bool:

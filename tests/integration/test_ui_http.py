@@ -11,15 +11,9 @@ import httpx
 from tests.conftest import wait_for
 from tests.integration.helpers import queue_depth
 from tests.integration.ui_kit import TOKEN, login, three_parked
+from tests.integration.ui_kit import ui_client as client
 
 BEARER = {"Authorization": f"Bearer {TOKEN}", "X-Bus-Operator": "script"}
-
-
-def client(app: object) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),  # type: ignore[arg-type]
-        base_url="http://testserver",
-    )
 
 
 async def test_api_reports_status_and_the_dlq_grouped_by_exception(
@@ -135,3 +129,101 @@ async def test_forms_replay_a_selection_with_the_session_and_csrf_and_log_who(
     logged = [r.getMessage() for r in caplog.records]  # type: ignore[attr-defined]
     assert any("grace (127.0.0.1) replayed 2 message(s)" in m and "ids e-1, e-2" in m
                for m in logged), logged  # fmt: skip
+
+
+async def test_overview_shows_the_outbox_lag_and_the_scheduler_leader_with_its_firings(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    import asyncio
+    import sqlite3
+
+    from bus.outbox import Outbox, open_outbox
+    from bus.scheduler import Scheduler
+    from bus.settings import Settings
+    from bus.topology.model import from_dict
+    from bus.ui import UiConfig, create_app
+    from tests.integration.helpers import applied
+    from tests.integration.test_scheduler import delete_queues, scheduled_doc
+
+    topology = from_dict(scheduled_doc(prefix), source=f"test:{prefix}")
+    db = tmp_path / "outbox.db"
+    await (await open_outbox(f"sqlite:///{db}", create=True)).close()
+    with sqlite3.connect(db) as conn:
+        for i in range(3):
+            Outbox(topology).add_sync(conn, "tick.second", {"n": i})
+    lock = f"{prefix}.lock"
+    settings = Settings(url=amqp_url, outbox_url=f"sqlite:///{db}")
+    app = create_app(UiConfig(settings, lock_queue=lock), topology)
+    stop = asyncio.Event()
+    async with applied(amqp_url, topology), client(app) as c:
+        before = (await c.get("/api/status")).json()
+        assert before["outbox"]["available"] and before["outbox"]["pending"] == 3
+        assert before["scheduler"]["leader"]["held"] is False, "no replica runs yet"
+        sched = Scheduler(amqp_url, topology, lock_queue=lock)
+        task = asyncio.create_task(sched.run(stop))
+        try:
+
+            async def recorded() -> dict[str, object] | None:
+                s = (await c.get("/api/status")).json()["scheduler"]
+                return s if s["leader"]["held"] and s["schedules"][0]["last_fired"] else None
+
+            s = await wait_for(recorded, timeout=15, message="a leader that fired once")
+            assert s["lock_queue"] == lock and s["leader"]["last_leader"]
+            [every] = s["schedules"]
+            assert every["name"] == "every-second" and every["event"] == "tick.second"
+            assert len(every["next"]) == 3 and every["next"][0] > every["last_fired"]
+            page = await c.get("/")
+            assert "elected" in page.text and "every-second" in page.text
+            assert ">3</td>" in page.text, "the outbox's 3 pending rows"
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            await delete_queues(amqp_url, lock, f"{lock}.state")
+
+
+async def test_bus_ui_serves_loopback_read_only_and_exits_0_on_sigterm(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    import asyncio
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.integration.helpers import topology_doc
+    from tests.integration.ui_kit import SUBS, free_port
+
+    topo_file = tmp_path / "topology.yaml"
+    topo_file.write_text(yaml.safe_dump(topology_doc(prefix, SUBS)))
+    port = free_port()
+    env = {**os.environ, "BUS_URL": amqp_url, "BUS_TOPOLOGY": str(topo_file),
+           "BUS_OUTBOX_URL": f"sqlite:///{tmp_path / 'none.db'}"}  # fmt: skip
+    env.pop("BUS_UI_TOKEN", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bus.cli", "ui", "--port", str(port)], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+
+            async def up() -> bool:
+                try:
+                    return (await c.get("/healthz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await wait_for(up, timeout=20, message="bus ui answering /healthz")
+            page = await c.get("/")
+            assert page.status_code == 200 and "read-only" in page.text
+            assert "guest:guest" not in page.text
+            refused = await c.post("/api/subscribers/email/dlq/purge")
+            assert refused.status_code == 401
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 15)
+        assert code == 0, proc.stdout.read() if proc.stdout else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -18,6 +18,7 @@ from bus.settings import Settings
 from bus.ui import UiConfig, create_app
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology, queue_depth
+from tests.integration.ui_kit import ui_client
 from tests.ui_handlers import HANDLERS
 
 PARKED = 10_000
@@ -72,8 +73,7 @@ async def test_dlq_page_with_10k_parked_messages_is_fast_and_browses_once(
         await wait_for(all_parked, timeout=60, message=f"{PARKED} messages in {dlq}")
         settings = Settings(url=amqp_url, outbox_url=f"sqlite:///{tmp_path / 'none.db'}")
         app = create_app(UiConfig(settings, browse_ttl=5.0), topology)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ui") as c:
+        async with ui_client(app) as c:
             page = "/subscribers/email/dlq"
             cold, r = await timed(c, page)
             assert r.status_code == 200 and f">{PARKED}<" in r.text, r.text[:2000]

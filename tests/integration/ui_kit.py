@@ -59,6 +59,18 @@ async def three_parked(url: str, prefix: str) -> AsyncIterator[Parked]:
         yield Parked(topology, mailer, rt, dlq)
 
 
+@contextlib.asynccontextmanager
+async def ui_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """httpx over ASGI, which runs no lifespan: close the app's backend (its broker connection
+    and outbox store, whose aiosqlite thread would keep the interpreter from exiting)."""
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            yield c
+    finally:
+        await app.state.backend.close()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,7 +3,9 @@ and the HTTP refusals that come before any broker is asked (httpx over ASGI)."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -55,10 +57,17 @@ def topology() -> Topology:
     )  # fmt: skip
 
 
-def client(token: str | None = TOKEN) -> httpx.AsyncClient:
-    config = UiConfig(Settings(url=URL), token=token)
+@contextlib.asynccontextmanager
+async def client(token: str | None = TOKEN) -> AsyncIterator[httpx.AsyncClient]:
+    """httpx over ASGI (no lifespan runs: the backend is closed here)."""
+    config = UiConfig(Settings(url=URL, outbox_url="sqlite:///.bus/no-such-outbox.db"), token=token)
     app = create_app(config, topology())
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            yield c
+    finally:
+        await app.state.backend.close()
 
 
 # --- tokens, sessions, CSRF -------------------------------------------------------------------
