@@ -1,12 +1,14 @@
 """Read, replay and purge a subscriber's DLQ over AMQP.
 
-Browsing takes messages with `basic.get` without acking and then closes the channel, which
-returns them to the queue: nothing is removed unless it was republished with a confirm first.
+Browsing takes messages with one consumer (prefetch = the depth) without acking and then closes
+the channel, which returns them to the queue in their order: nothing is removed unless it was
+republished with a confirm first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +30,9 @@ from bus.retry import (
     replay_headers,
 )
 from bus.topology.model import Subscriber
+
+MAX_PREFETCH = 65_535  # AMQP's prefetch count is a short; 0 means unlimited
+TAKE_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -104,12 +109,24 @@ async def _take_all(
     if limit is not None:
         count = min(count, limit)
     taken: list[AbstractIncomingMessage] = []
-    for _ in range(count):
-        m = await queue.get(no_ack=False, fail=False, timeout=10)
-        if m is None:
-            break
+    if count == 0:
+        return taken
+    enough = asyncio.Event()
+
+    async def take(m: AbstractIncomingMessage) -> None:
         taken.append(m)
-    return taken
+        if len(taken) >= count:
+            enough.set()
+
+    # One consumer with prefetch = the depth, not a `basic.get` per message: 10,000 parked
+    # messages arrive in ~2 s instead of ~27 s. Unacked, they stay ours until acked or the
+    # channel closes (a cancelled consumer does not return them).
+    await channel.set_qos(prefetch_count=count if count <= MAX_PREFETCH else 0)
+    tag = await queue.consume(take, no_ack=False)
+    with contextlib.suppress(TimeoutError):  # fewer than declared: another reader took some
+        await asyncio.wait_for(enough.wait(), TAKE_TIMEOUT + count / 1000)
+    await queue.cancel(tag)
+    return taken[:count]
 
 
 async def browse(
