@@ -19,6 +19,7 @@ from bus.gauges import failed_at
 from bus.outbox import OutboxStore, open_outbox
 from bus.schedule import describe, instant_text, next_firings
 from bus.topology.model import Topology
+from bus.ui.browse import returned
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,20 @@ class HeadAges:
 
 async def _peek(conn: AbstractConnection, queue: str) -> datetime | None:
     channel = await conn.channel(publisher_confirms=False)
+    count, stamp = 0, None
     try:
         q = await channel.declare_queue(queue, passive=True)
+        count = int(q.declaration_result.message_count or 0)
         m = await q.get(no_ack=False, fail=False, timeout=5)
-        return None if m is None else failed_at(m.headers, m.timestamp, datetime.now(UTC))
+        stamp = None if m is None else failed_at(m.headers, m.timestamp, datetime.now(UTC))
     except aiormq.exceptions.ChannelNotFoundEntity:
         return None
     finally:
         if not channel.is_closed:
             await channel.close()  # the head returns to the front
+    if stamp is not None:
+        await returned(conn, queue, count)  # before anyone counts or browses the DLQ again
+    return stamp
 
 
 class OutboxProbe:

@@ -4,6 +4,7 @@ actions of the API and the forms, and the password kept out of every page."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -87,9 +88,11 @@ async def test_api_replays_by_id_and_group_edits_and_purges_with_the_token(
         assert e3.headers["bus-edited-at"].endswith("Z")
 
         parked.mailer.broken = True  # e-1 goes round the ladder again and parks once more
-        r = await c.post("/api/subscribers/email/dlq/replay", json={"group": "TimeoutError"},
-                         headers=BEARER)  # fmt: skip
+        started = time.monotonic()
+        r = await c.post("/api/subscribers/email/dlq/replay",
+                         json={"group": "TimeoutError", "rate": 4}, headers=BEARER)  # fmt: skip
         assert r.json()["ids"] == ["e-1"]
+        assert time.monotonic() - started >= 0.25, "at 4 per second, one message takes 1/4 s"
 
         async def parked_again() -> bool:
             return await queue_depth(amqp_url, parked.dlq) == 1

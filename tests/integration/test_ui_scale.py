@@ -84,6 +84,8 @@ async def test_dlq_page_with_10k_parked_messages_is_fast_and_browses_once(
             api, j = await timed(c, "/api/subscribers/email/dlq")
             groups = {g["exception_type"]: g["count"] for g in j.json()["groups"]}
             assert groups == {"TimeoutError": 6666, "httpx.ConnectError": 3334}, groups
+            story, m = await timed(c, f"{page}/message?id=e-{PARKED - 1}")
+            assert m.status_code == 200 and f"o-{PARKED - 1}" in m.text
             browse = app.state.backend.cache._entries[dlq]
             report = {
                 "parked": PARKED,
@@ -93,6 +95,7 @@ async def test_dlq_page_with_10k_parked_messages_is_fast_and_browses_once(
                 "bulk_browse_seconds": round(browse.seconds, 3),
                 "overview_seconds": round(overview, 3),
                 "api_dlq_seconds": round(api, 3),
+                "story_of_the_last_message_seconds": round(story, 3),
                 "page_bytes": len(r.content),
             }
             OUT.parent.mkdir(exist_ok=True)

@@ -176,6 +176,23 @@ def test_groups_count_and_span_their_messages_largest_first() -> None:
     assert groups[0].sample.id == "b"
 
 
+def test_a_browse_is_reused_while_the_depth_holds_and_never_reread_within_the_ttl() -> None:
+    import time
+
+    from bus.ui.browse import Browse, BrowseCache
+
+    cache = BrowseCache(limit=10, ttl=5.0, max_age=60.0)
+    cache._entries["q"] = Browse("q", 7, (), 7, 0.1, at=time.monotonic() - 10)
+    assert cache._fresh("q", 7) is not None, "same depth, younger than max_age: reused"
+    assert cache._fresh("q", 8) is None, "the depth moved and the ttl passed: browse again"
+    cache._entries["q"] = Browse("q", 7, (), 7, 0.1, at=time.monotonic() - 1)
+    assert cache._fresh("q", 8) is not None, "within the ttl whatever the depth: one browse"
+    cache._entries["q"] = Browse("q", 7, (), 7, 0.1, at=time.monotonic() - 61)
+    assert cache._fresh("q", 7) is None, "older than max_age: browse again"
+    cache.forget("q")
+    assert cache._fresh("q", 7) is None
+
+
 # --- HTTP: refusals before any broker is asked -------------------------------------------------
 
 
