@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from bus.cli import demo, dlq, export, ops, outbox, run, scheduler, topology
+from bus.cli import demo, dlq, export, ops, outbox, run, scheduler, topology, ui
 from bus.cli.common import state
 from bus.errors import BusError
 
@@ -23,7 +23,7 @@ app.add_typer(topology.app, name="topology")
 app.add_typer(dlq.app, name="dlq")
 run.register(app)
 ops.register(app)
-for _module in (export, demo, scheduler, outbox):
+for _module in (export, demo, scheduler, outbox, ui):
     _module.register(app, topology.app)
 
 

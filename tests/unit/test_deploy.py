@@ -570,3 +570,67 @@ def test_the_image_holds_the_api_it_is_asked_to_run() -> None:
         assert re.search(rf"^COPY {package} \S+$", text, re.M), (
             f"{name} runs `{' '.join(command)}`, but deploy/Dockerfile does not COPY {package}/"
         )
+
+
+# --- the operator's web page (`bus ui`) --------------------------------------------------------
+
+UI_PORT = 8080
+
+
+def _ui_args_bind_everything_on(args: list[str], port: int) -> None:
+    assert resolve(args) == "bus ui"
+    assert args[args.index("--host") + 1] == "0.0.0.0"
+    assert args[args.index("--port") + 1] == str(port)
+
+
+def test_compose_runs_the_ui_behind_its_token_on_this_machine_only() -> None:
+    svc = compose()["services"]["ui"]
+    _ui_args_bind_everything_on(svc["command"], UI_PORT)
+    env = svc["environment"]
+    assert env["BUS_UI_TOKEN"].startswith("${BUS_UI_TOKEN"), "without a token 0.0.0.0 is refused"
+    assert env["BUS_URL"].startswith("amqp://${")
+    assert env["BUS_OUTBOX_URL"] == compose()["services"]["api"]["environment"]["BUS_OUTBOX_URL"]
+    assert svc["ports"] == [f"127.0.0.1:{UI_PORT}:{UI_PORT}"], (
+        "a laptop's default token stays local"
+    )
+    assert f":{UI_PORT}/healthz" in " ".join(svc["healthcheck"]["test"])
+    assert svc["depends_on"]["topology"]["condition"] == "service_completed_successfully"
+
+
+def test_k8s_ui_deployment_is_behind_the_secret_and_not_scaled_by_keda() -> None:
+    d = by_name("Deployment")["ui"]
+    pod = d["spec"]["template"]["spec"]
+    c = container(d)
+    _ui_args_bind_everything_on(c["args"], UI_PORT)
+    assert d["spec"]["replicas"] == 1, "its browse cache lives in the process"
+    scaled = {so["spec"]["scaleTargetRef"]["name"] for so in kind("ScaledObject")}
+    assert "ui" not in scaled, "the UI serves people: it is not scaled on a queue"
+    env = env_of(c)
+    for secret in ("BUS_UI_TOKEN", "BUS_URL", "BUS_OUTBOX_URL"):
+        assert env[secret]["valueFrom"]["secretKeyRef"]["name"] == "bus-secrets", secret
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["path"] == "/healthz"
+        assert ports[c[probe]["httpGet"]["port"]] == UI_PORT
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    topo_dir = str(Path(env["BUS_TOPOLOGY"]["value"]).parent)
+    assert volumes[mounts[topo_dir]]["configMap"]["name"] == "bus-topology"
+    labels = d["spec"]["template"]["metadata"]["labels"]
+    service = by_name("Service")["ui"]
+    assert service["spec"]["selector"].items() <= labels.items(), "the Service selects no ui pod"
+    assert service["spec"]["ports"][0]["targetPort"] in ("http", UI_PORT)
+
+
+def test_the_image_ships_the_ui_templates_and_static_files() -> None:
+    import tomllib
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    shipped = data["package-data"]["bus"]
+    for pattern in ("ui/templates/*.html", "ui/static/*"):
+        assert pattern in shipped, f"pip install . (the image) would leave out bus/{pattern}"
+        assert list((ROOT / "bus").glob(pattern)), pattern
