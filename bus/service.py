@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
 import logging
 import os
 import signal
@@ -13,9 +12,9 @@ import sys
 
 from bus.errors import BusError, ConfigError
 from bus.gauges import QueueGauges
+from bus.handlers import import_router
 from bus.health import HealthServer
 from bus.metrics import Metrics
-from bus.router import Router
 from bus.settings import Settings
 from bus.stores import open_store
 from bus.stores.base import DEFAULT_LEASE
@@ -27,19 +26,6 @@ log = logging.getLogger(__name__)
 # Kubernetes sends SIGTERM, waits terminationGracePeriodSeconds (30 by default), then SIGKILLs.
 # Our drain must end before that: keep BUS_GRACE_PERIOD below the pod's grace period.
 DEFAULT_GRACE = 25.0
-
-
-def import_router(spec: str) -> Router:
-    """The `Router` named by ``module:attribute``."""
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import handlers module {module_name!r}: {exc}") from None
-    router = getattr(module, attr, None)
-    if not isinstance(router, Router):
-        raise ConfigError(f"{spec} is not a bus.Router")
-    return router
 
 
 async def serve(
