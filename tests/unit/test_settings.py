@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
-from bus.settings import DEFAULT_STORE_URL, DEFAULT_TOPOLOGY, DEFAULT_URL, Settings, redact
+from bus.settings import DEFAULT_TOPOLOGY, DEFAULT_URL, Settings, redact
 
 
 @pytest.mark.parametrize(
@@ -41,7 +43,22 @@ def test_from_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("BUS_URL", "BUS_TOPOLOGY", "BUS_STORE_URL"):
         monkeypatch.delenv(name, raising=False)
     s = Settings.from_env()
-    assert (s.url, s.topology, s.store_url) == (DEFAULT_URL, DEFAULT_TOPOLOGY, DEFAULT_STORE_URL)
+    assert (s.url, s.topology) == (DEFAULT_URL, DEFAULT_TOPOLOGY)
+    assert s.store_url == f"sqlite:///{Path(DEFAULT_TOPOLOGY).resolve().parent / '.bus/processed.db'}"
+
+
+def test_the_default_store_lives_beside_the_topology_file_whatever_the_working_directory(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("BUS_STORE_URL", raising=False)
+    (tmp_path / "svc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    here = Settings.from_env(topology="svc/topology.yaml")
+    monkeypatch.chdir(tmp_path / "svc")
+    there = Settings.from_env(topology="topology.yaml")
+    assert here.store_url == there.store_url == f"sqlite:///{tmp_path / 'svc/.bus/processed.db'}"
+    monkeypatch.setenv("BUS_STORE_URL", "memory://")
+    assert Settings.from_env(topology="topology.yaml").store_url == "memory://"
 
 
 def test_from_env_reads_the_environment_and_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None:
