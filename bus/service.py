@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 
-from bus.errors import BusError, ConfigError
+from bus.errors import BusError, ConfigError, NotApplied
 from bus.gauges import QueueGauges
 from bus.handlers import import_router
 from bus.health import HealthServer
@@ -50,6 +50,11 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     metrics = Metrics.default()
     store = await open_store(settings.store_url)
+    try:
+        await _require_queue(settings.url, sub.name, sub.queue)
+    except BaseException:
+        await store.close()
+        raise
     lease = float(os.environ.get("BUS_CLAIM_LEASE_SECONDS", DEFAULT_LEASE))
     runtime = Runtime(
         topology, name, router, url=settings.url, store=store, metrics=metrics, lease=lease
@@ -85,6 +90,22 @@ async def serve(
         if http is not None:
             http.close()
         await store.close()
+
+
+async def _require_queue(url: str, name: str, queue: str) -> None:
+    """Refuse to start, in one line, when `apply` has not made the subscriber's queue."""
+    from bus.connection import connect_plain
+    from bus.status import queue_state
+
+    conn = await connect_plain(url, f"run:{name}")
+    try:
+        exists = (await queue_state(conn, queue)).exists
+    finally:
+        await conn.close()
+    if not exists:
+        raise NotApplied(
+            f"queue {queue!r} of subscriber {name!r} does not exist: run `bus topology apply` first"
+        )
 
 
 async def _prune_forever(store: object, every: float = 3600.0) -> None:
