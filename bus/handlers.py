@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import sysconfig
 import traceback
 
 from bus.errors import ConfigError
@@ -48,12 +49,23 @@ def import_problems(topology: Topology) -> list[str]:
     return problems
 
 
+_LIBRARIES = tuple(
+    {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+)
+
+
+def _library(filename: str) -> bool:
+    """Python's own or an installed package's file: the user's code is the last frame that
+    is neither."""
+    return filename.startswith(_LIBRARIES) or filename.startswith("<frozen")
+
+
 def _where(exc: BaseException) -> str:
     """The exception in one line, with the file and line where the user's code failed."""
     text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
     if isinstance(exc, SyntaxError) and exc.filename:
         return f"{type(exc).__name__}: {exc.msg} ({exc.filename}, line {exc.lineno})"
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "importlib" not in f.filename]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _library(f.filename)]
     if frames and not isinstance(exc, ModuleNotFoundError):
         return f"{text} ({frames[-1].filename}, line {frames[-1].lineno})"
     return text

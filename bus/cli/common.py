@@ -32,7 +32,7 @@ UrlOption = typer.Option(
     None,
     "--url",
     envvar="BUS_URL",
-    help=f"AMQP URL, amqp:// or amqps:// [default: {DEFAULT_URL}]",
+    help=f"AMQP URL, amqp:// or amqps:// (default: {DEFAULT_URL})",
     show_default=False,
 )
 TopologyOption = typer.Option(
@@ -40,7 +40,7 @@ TopologyOption = typer.Option(
     "--topology",
     "-t",
     envvar="BUS_TOPOLOGY",
-    help=f"Topology file [default: {DEFAULT_TOPOLOGY}]",
+    help=f"Topology file (default: {DEFAULT_TOPOLOGY})",
     show_default=False,
 )
 StoreUrlOption = typer.Option(
@@ -48,7 +48,7 @@ StoreUrlOption = typer.Option(
     "--store-url",
     envvar="BUS_STORE_URL",
     help="Idempotency store: sqlite:///path, postgresql://… or memory:// "
-    "[default: sqlite:///.bus/processed.db beside the topology file]",
+    "(default: sqlite:///.bus/processed.db beside the topology file)",
     show_default=False,
 )
 
@@ -111,7 +111,11 @@ def nonempty_ids(values: list[str]) -> list[str]:
 
 
 IdsOption = typer.Option(
-    [], "--id", help="This id (repeatable).", callback=nonempty_ids, show_default=False
+    [],
+    "--id",
+    help="This id, repeatable (default: none).",
+    callback=nonempty_ids,
+    show_default=False,
 )
 
 

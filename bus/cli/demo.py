@@ -44,7 +44,7 @@ def demo(
         None,
         "--prefix",
         help="Name prefix of the demo's queues and exchange, deleted at start and end "
-        "[default: demo-XXXXXX, new each run, so two people on one broker never collide]",
+        "(default: demo-XXXXXX, new each run, so two people on one broker never collide)",
         show_default=False,
     ),
     plain: bool = typer.Option(False, "--plain", help="Progress lines instead of a live view."),

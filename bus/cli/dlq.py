@@ -55,21 +55,21 @@ async def _browse(url: str, sub: Subscriber, limit: int | None = None) -> list[d
 def list_(
     subscriber: str = SubArg,
     limit: int | None = typer.Option(
-        None, "--limit", help="Look at most at N messages [default: all]", show_default=False
+        None, "--limit", help="Look at most at N messages (default: all)", show_default=False
     ),
     event_type: str | None = typer.Option(
-        None, "--type", help="Only this event type (patterns: order.*, #) [default: any]"
+        None, "--type", help="Only this event type (patterns: order.*, #) (default: any)"
     ),
     reason: str | None = typer.Option(
         None,
         "--reason",
         help="Only this dead reason: retries-exhausted, rejected, invalid, no-handler, "
-        "delivery-limit [default: any]",
+        "delivery-limit (default: any)",
     ),
     exception: str | None = typer.Option(
         None,
         "--exception",
-        help="Only failures whose exception type or message contains this text [default: any]",
+        help="Only failures whose exception type or message contains this text (default: any)",
     ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     topology: str | None = TopologyOption,
@@ -132,7 +132,7 @@ def replay(
     ids: list[str] = IdsOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be replayed."),
     rate: float | None = typer.Option(
-        None, "--rate", help="At most N messages per second [default: no limit]"
+        None, "--rate", help="At most N messages per second (default: no limit)"
     ),
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,

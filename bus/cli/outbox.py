@@ -25,7 +25,7 @@ OutboxUrlOption = typer.Option(
     "--outbox-url",
     envvar="BUS_OUTBOX_URL",
     help="The producer's database: sqlite:///path or postgresql://… "
-    "[default: sqlite:///.bus/outbox.db]",
+    "(default: sqlite:///.bus/outbox.db)",
     show_default=False,
 )
 
@@ -41,7 +41,7 @@ def init(
         False, "--sql", help="Print the DDL for a migration tool instead of running it."
     ),
     dialect: str | None = typer.Option(
-        None, "--dialect", help="postgresql or sqlite, with --sql [default: from the URL]"
+        None, "--dialect", help="postgresql or sqlite, with --sql (default: from the URL)"
     ),
     outbox_url: str | None = OutboxUrlOption,
 ) -> None:
@@ -111,7 +111,7 @@ def relay(
         None,
         "--metrics-port",
         envvar="BUS_METRICS_PORT",
-        help="Serve /metrics, /healthz, /readyz on this port [default: off]",
+        help="Serve /metrics, /healthz, /readyz on this port (default: off)",
     ),
     batch: int = typer.Option(1000, "--batch", min=1, help="Rows per claim."),
     grace: float = typer.Option(

@@ -33,7 +33,7 @@ def run(
         None,
         "--metrics-port",
         envvar="BUS_METRICS_PORT",
-        help="Serve /metrics, /healthz, /readyz on this port [default: off]",
+        help="Serve /metrics, /healthz, /readyz on this port (default: off)",
     ),
     grace: float = typer.Option(
         25.0,
@@ -64,11 +64,11 @@ def publish(
     id: str | None = typer.Option(
         None,
         "--id",
-        help="Event id (idempotency key) [default: a random one]",
+        help="Event id (idempotency key) (default: a random one)",
         callback=lambda v: v if v is None else nonempty_id(v),
     ),
     correlation_id: str | None = typer.Option(
-        None, "--correlation-id", help="Correlation id of the event [default: none]"
+        None, "--correlation-id", help="Correlation id of the event (default: none)"
     ),
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,

@@ -40,7 +40,7 @@ def scheduler(
         None,
         "--metrics-port",
         envvar="BUS_METRICS_PORT",
-        help="Serve /metrics, /healthz, /readyz on this port [default: off]",
+        help="Serve /metrics, /healthz, /readyz on this port (default: off)",
     ),
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,

@@ -186,9 +186,7 @@ def ran(amqp_url: str, broken_files: Path, pg_without_outbox: str) -> dict[str, 
         return dict(zip(table, pool.map(run, table.values()), strict=True))
 
 
-def test_the_table_holds_at_least_fifteen_bad_inputs(
-    amqp_url: str, tmp_path: Path
-) -> None:
+def test_the_table_holds_at_least_fifteen_bad_inputs(amqp_url: str, tmp_path: Path) -> None:
     assert len(cases(amqp_url, tmp_path, "postgresql://x/y")) >= 15
 
 
@@ -213,9 +211,7 @@ def test_a_bad_input_is_one_line_with_the_right_exit_code_and_no_password(
         assert "rabbitmq-server" not in line
 
 
-def test_debug_after_the_subcommand_shows_the_traceback(
-    amqp_url: str, broken_files: Path
-) -> None:
+def test_debug_after_the_subcommand_shows_the_traceback(amqp_url: str, broken_files: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
     env |= {"BUS_URL": with_url(amqp_url, password=SECRET, port="1")}
     done = subprocess.run(

@@ -44,7 +44,9 @@ def test_from_env_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     s = Settings.from_env()
     assert (s.url, s.topology) == (DEFAULT_URL, DEFAULT_TOPOLOGY)
-    assert s.store_url == f"sqlite:///{Path(DEFAULT_TOPOLOGY).resolve().parent / '.bus/processed.db'}"
+    assert (
+        s.store_url == f"sqlite:///{Path(DEFAULT_TOPOLOGY).resolve().parent / '.bus/processed.db'}"
+    )
 
 
 def test_the_default_store_lives_beside_the_topology_file_whatever_the_working_directory(
