@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from bus.errors import ConfigError
 
@@ -52,7 +52,12 @@ class Settings(BaseModel):
             "outbox_url": os.environ.get("BUS_OUTBOX_URL", DEFAULT_OUTBOX_URL),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValidationError as exc:  # a BusError for the Python API too, in one line
+            raise ConfigError(
+                "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+            ) from None
 
 
 def store_beside(topology: str) -> str:

@@ -77,18 +77,8 @@ def settings(
     store_url: str | None = None,
     outbox_url: str | None = None,
 ) -> Settings:
-    from pydantic import ValidationError
-
-    from bus.errors import ConfigError
-
-    try:
-        return Settings.from_env(
-            url=url, topology=topology, store_url=store_url, outbox_url=outbox_url
-        )
-    except ValidationError as exc:
-        raise ConfigError(
-            "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-        ) from None
+    """The environment's settings with the command's options winning (ConfigError if bad)."""
+    return Settings.from_env(url=url, topology=topology, store_url=store_url, outbox_url=outbox_url)
 
 
 def topology_of(s: Settings) -> Topology:

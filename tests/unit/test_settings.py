@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from bus.errors import ConfigError
 from bus.settings import DEFAULT_TOPOLOGY, DEFAULT_URL, Settings, redact
 
 
@@ -72,19 +73,21 @@ def test_from_env_reads_the_environment_and_overrides_win(monkeypatch: pytest.Mo
 
 
 @pytest.mark.parametrize("url", ["http://guest:topsecret@localhost:15672/", "localhost:5672", ""])
-def test_from_env_rejects_urls_that_are_not_amqp(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+def test_from_env_rejects_urls_that_are_not_amqp_with_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
     monkeypatch.setenv("BUS_URL", url)
-    with pytest.raises(ValidationError, match="BUS_URL must be amqp:// or amqps://") as info:
+    with pytest.raises(ConfigError, match="BUS_URL must be amqp:// or amqps://") as info:
         Settings.from_env()
-    (error,) = info.value.errors()
-    assert "topsecret" not in error["msg"], "the rejected URL is named redacted"
+    assert "\n" not in str(info.value), "one line"
+    assert "topsecret" not in str(info.value), "the rejected URL is named redacted"
 
 
 def test_rejected_url_password_appears_nowhere_in_the_error(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("BUS_URL", "http://guest:topsecret@localhost:15672/")
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(ConfigError) as info:
         Settings.from_env()
     assert "topsecret" not in str(info.value)
 
