@@ -58,6 +58,8 @@ async def connect_plain(
 def _failure(url: str, exc: BaseException) -> BusError:
     """The one-line error for a failed connect: a malformed URL is configuration (exit 2)."""
     if isinstance(exc, ValueError) and not isinstance(exc, aiormq.exceptions.AMQPError):
+        if "float" in str(exc):  # BUS_RECONNECT_INTERVAL, read as the connection opens
+            return ConfigError(f"BUS_RECONNECT_INTERVAL: give a number of seconds ({exc})")
         return ConfigError(f"BUS_URL {redact(url)} is not a valid AMQP URL: {exc}")
     return BrokerUnavailable(_why(url, exc))
 

@@ -15,7 +15,7 @@ from bus.gauges import QueueGauges
 from bus.handlers import import_router
 from bus.health import HealthServer
 from bus.metrics import Metrics
-from bus.settings import Settings
+from bus.settings import Settings, seconds_from_env
 from bus.stores import open_store
 from bus.stores.base import DEFAULT_LEASE
 from bus.subscriber import Runtime
@@ -43,6 +43,7 @@ async def serve(
     except KeyError as exc:
         raise ConfigError(str(exc.args[0])) from None
     router = import_router(sub.handlers)
+    lease = seconds_from_env("BUS_CLAIM_LEASE_SECONDS", DEFAULT_LEASE)  # before connecting
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -55,7 +56,6 @@ async def serve(
     except BaseException:
         await store.close()
         raise
-    lease = float(os.environ.get("BUS_CLAIM_LEASE_SECONDS", DEFAULT_LEASE))
     runtime = Runtime(
         topology, name, router, url=settings.url, store=store, metrics=metrics, lease=lease
     )
@@ -71,7 +71,7 @@ async def serve(
         await runtime.start()
         if metrics_port is not None:
             http = HealthServer(metrics_port, metrics.registry, loop, lambda: runtime.ready).start()
-            interval = float(os.environ.get("BUS_GAUGE_INTERVAL", 5))
+            interval = seconds_from_env("BUS_GAUGE_INTERVAL", 5)
             gauges = await QueueGauges(sub, settings.url, metrics, interval=interval).start()
         pruner = asyncio.create_task(_prune_forever(store))
         await stop.wait()
@@ -109,7 +109,7 @@ async def _require_queue(url: str, name: str, queue: str) -> None:
 
 
 async def _prune_forever(store: object, every: float = 3600.0) -> None:
-    retention = float(os.environ.get("BUS_STORE_RETENTION_SECONDS", 7 * 86400))
+    retention = seconds_from_env("BUS_STORE_RETENTION_SECONDS", 7 * 86400)
     while True:
         try:
             removed = await store.prune(retention)  # type: ignore[attr-defined]
@@ -132,7 +132,7 @@ def main(name: str) -> None:
                 name,
                 Settings.from_env(),
                 metrics_port=int(port) if port else None,
-                grace=float(os.environ.get("BUS_GRACE_PERIOD", DEFAULT_GRACE)),
+                grace=seconds_from_env("BUS_GRACE_PERIOD", DEFAULT_GRACE),
             )
         )
     except BusError as exc:

@@ -60,6 +60,21 @@ class Settings(BaseModel):
             ) from None
 
 
+def seconds_from_env(name: str, default: float) -> float:
+    """The number of seconds in the environment variable *name*; ConfigError (exit 2) when it
+    is not a non-negative number."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ConfigError(f"{name}={raw!r}: give a number of seconds, e.g. {default:g}")
+    return value
+
+
 def store_beside(topology: str) -> str:
     """The default idempotency store: `.bus/processed.db` in the topology file's folder, as an
     absolute path. Every process of a service reads the same topology file, so they share one

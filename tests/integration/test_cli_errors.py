@@ -124,6 +124,10 @@ def cases(amqp_url: str, tmp: Path, pg_url: str) -> dict[str, Case]:
         "grace period not a number": Case(
             ("run", "email"), 2, ("Invalid value", "--grace-period"), {"BUS_GRACE_PERIOD": "soon"}
         ),
+        "lease not a number": Case(
+            ("run", "email"), 2, ("BUS_CLAIM_LEASE_SECONDS='soon'", "number of seconds"),
+            {"BUS_CLAIM_LEASE_SECONDS": "soon"},
+        ),
         "unknown option": Case(("status", "--verbose"), 2, ("No such option: --verbose",)),
         "demo prefix with a space": Case(("demo", "--prefix", "my demo"), 2, ("--prefix",)),
     }  # fmt: skip
