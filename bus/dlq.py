@@ -18,7 +18,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from bus.delivery import copy_properties
-from bus.errors import ConfigError
+from bus.errors import NotApplied
 from bus.retry import (
     ATTEMPT,
     DEAD_REASON,
@@ -49,6 +49,39 @@ class Parked:
     stacktrace: str
     headers: Mapping[str, Any] = field(repr=False)
     body: bytes = field(repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """For `--json`: attempts is a number (None when unknown)."""
+        out: dict[str, Any] = {
+            k: v for k, v in self.__dict__.items() if k not in ("headers", "body")
+        }
+        out["attempts"] = int(self.attempts) if self.attempts.isdigit() else None
+        return out
+
+
+def select(
+    parked: list[Parked],
+    *,
+    event_type: str | None = None,
+    reason: str | None = None,
+    exception: str | None = None,
+) -> list[Parked]:
+    """The parked messages matching every filter given: a type or topic pattern, a dead
+    reason, text in the exception's type or message (case-insensitive)."""
+    from bus.routing import matches
+
+    needle = exception.lower() if exception else None
+    return [
+        p
+        for p in parked
+        if (event_type is None or matches(event_type, p.type))
+        and (reason is None or p.reason == reason)
+        and (
+            needle is None
+            or needle in p.exception_type.lower()
+            or needle in p.exception_message.lower()
+        )
+    ]
 
 
 def _text(value: Any) -> str:
@@ -102,9 +135,7 @@ async def _take_all(
     try:
         queue = await channel.declare_queue(queue_name, passive=True)
     except aiormq.exceptions.ChannelNotFoundEntity:
-        raise ConfigError(
-            f"queue {queue_name!r} does not exist: run `bus topology apply`"
-        ) from None
+        raise NotApplied(f"queue {queue_name!r} does not exist: run `bus topology apply`") from None
     count = int(queue.declaration_result.message_count or 0)
     if limit is not None:
         count = min(count, limit)
@@ -213,6 +244,21 @@ async def replace(
         await channel.close()
 
 
+async def delete(conn: AbstractConnection, sub: Subscriber, ids: Collection[str]) -> list[Parked]:
+    """Remove the DLQ messages with these ids (acked); every other one stays in place."""
+    channel = await conn.channel(publisher_confirms=False)
+    done: list[Parked] = []
+    try:
+        for m in await _take_all(channel, sub.dlq, None):
+            p = describe(m)
+            if p.id in ids:
+                await m.ack()
+                done.append(p)
+    finally:
+        await channel.close()  # the others are unacked: back to the queue
+    return done
+
+
 async def purge(conn: AbstractConnection, sub: Subscriber) -> int:
     """Delete every message of the DLQ; returns how many."""
     channel = await conn.channel(publisher_confirms=False)
@@ -221,7 +267,7 @@ async def purge(conn: AbstractConnection, sub: Subscriber) -> int:
         result = await queue.purge()
         return int(result.message_count or 0)
     except aiormq.exceptions.ChannelNotFoundEntity:
-        raise ConfigError(f"queue {sub.dlq!r} does not exist: run `bus topology apply`") from None
+        raise NotApplied(f"queue {sub.dlq!r} does not exist: run `bus topology apply`") from None
     finally:
         if not channel.is_closed:
             await channel.close()

@@ -2,6 +2,7 @@
 
 BusError                      base of all failures
 ├── ConfigError               bad settings or environment (exit code 2)
+│   └── NotApplied            an exchange or queue the topology declares is not on the broker
 ├── TopologyError             the topology file is invalid; carries every problem at once
 ├── UnknownEventType          publish of a type the topology does not declare
 ├── InvalidEvent              data failing the event's JSON Schema, or a message we cannot decode
@@ -28,6 +29,10 @@ class ConfigError(BusError):
     exit_code = 2
 
 
+class NotApplied(ConfigError):
+    """The broker lacks an exchange or queue of the topology: `bus topology apply` first."""
+
+
 class TopologyError(BusError):
     """The topology file is invalid. `problems` holds every one, each as "path: message"."""
 
@@ -36,9 +41,11 @@ class TopologyError(BusError):
     def __init__(self, problems: list[str], source: str = "topology") -> None:
         self.problems = problems
         self.source = source
-        noun = "problem" if len(problems) == 1 else "problems"
+        if len(problems) == 1:  # one problem, one line
+            super().__init__(f"{source}: {problems[0]}")
+            return
         lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} {noun}\n{lines}")
+        super().__init__(f"{source}: {len(problems)} problems\n{lines}")
 
 
 class UnknownEventType(BusError):

@@ -35,7 +35,15 @@ class TextFormatter(logging.Formatter):
 
 
 def configure(fmt: str = "text", level: str = "INFO") -> None:
-    """Send bus logs to stderr in *fmt* (`text` or `json`)."""
+    """Send bus logs to stderr in *fmt* (`text` or `json`) at *level*."""
+    from bus.errors import ConfigError
+
+    if fmt not in ("text", "json"):
+        raise ConfigError(f"BUS_LOG_FORMAT / --log-format {fmt!r}: use text or json")
+    if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(
+            f"BUS_LOG_LEVEL / --log-level {level!r}: use DEBUG, INFO, WARNING or ERROR"
+        )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

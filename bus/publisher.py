@@ -29,9 +29,16 @@ from tenacity import (
 from bus import tracing
 from bus.connection import connect
 from bus.envelope import Event, Wire, encode, new_traceparent
-from bus.errors import ConfigError, PublishError, PublishTimeout, UnroutableError
+from bus.errors import (
+    ConfigError,
+    InvalidEvent,
+    NotApplied,
+    PublishError,
+    PublishTimeout,
+    UnroutableError,
+)
 from bus.metrics import Metrics
-from bus.settings import Settings
+from bus.settings import Settings, redact
 from bus.topology.model import Topology
 from bus.topology.model import load as load_topology
 from bus.validation import EventChecker
@@ -65,6 +72,12 @@ def to_properties(wire: Wire) -> Basic.Properties:
         app_id=wire.app_id,
         correlation_id=wire.correlation_id,
     )
+
+
+def check_id(event_id: str | None) -> None:
+    """An explicit event id must say something: an empty one would silently become random."""
+    if event_id is not None and not event_id.strip():
+        raise InvalidEvent("the event id is empty: give a non-empty id, or none for a random one")
 
 
 class Publisher:
@@ -136,6 +149,7 @@ class Publisher:
     def event(self, event_type: str, data: Any, **kw: Any) -> Event:
         """A checked `Event`: the type is declared and the data passes its JSON Schema."""
         self.check(event_type, data)
+        check_id(kw.get("id"))
         return self._build(event_type, data, **kw)
 
     def _build(self, event_type: str, data: Any, **kw: Any) -> Event:
@@ -244,6 +258,16 @@ class Publisher:
             raise UnroutableError(
                 f"{event.type} ({event.id}) was returned by the broker: no queue is bound for it "
                 f"on exchange {exchange_name!r} (run `bus topology apply`?)"
+            ) from exc
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            raise NotApplied(
+                f"exchange {exchange_name!r} does not exist on {redact(self.url)}: "
+                "run `bus topology apply` before publishing"
+            ) from exc
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise PublishError(
+                f"the broker refused {event.type} ({event.id}) on exchange {exchange_name!r}: "
+                f"{exc.args[0] if exc.args else exc} (check the user's permissions)"
             ) from exc
         except aio_pika.exceptions.DeliveryError as exc:
             raise PublishError(

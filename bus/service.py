@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
 import logging
 import os
 import signal
 import sys
 
-from bus.errors import BusError, ConfigError
+from bus.errors import BusError, ConfigError, NotApplied
 from bus.gauges import QueueGauges
+from bus.handlers import import_router
 from bus.handoff import HandOff
 from bus.health import HealthServer
 from bus.metrics import Metrics
-from bus.router import Router
-from bus.settings import Settings
+from bus.settings import Settings, seconds_from_env
 from bus.stores import open_store
 from bus.stores.base import DEFAULT_LEASE
 from bus.subscriber import HandOffFactory, Runtime
@@ -28,19 +27,6 @@ log = logging.getLogger(__name__)
 # Kubernetes sends SIGTERM, waits terminationGracePeriodSeconds (30 by default), then SIGKILLs.
 # Our drain must end before that: keep BUS_GRACE_PERIOD below the pod's grace period.
 DEFAULT_GRACE = 25.0
-
-
-def import_router(spec: str) -> Router:
-    """The `Router` named by ``module:attribute``."""
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import handlers module {module_name!r}: {exc}") from None
-    router = getattr(module, attr, None)
-    if not isinstance(router, Router):
-        raise ConfigError(f"{spec} is not a bus.Router")
-    return router
 
 
 async def serve(
@@ -61,6 +47,7 @@ async def serve(
     except KeyError as exc:
         raise ConfigError(str(exc.args[0])) from None
     router = import_router(sub.handlers)
+    lease = seconds_from_env("BUS_CLAIM_LEASE_SECONDS", DEFAULT_LEASE)  # before connecting
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -68,7 +55,11 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     metrics = Metrics.default()
     store = await open_store(settings.store_url)
-    lease = float(os.environ.get("BUS_CLAIM_LEASE_SECONDS", DEFAULT_LEASE))
+    try:
+        await _require_queue(settings.url, sub.name, sub.queue)
+    except BaseException:
+        await store.close()
+        raise
     runtime = Runtime(
         topology, name, router, url=settings.url, store=store, metrics=metrics, lease=lease,
         handoff=handoff,
@@ -85,7 +76,7 @@ async def serve(
         await runtime.start()
         if metrics_port is not None:
             http = HealthServer(metrics_port, metrics.registry, loop, lambda: runtime.ready).start()
-            interval = float(os.environ.get("BUS_GAUGE_INTERVAL", 5))
+            interval = seconds_from_env("BUS_GAUGE_INTERVAL", 5)
             gauges = await QueueGauges(sub, settings.url, metrics, interval=interval).start()
         pruner = asyncio.create_task(_prune_forever(store))
         await stop.wait()
@@ -106,8 +97,24 @@ async def serve(
         await store.close()
 
 
+async def _require_queue(url: str, name: str, queue: str) -> None:
+    """Refuse to start, in one line, when `apply` has not made the subscriber's queue."""
+    from bus.connection import connect_plain
+    from bus.status import queue_state
+
+    conn = await connect_plain(url, f"run:{name}")
+    try:
+        exists = (await queue_state(conn, queue)).exists
+    finally:
+        await conn.close()
+    if not exists:
+        raise NotApplied(
+            f"queue {queue!r} of subscriber {name!r} does not exist: run `bus topology apply` first"
+        )
+
+
 async def _prune_forever(store: object, every: float = 3600.0) -> None:
-    retention = float(os.environ.get("BUS_STORE_RETENTION_SECONDS", 7 * 86400))
+    retention = seconds_from_env("BUS_STORE_RETENTION_SECONDS", 7 * 86400)
     while True:
         try:
             removed = await store.prune(retention)  # type: ignore[attr-defined]
@@ -130,7 +137,7 @@ def main(name: str) -> None:
                 name,
                 Settings.from_env(),
                 metrics_port=int(port) if port else None,
-                grace=float(os.environ.get("BUS_GRACE_PERIOD", DEFAULT_GRACE)),
+                grace=seconds_from_env("BUS_GRACE_PERIOD", DEFAULT_GRACE),
             )
         )
     except BusError as exc:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from bus.errors import ConfigError
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 DEFAULT_TOPOLOGY = "topology/topology.yaml"
-DEFAULT_STORE_URL = "sqlite:///.bus/processed.db"
+DEFAULT_STORE_URL = "sqlite:///.bus/processed.db"  # relative to the topology file's folder
 DEFAULT_OUTBOX_URL = "sqlite:///.bus/outbox.db"
 
 
@@ -22,8 +24,15 @@ class Settings(BaseModel):
 
     url: str = DEFAULT_URL
     topology: str = DEFAULT_TOPOLOGY
-    store_url: str = DEFAULT_STORE_URL
+    store_url: str = ""  # empty: the default store beside the topology file (store_beside)
     outbox_url: str = DEFAULT_OUTBOX_URL
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_store(cls, values: Any) -> Any:
+        if isinstance(values, dict) and not values.get("store_url"):
+            values = {**values, "store_url": store_beside(values.get("topology", DEFAULT_TOPOLOGY))}
+        return values
 
     @field_validator("url")
     @classmethod
@@ -39,11 +48,40 @@ class Settings(BaseModel):
         values = {
             "url": os.environ.get("BUS_URL", DEFAULT_URL),
             "topology": os.environ.get("BUS_TOPOLOGY", DEFAULT_TOPOLOGY),
-            "store_url": os.environ.get("BUS_STORE_URL", DEFAULT_STORE_URL),
+            "store_url": os.environ.get("BUS_STORE_URL", ""),
             "outbox_url": os.environ.get("BUS_OUTBOX_URL", DEFAULT_OUTBOX_URL),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ValidationError as exc:  # a BusError for the Python API too, in one line
+            raise ConfigError(
+                "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+            ) from None
+
+
+def seconds_from_env(name: str, default: float) -> float:
+    """The number of seconds in the environment variable *name*; ConfigError (exit 2) when it
+    is not a non-negative number."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ConfigError(f"{name}={raw!r}: give a number of seconds, e.g. {default:g}")
+    return value
+
+
+def store_beside(topology: str) -> str:
+    """The default idempotency store: `.bus/processed.db` in the topology file's folder, as an
+    absolute path. Every process of a service reads the same topology file, so they share one
+    store whatever their working directory (a relative default silently gave each folder its own,
+    empty store)."""
+    folder = Path(topology).expanduser().resolve().parent
+    return f"sqlite:///{folder / '.bus' / 'processed.db'}"
 
 
 def redact(url: str) -> str:

@@ -38,11 +38,11 @@ from bus.dispatch import Ack, Dispatcher, Duplicate, Park, Retry
 from bus.durations import parse_ms
 from bus.envelope import Wire, decode_body, encode
 from bus.errors import ConfigError, UnroutableError
+from bus.handlers import import_router
 from bus.publisher import Publisher
 from bus.retry import attempt_of
 from bus.router import Router
 from bus.routing import matches
-from bus.service import import_router
 from bus.stores.base import DEFAULT_LEASE
 from bus.stores.memory import MemoryStore
 from bus.topology.model import ExchangeType, Subscriber, Topology

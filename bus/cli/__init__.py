@@ -5,19 +5,16 @@ Exit codes: 0 success, 1 runtime failure, 2 usage or validation error.
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
-from bus.cli import demo, dlq, export, ops, outbox, run, scheduler, topology, ui
-from bus.cli.common import state
-from bus.errors import BusError
+from bus.cli import demo, dlq, entry, export, ops, outbox, run, scheduler, topology, ui
+from bus.cli.common import state, version_option
 
 app = typer.Typer(
     help="An event bus over RabbitMQ: topology, publishing, subscribers, retries and the DLQ.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
 app.add_typer(topology.app, name="topology")
 app.add_typer(dlq.app, name="dlq")
@@ -29,26 +26,21 @@ for _module in (export, demo, scheduler, outbox, ui):
 
 @app.callback()
 def _global(
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks (also after a command)."),
     log_format: str = typer.Option(
         "text", "--log-format", help="text or json", envvar="BUS_LOG_FORMAT"
     ),
-    log_level: str = typer.Option("INFO", "--log-level", envvar="BUS_LOG_LEVEL"),
+    log_level: str = typer.Option(
+        "INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR", envvar="BUS_LOG_LEVEL"
+    ),
+    _version: bool = version_option,
 ) -> None:
     from bus.logs import configure
 
-    state.debug = debug
+    state.debug = state.debug or debug
     configure(log_format, log_level)
 
 
 def main() -> None:
-    """Entry point: usage errors are click's (exit 2); our own errors are one line."""
-    try:
-        app()  # standalone: click reports usage errors itself, with exit code 2
-    except BusError as exc:
-        if state.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    """Entry point: every failure one line (bus.cli.entry)."""
+    entry.run(app)

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from bus.settings import Settings
+from bus.settings import DEFAULT_TOPOLOGY, DEFAULT_URL, Settings
 from bus.topology.model import Topology
 from bus.topology.model import load as load_topology
 
@@ -28,9 +28,46 @@ state = _State()
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False)
 
-UrlOption = typer.Option(None, "--url", help="AMQP URL [env: BUS_URL]", show_default=False)
+UrlOption = typer.Option(
+    None,
+    "--url",
+    envvar="BUS_URL",
+    help=f"AMQP URL, amqp:// or amqps:// (default: {DEFAULT_URL})",
+    show_default=False,
+)
 TopologyOption = typer.Option(
-    None, "--topology", "-t", help="Topology file [env: BUS_TOPOLOGY]", show_default=False
+    None,
+    "--topology",
+    "-t",
+    envvar="BUS_TOPOLOGY",
+    help=f"Topology file (default: {DEFAULT_TOPOLOGY})",
+    show_default=False,
+)
+StoreUrlOption = typer.Option(
+    None,
+    "--store-url",
+    envvar="BUS_STORE_URL",
+    help="Idempotency store: sqlite:///path, postgresql://… or memory:// "
+    "(default: sqlite:///.bus/processed.db beside the topology file)",
+    show_default=False,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"bus {version('bus')}")
+        raise typer.Exit()
+
+
+version_option = typer.Option(
+    False,
+    "--version",
+    callback=_print_version,
+    is_eager=True,
+    expose_value=True,
+    help="Print the version and exit.",
 )
 
 
@@ -40,18 +77,8 @@ def settings(
     store_url: str | None = None,
     outbox_url: str | None = None,
 ) -> Settings:
-    from pydantic import ValidationError
-
-    from bus.errors import ConfigError
-
-    try:
-        return Settings.from_env(
-            url=url, topology=topology, store_url=store_url, outbox_url=outbox_url
-        )
-    except ValidationError as exc:
-        raise ConfigError(
-            "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-        ) from None
+    """The environment's settings with the command's options winning (ConfigError if bad)."""
+    return Settings.from_env(url=url, topology=topology, store_url=store_url, outbox_url=outbox_url)
 
 
 def topology_of(s: Settings) -> Topology:
@@ -60,3 +87,36 @@ def topology_of(s: Settings) -> Topology:
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
+
+
+def nonempty_id(value: str) -> str:
+    """An event id given on the command line: an empty one would silently match nothing."""
+    if not value.strip():
+        raise typer.BadParameter("an event id must not be empty")
+    return value
+
+
+def nonempty_ids(values: list[str]) -> list[str]:
+    return [nonempty_id(v) for v in values]
+
+
+IdsOption = typer.Option(
+    [],
+    "--id",
+    help="This id, repeatable (default: none).",
+    callback=nonempty_ids,
+    show_default=False,
+)
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask *question* unless *yes*; refuse (exit 2) without a terminal to ask on, and stop
+    (exit 1) when the answer is no."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        from bus.errors import ConfigError
+
+        raise ConfigError(f"{question} Refusing without a terminal to ask on: pass --yes")
+    if not typer.confirm(question):
+        raise typer.Exit(1)

@@ -40,7 +40,13 @@ def demo(
     kill_relay: bool = typer.Option(
         False, "--kill-relay", help="SIGKILL the relay half way (a new one takes over)."
     ),
-    prefix: str = typer.Option("demo", "--prefix", help="Name prefix of the demo's objects."),
+    prefix: str | None = typer.Option(
+        None,
+        "--prefix",
+        help="Name prefix of the demo's queues and exchange, deleted at start and end "
+        "(default: demo-XXXXXX, new each run, so two people on one broker never collide)",
+        show_default=False,
+    ),
     plain: bool = typer.Option(False, "--plain", help="Progress lines instead of a live view."),
     json_summary: bool = typer.Option(
         False, "--json-summary", help="End with one line `demo: {json}`."
@@ -48,9 +54,10 @@ def demo(
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,
 ) -> None:
-    """Run the whole flow here: the topology under a `demo.` prefix with short retries, an SMTP
+    """Run the whole flow here: the topology under a fresh prefix with short retries, an SMTP
     sink, a flaky warehouse, the services, the orders API and a relay, orders POSTed to the API;
     exit 1 if any is lost."""
+    prefix = prefix if prefix is not None else run_prefix()
     if not _PREFIX.match(prefix):
         raise ConfigError(f"--prefix {prefix!r}: use letters, digits, '-' and '_'")
     s = settings(url, topology)
@@ -83,6 +90,13 @@ async def _until_sigterm(runner: Demo) -> Outcome:
     if task is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     return await runner.run()
+
+
+def run_prefix() -> str:
+    """A prefix of its own for each run: `demo-` and six random hex digits."""
+    import secrets
+
+    return f"demo-{secrets.token_hex(3)}"
 
 
 def _rate(text: str) -> float:

@@ -8,13 +8,25 @@ import typer
 from rich.table import Table
 
 from bus import dlq as dlq_ops
-from bus.cli.common import TopologyOption, UrlOption, console, run_async, settings, topology_of
+from bus.cli.common import (
+    IdsOption,
+    TopologyOption,
+    UrlOption,
+    confirm,
+    console,
+    nonempty_id,
+    nonempty_ids,
+    run_async,
+    settings,
+    topology_of,
+)
 from bus.connection import connect_plain
 from bus.errors import ConfigError
 from bus.topology.model import Subscriber
 
 app = typer.Typer(
-    help="Inspect, replay and purge a subscriber's dead-letter queue.", no_args_is_help=True
+    help="Inspect, replay, delete and purge a subscriber's dead-letter queue.",
+    no_args_is_help=True,
 )
 SubArg = typer.Argument(..., metavar="SUBSCRIBER", help="A subscriber declared in the topology.")
 
@@ -42,19 +54,33 @@ async def _browse(url: str, sub: Subscriber, limit: int | None = None) -> list[d
 @app.command("list")
 def list_(
     subscriber: str = SubArg,
-    limit: int | None = typer.Option(None, "--limit", help="Show at most N messages."),
-    as_json: bool = typer.Option(False, "--json"),
+    limit: int | None = typer.Option(
+        None, "--limit", help="Look at most at N messages (default: all)", show_default=False
+    ),
+    event_type: str | None = typer.Option(
+        None, "--type", help="Only this event type (patterns: order.*, #) (default: any)"
+    ),
+    reason: str | None = typer.Option(
+        None,
+        "--reason",
+        help="Only this dead reason: retries-exhausted, rejected, invalid, no-handler, "
+        "delivery-limit (default: any)",
+    ),
+    exception: str | None = typer.Option(
+        None,
+        "--exception",
+        help="Only failures whose exception type or message contains this text (default: any)",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,
 ) -> None:
     """Messages in SUBSCRIBER's DLQ with their failure, and counts by exception type."""
     default_url, sub = _sub(subscriber, topology)
     parked = run_async(_browse(_url(url, default_url), sub, limit))
+    parked = dlq_ops.select(parked, event_type=event_type, reason=reason, exception=exception)
     if as_json:
-        rows = [
-            {k: v for k, v in p.__dict__.items() if k not in ("headers", "body")} for p in parked
-        ]
-        console.print_json(json.dumps(rows))
+        console.print_json(json.dumps([p.as_dict() for p in parked]))
         return
     table = Table(title=f"{sub.dlq}: {len(parked)} messages")
     for col in ("id", "type", "reason", "attempts", "exception", "failed at"):
@@ -70,7 +96,9 @@ def list_(
 @app.command()
 def show(
     subscriber: str = SubArg,
-    id: str = typer.Argument(..., metavar="ID", help="The event id (message_id)."),
+    id: str = typer.Argument(
+        ..., metavar="ID", help="The event id (message_id).", callback=nonempty_id
+    ),
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,
 ) -> None:
@@ -101,9 +129,11 @@ def show(
 def replay(
     subscriber: str = SubArg,
     all_: bool = typer.Option(False, "--all", help="Replay every message."),
-    ids: list[str] = typer.Option([], "--id", help="Replay this id (repeatable)."),
+    ids: list[str] = IdsOption,
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be replayed."),
-    rate: float | None = typer.Option(None, "--rate", help="At most N messages per second."),
+    rate: float | None = typer.Option(
+        None, "--rate", help="At most N messages per second (default: no limit)"
+    ),
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,
 ) -> None:
@@ -126,23 +156,56 @@ def replay(
     for p in done:
         console.print(f"  {p.id}  {p.type}  ({p.reason})")
     console.print(f"{verb} {len(done)} message(s) from {sub.dlq} to {sub.queue}")
-    missing = set(ids) - {p.id for p in done}
+    _none_missing(ids, done, sub)
+
+
+def _none_missing(ids: list[str], found: list[dlq_ops.Parked], sub: Subscriber) -> None:
+    """Exit 2, as `dlq show` does, when an id asked for is not in the DLQ."""
+    missing = set(ids) - {p.id for p in found}
     if missing:
-        console.print(f"not found in {sub.dlq}: {', '.join(sorted(missing))}")
-        raise typer.Exit(1)
+        raise ConfigError(
+            f"not found in {sub.dlq}: {', '.join(sorted(missing))} (see `bus dlq list`)"
+        )
+
+
+@app.command()
+def delete(
+    subscriber: str = SubArg,
+    ids: list[str] = typer.Option(
+        ..., "--id", help="Delete this id (repeatable).", callback=nonempty_ids
+    ),
+    topology: str | None = TopologyOption,
+    url: str | None = UrlOption,
+) -> None:
+    """Delete single messages from SUBSCRIBER's DLQ by id (the rest stay in place)."""
+    default_url, sub = _sub(subscriber, topology)
+
+    async def go() -> list[dlq_ops.Parked]:
+        conn = await connect_plain(_url(url, default_url), "dlq")
+        try:
+            return await dlq_ops.delete(conn, sub, set(ids))
+        finally:
+            await conn.close()
+
+    done = run_async(go())
+    for p in done:
+        console.print(f"  {p.id}  {p.type}  ({p.reason})", markup=False)
+    console.print(f"deleted {len(done)} message(s) from {sub.dlq}", markup=False)
+    _none_missing(ids, done, sub)
 
 
 @app.command()
 def purge(
     subscriber: str = SubArg,
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    yes: bool = typer.Option(
+        False, "--yes", "-y", help="Do not ask (needed when stdin is not a terminal)."
+    ),
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,
 ) -> None:
     """Delete every message in SUBSCRIBER's DLQ."""
     default_url, sub = _sub(subscriber, topology)
-    if not yes and not typer.confirm(f"Delete every message in {sub.dlq}?"):
-        raise typer.Exit(1)
+    confirm(f"Delete every message in {sub.dlq}?", yes)
 
     async def go() -> int:
         conn = await connect_plain(_url(url, default_url), "dlq")

@@ -32,7 +32,7 @@ def export(
         "asyncapi: an AsyncAPI 3.0 document of the events.",
     ),
     output: Path | None = typer.Option(
-        None, "--output", "-o", help="Write to FILE instead of stdout.", show_default=False
+        None, "--output", "-o", help="Write to FILE (default: stdout).", show_default=False
     ),
     vhost: str = typer.Option("/", "--vhost", help="definitions: the virtual host."),
     users: bool = typer.Option(

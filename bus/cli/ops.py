@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import signal
+import time
 
 import typer
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from bus.cli.common import TopologyOption, UrlOption, console, run_async, settings, topology_of
 from bus.connection import connect_plain
 from bus.status import SubscriberState, collect
+from bus.topology.model import Topology
 
 
 def register(app: typer.Typer) -> None:
@@ -21,6 +28,10 @@ def status(
     fail_on_dlq: bool = typer.Option(
         False, "--fail-on-dlq", help="Exit 1 when any DLQ holds messages."
     ),
+    watch: bool = typer.Option(
+        False, "--watch", "-w", help="Refresh every --interval seconds until Ctrl-C."
+    ),
+    interval: float = typer.Option(2.0, "--interval", min=0.1, help="Seconds between refreshes."),
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,
 ) -> None:
@@ -28,38 +39,74 @@ def status(
     s = settings(url, topology)
     t = topology_of(s)
 
-    async def go() -> list[SubscriberState]:
+    async def once() -> list[SubscriberState]:
         conn = await connect_plain(s.url, "status")
         try:
             return await collect(conn, t)
         finally:
             await conn.close()
 
-    states = run_async(go())
+    if watch:
+        run_async(_watch(s.url, t, interval, as_json))
+        return
+    states = run_async(once())
     if as_json:
         console.print_json(json.dumps([st.as_dict() for st in states]))
     else:
-        table = Table(title="bus status")
-        for col in ("subscriber", "queue", "ready", "consumers", "retrying", "dlq"):
-            table.add_column(
-                col, justify="left" if col in ("subscriber", "queue", "retrying") else "right"
-            )
-        for st in states:
-            if not st.queue.exists:
-                table.add_row(st.subscriber, st.queue.name, "-", "-", "not applied", "-")
-                continue
-            retrying = (
-                ", ".join(f"{q.name.rsplit('.', 1)[-1]}={q.ready}" for q in st.retries) or "-"
-            )
-            dlq = f"[red]{st.dlq.ready}[/]" if st.dlq.ready else "0"
-            table.add_row(
-                st.subscriber,
-                st.queue.name,
-                str(st.queue.ready),
-                str(st.queue.consumers),
-                retrying,
-                dlq,
-            )
-        console.print(table)
+        console.print(_table(states))
     if fail_on_dlq and any(st.dlq.ready for st in states):
         raise typer.Exit(1)
+
+
+async def _watch(url: str, t: Topology, interval: float, as_json: bool) -> None:
+    """The table again every *interval* seconds on one connection, in place on a terminal;
+    Ctrl-C (or SIGTERM) ends it with exit 0."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    conn = await connect_plain(url, "status")
+    live = (
+        Live(console=console, auto_refresh=False) if console.is_terminal and not as_json else None
+    )
+    try:
+        if live is not None:
+            live.start()
+        while not stop.is_set():
+            states = await collect(conn, t)
+            if as_json:
+                print(json.dumps([st.as_dict() for st in states]), flush=True)
+            elif live is not None:
+                live.update(_table(states, time.strftime("%H:%M:%S")), refresh=True)
+            else:
+                console.print(_table(states, time.strftime("%H:%M:%S")))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+    finally:
+        if live is not None:
+            live.stop()
+        await conn.close()
+
+
+def _table(states: list[SubscriberState], at: str = "") -> Table:
+    """One row per subscriber (names in cells are text, never rich markup)."""
+    table = Table(title=f"bus status {at}".strip())
+    for col in ("subscriber", "queue", "ready", "consumers", "retrying", "dlq"):
+        table.add_column(
+            col, justify="left" if col in ("subscriber", "queue", "retrying") else "right"
+        )
+    for st in states:
+        if not st.queue.exists:
+            table.add_row(Text(st.subscriber), Text(st.queue.name), "-", "-", "not applied", "-")
+            continue
+        retrying = ", ".join(f"{q.name.rsplit('.', 1)[-1]}={q.ready}" for q in st.retries) or "-"
+        dlq = f"[red]{st.dlq.ready}[/]" if st.dlq.ready else "0"
+        table.add_row(
+            st.subscriber,
+            st.queue.name,
+            str(st.queue.ready),
+            str(st.queue.consumers),
+            retrying,
+            dlq,
+        )
+    return table

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 
 import typer
 
-from bus.cli.common import TopologyOption, UrlOption, console, run_async, settings, topology_of
+from bus.cli.common import (
+    IdsOption,
+    TopologyOption,
+    UrlOption,
+    console,
+    run_async,
+    settings,
+    topology_of,
+)
 from bus.outbox import Status, open_outbox
 from bus.outbox.schema import Dialect, dialect_of, script
 
@@ -16,8 +23,9 @@ app = typer.Typer(help="The producer's outbox table (`bus_outbox`).", no_args_is
 OutboxUrlOption = typer.Option(
     None,
     "--outbox-url",
+    envvar="BUS_OUTBOX_URL",
     help="The producer's database: sqlite:///path or postgresql://… "
-    "[env: BUS_OUTBOX_URL; default sqlite:///.bus/outbox.db]",
+    "(default: sqlite:///.bus/outbox.db)",
     show_default=False,
 )
 
@@ -33,7 +41,7 @@ def init(
         False, "--sql", help="Print the DDL for a migration tool instead of running it."
     ),
     dialect: str | None = typer.Option(
-        None, "--dialect", help="postgresql or sqlite, with --sql (default: from the URL)."
+        None, "--dialect", help="postgresql or sqlite, with --sql (default: from the URL)"
     ),
     outbox_url: str | None = OutboxUrlOption,
 ) -> None:
@@ -79,7 +87,7 @@ def status(
 
 @app.command("retry")
 def retry(
-    ids: list[str] = typer.Option([], "--id", help="A set-aside row's event id (repeatable)."),
+    ids: list[str] = IdsOption,
     all_: bool = typer.Option(False, "--all", help="Every set-aside row."),
     outbox_url: str | None = OutboxUrlOption,
 ) -> None:
@@ -100,13 +108,17 @@ def retry(
 
 def relay(
     metrics_port: int | None = typer.Option(
-        None, "--metrics-port", envvar="BUS_METRICS_PORT", help="Serve /metrics, /healthz, /readyz."
+        None,
+        "--metrics-port",
+        envvar="BUS_METRICS_PORT",
+        help="Serve /metrics, /healthz, /readyz on this port (default: off)",
     ),
     batch: int = typer.Option(1000, "--batch", min=1, help="Rows per claim."),
     grace: float = typer.Option(
-        float(os.environ.get("BUS_GRACE_PERIOD", 25)),
+        25.0,
         "--grace-period",
-        help="Seconds to finish the batch in flight on SIGTERM [env: BUS_GRACE_PERIOD].",
+        envvar="BUS_GRACE_PERIOD",
+        help="Seconds to finish the batch in flight on SIGTERM.",
     ),
     outbox_url: str | None = OutboxUrlOption,
     topology: str | None = TopologyOption,

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
+import sys
+from typing import Any
 
 import typer
 
-from bus.cli.common import TopologyOption, UrlOption, console, run_async, settings, topology_of
+from bus.cli.common import (
+    StoreUrlOption,
+    TopologyOption,
+    UrlOption,
+    console,
+    nonempty_id,
+    run_async,
+    settings,
+    topology_of,
+)
 from bus.errors import ConfigError
 from bus.publisher import Publisher
 
@@ -20,17 +30,21 @@ def register(app: typer.Typer) -> None:
 def run(
     subscriber: str = typer.Argument(..., help="A subscriber declared in the topology."),
     metrics_port: int | None = typer.Option(
-        None, "--metrics-port", envvar="BUS_METRICS_PORT", help="Serve /metrics, /healthz, /readyz."
+        None,
+        "--metrics-port",
+        envvar="BUS_METRICS_PORT",
+        help="Serve /metrics, /healthz, /readyz on this port (default: off)",
     ),
     grace: float = typer.Option(
-        float(os.environ.get("BUS_GRACE_PERIOD", 25)),
+        25.0,
         "--grace-period",
+        envvar="BUS_GRACE_PERIOD",
         help="Seconds to drain in-flight handlers on SIGTERM (keep below the pod's "
         "terminationGracePeriodSeconds).",
     ),
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,
-    store_url: str | None = typer.Option(None, "--store-url", help="[env: BUS_STORE_URL]"),
+    store_url: str | None = StoreUrlOption,
 ) -> None:
     """Run one subscriber service until SIGTERM, then drain and exit 0."""
     from bus.service import serve
@@ -41,18 +55,28 @@ def run(
 
 def publish(
     event_type: str = typer.Argument(..., metavar="TYPE", help="A declared event type."),
-    data: str = typer.Option(..., "--data", "-d", help="The event's data as JSON."),
+    data: str = typer.Option(
+        ...,
+        "--data",
+        "-d",
+        help="The event's data as JSON; @FILE reads it from a file, - from stdin.",
+    ),
     id: str | None = typer.Option(
-        None, "--id", help="Event id (idempotency key); random by default."
+        None,
+        "--id",
+        help="Event id (idempotency key) (default: a random one)",
+        callback=lambda v: v if v is None else nonempty_id(v),
+    ),
+    correlation_id: str | None = typer.Option(
+        None, "--correlation-id", help="Correlation id of the event (default: none)"
     ),
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,
 ) -> None:
-    """Publish one event and wait for the broker's confirm."""
-    try:
-        payload = json.loads(data)
-    except ValueError as exc:
-        raise ConfigError(f"--data is not JSON: {exc}") from None
+    """Publish one event and wait for the broker's confirm.
+
+    There is no --delay: delayed publish does not exist yet."""
+    payload = _payload(data)
     s = settings(url, topology)
     t = topology_of(s)
 
@@ -61,7 +85,27 @@ def publish(
 
     async def go() -> str:
         async with publisher as pub:
-            return await pub.publish(event_type, payload, id=id)
+            return await pub.publish(event_type, payload, id=id, correlation_id=correlation_id)
 
     event_id = run_async(go())
-    console.print(f"published {event_type} {event_id}")
+    console.print(f"published {event_type} {event_id}", markup=False)
+
+
+def _payload(data: str) -> Any:
+    """The JSON of `--data`: inline, `@FILE`, or `-` for stdin."""
+    where = "--data"
+    if data == "-":
+        where, data = "stdin", sys.stdin.read()
+    elif data.startswith("@"):
+        path, where = data[1:], data[1:]
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = f.read()
+        except OSError as exc:
+            raise ConfigError(f"--data @{path}: cannot read it: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"--data @{path}: not UTF-8 text") from None
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise ConfigError(f"{where} is not JSON: {exc}") from None

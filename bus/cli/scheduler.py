@@ -37,7 +37,10 @@ def scheduler(
         help="The exclusive queue whose holder leads (its record is <lock-queue>.state).",
     ),
     metrics_port: int | None = typer.Option(
-        None, "--metrics-port", envvar="BUS_METRICS_PORT", help="Serve /metrics, /healthz, /readyz."
+        None,
+        "--metrics-port",
+        envvar="BUS_METRICS_PORT",
+        help="Serve /metrics, /healthz, /readyz on this port (default: off)",
     ),
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,

@@ -3,21 +3,46 @@
 from __future__ import annotations
 
 import typer
+from rich.text import Text
 
-from bus.cli.common import TopologyOption, UrlOption, console, run_async, settings, topology_of
+from bus.cli.common import (
+    TopologyOption,
+    UrlOption,
+    confirm,
+    console,
+    run_async,
+    settings,
+    topology_of,
+)
 from bus.connection import connect_plain
+from bus.errors import BusError, TopologyError
+from bus.settings import redact
 from bus.topology import apply as applier
 from bus.topology.model import Topology
 from bus.topology.plan import Action, Step, desired, diff
 
-app = typer.Typer(help="Validate, plan and apply topology/topology.yaml.", no_args_is_help=True)
+app = typer.Typer(
+    help="Validate, plan, apply and tear down topology/topology.yaml.", no_args_is_help=True
+)
 
 
 @app.command()
-def validate(topology: str | None = TopologyOption) -> None:
-    """Check the file: every problem at once, with its path; exit code 2 when invalid."""
+def validate(
+    no_import: bool = typer.Option(
+        False, "--no-import", help="Check the file only, without importing the handlers."
+    ),
+    topology: str | None = TopologyOption,
+) -> None:
+    """Check the file and import every subscriber's handlers: every problem at once, with its
+    path in the file; exit code 2 when invalid."""
+    from bus.handlers import import_problems
+
     s = settings(topology=topology)
     t = topology_of(s)
+    if not no_import:
+        problems = import_problems(t)
+        if problems:
+            raise TopologyError(problems, source=s.topology)
     spec = t.spec
     counts = ", ".join(
         _n(len(part), noun)
@@ -49,7 +74,8 @@ def _report(steps: list[Step], verb: str) -> int:
         style = {"create": "green", "delete": "red", "drift": "bold red", "keep": "yellow"}[
             s.action
         ]
-        console.print(f"[{style}]{s.line()}[/]", soft_wrap=True)
+        # a Text, not markup: rich would swallow a binding's `[order.placed]` as a tag
+        console.print(Text(s.line(), style=style), soft_wrap=True)
     unchanged = len(steps) - len(changes)
     counts = {a: sum(1 for s in changes if s.action is a) for a in Action}
     summary = (
@@ -90,3 +116,48 @@ def apply(
     code = _report(steps, "applied")
     if code:
         raise typer.Exit(code)
+
+
+@app.command()
+def teardown(
+    force: bool = typer.Option(
+        False, "--force", help="Also delete queues that still hold messages (they are lost)."
+    ),
+    yes: bool = typer.Option(
+        False, "--yes", "-y", help="Do not ask (needed when stdin is not a terminal)."
+    ),
+    topology: str | None = TopologyOption,
+    url: str | None = UrlOption,
+) -> None:
+    """Remove what `apply` made: every queue of the file's subscribers, then its exchanges
+    (kept while another topology's queues still use them). Asks first; refuses queues that
+    hold messages unless --force."""
+    s = settings(url, topology)
+    want = desired(topology_of(s))
+
+    async def go() -> tuple[list[applier.Present], list[str]]:
+        conn = await connect_plain(s.url, "topology")
+        try:
+            present = await applier.inventory(conn, want)
+            full = [p for p in present if p.messages]
+            if full and not force:
+                names = ", ".join(f"{p.name} ({p.messages})" for p in full)
+                raise BusError(
+                    f"refusing to delete queues that hold messages: {names}; "
+                    "drain them (`bus dlq list`, `bus status`) or pass --force"
+                )
+            if not present:
+                return present, []
+            for p in present:
+                console.print(f"- delete {p.kind} {p.name}"
+                              + (f" ({p.messages} messages)" if p.messages else ""),
+                              markup=False, soft_wrap=True)  # fmt: skip
+            confirm(f"Delete these {len(present)} objects from {redact(s.url)}?", yes)
+            return present, await applier.remove(conn, present)
+        finally:
+            await conn.close()
+
+    present, kept = run_async(go())
+    for name in kept:
+        console.print(f"kept exchange {name}: other queues still use it", markup=False)
+    console.print(f"teardown: {len(present) - len(kept)} deleted, {len(kept)} kept", markup=False)

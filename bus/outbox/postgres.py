@@ -100,12 +100,15 @@ class PostgresOutbox:
         async with pool.acquire() as conn:
             if create:
                 await init(conn)
-            elif not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", TABLE):
-                await pool.close()
-                raise ConfigError(
-                    f"no {TABLE} table at {redact(url)}: run `bus outbox init` "
-                    "(or `bus outbox init --sql` for your migration tool)"
-                )
+                found = True
+            else:
+                found = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", TABLE)
+        if not found:  # closed once the connection is back in the pool: close() waits for it
+            await pool.close()
+            raise ConfigError(
+                f"no {TABLE} table at {redact(url)}: run `bus outbox init` "
+                "(or `bus outbox init --sql` for your migration tool)"
+            )
         return cls(url, pool)
 
     async def claim(self, limit: int) -> _PgClaim:

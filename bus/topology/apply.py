@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import aio_pika
 import aiormq
@@ -113,7 +114,7 @@ async def apply(conn: AbstractConnection, steps: Sequence[Step], want: Sequence[
         for step in steps:
             d = step.decl
             if step.action is Action.CREATE and isinstance(d, ExchangeDecl | QueueDecl):
-                log.info("creating %s", d.key)
+                log.debug("creating %s", d.key)
                 await _declare(channel, d)
         drifted = {s.decl.key for s in steps if s.action is Action.DRIFT}
         raw = await channel.get_underlay_channel()
@@ -144,7 +145,7 @@ def _main_queues(decls: Sequence[Decl]) -> dict[str, str]:
 
 
 async def _delete(channel: AbstractChannel, decl: Decl) -> None:
-    log.info("deleting %s", decl.key)
+    log.debug("deleting %s", decl.key)
     raw = await channel.get_underlay_channel()
     if isinstance(decl, QueueDecl):
         # quorum queues refuse `if-empty`: check the depth right before deleting instead
@@ -242,3 +243,52 @@ async def _close(channel: AbstractChannel) -> None:
             await channel.close()
         except Exception:
             log.debug("channel close failed", exc_info=True)
+
+
+# `bus topology teardown`: remove what `apply` made, queues first, then the exchanges no other
+# queue or exchange still uses.
+
+
+@dataclass(frozen=True)
+class Present:
+    """An object of the topology that exists on the broker (`messages` for a queue)."""
+
+    kind: str  # "queue" | "exchange"
+    name: str
+    messages: int = 0
+
+
+async def inventory(conn: AbstractConnection, want: Sequence[Decl]) -> list[Present]:
+    """What exists of *want*, with each queue's ready messages (its record queue included)."""
+    found: list[Present] = []
+    for d in want:
+        if isinstance(d, QueueDecl):
+            depth = await queue_depth(conn, d.name)
+            if depth is not None:
+                found.append(Present("queue", d.name, depth))
+    for main in _main_queues(want).values():
+        if await queue_depth(conn, state_queue(main)) is not None:
+            found.append(Present("queue", state_queue(main)))
+    for d in want:
+        if isinstance(d, ExchangeDecl) and await _exists_exchange(conn, d.name):
+            found.append(Present("exchange", d.name))
+    return found
+
+
+async def remove(conn: AbstractConnection, present: Sequence[Present]) -> list[str]:
+    """Delete *present* (queues first); returns the exchanges kept because something else still
+    binds to them (another topology's queues sharing the vhost)."""
+    kept: list[str] = []
+    for p in sorted(present, key=lambda p: p.kind != "queue"):
+        channel = await conn.channel(publisher_confirms=False)
+        try:
+            raw = await channel.get_underlay_channel()
+            if p.kind == "queue":
+                await raw.queue_delete(p.name)
+            else:
+                await raw.exchange_delete(p.name, if_unused=True)
+        except aiormq.exceptions.ChannelPreconditionFailed:
+            kept.append(p.name)
+        finally:
+            await _close(channel)
+    return kept

@@ -20,8 +20,8 @@ from bus import dlq
 from bus.connection import connect_plain
 from bus.dlq import Parked, group_key
 from bus.errors import ConfigError
+from bus.handlers import import_router
 from bus.router import Router
-from bus.service import import_router
 from bus.status import collect
 from bus.topology.model import Subscriber, Topology
 from bus.ui.browse import Browse, BrowseCache, depth, returned, scan

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -65,6 +66,18 @@ async def test_parked_messages_are_listed_shown_and_replayed_until_the_dlq_is_em
         assert "retries-exhausted" in listed.stdout
         assert "3  TimeoutError" in listed.stdout, listed.stdout  # grouped by exception type
 
+        as_json = await cli("dlq", "list", "email", "--json", "--exception", "SMTP", env=env)
+        rows = json.loads(as_json.stdout)
+        assert sorted(r["id"] for r in rows) == ["e-0", "e-1", "e-2"], "case-insensitive match"
+        assert {r["attempts"] for r in rows} == {2}, "attempts is a number"
+        for filters, expected in (
+            (["--type", "order.*"], 3), (["--type", "order.placed"], 3), (["--type", "mail.#"], 0),
+            (["--reason", "retries-exhausted"], 3), (["--reason", "rejected"], 0),
+            (["--exception", "TimeoutError"], 3), (["--exception", "ValueError"], 0),
+        ):  # fmt: skip
+            got = await cli("dlq", "list", "email", "--json", *filters, env=env)
+            assert len(json.loads(got.stdout)) == expected, (filters, got.stdout, got.stderr)
+
         shown = await cli("dlq", "show", "email", "e-1", env=env)
         assert shown.returncode == 0, shown.stderr
         assert "smtp timed out for o-1" in shown.stdout
@@ -87,10 +100,13 @@ async def test_parked_messages_are_listed_shown_and_replayed_until_the_dlq_is_em
         assert await queue_depth(amqp_url, dlq) == 0
 
         missing = await cli("dlq", "replay", "email", "--id", "nope", env=env)
-        assert missing.returncode == 1 and "not found" in missing.stdout
+        shown_missing = await cli("dlq", "show", "email", "nope", env=env)
+        for result in (missing, shown_missing):  # the same exit code for the same mistake
+            assert result.returncode == 2, result.stderr
+            assert "not found" in result.stderr or "no message" in result.stderr
 
 
-async def test_purge_asks_for_confirmation_unless_yes(
+async def test_purge_refuses_without_a_terminal_unless_yes_and_delete_removes_single_ids(
     amqp_url: str, prefix: str, tmp_path: Path
 ) -> None:
     topo_file = tmp_path / "topology.yaml"
@@ -109,11 +125,22 @@ async def test_purge_asks_for_confirmation_unless_yes(
         await conn.close()
         dlq = f"{prefix}.email.dlq"
         await wait_for(lambda: _depth(amqp_url, dlq, 2), message="two parked messages")
-        declined = await cli("dlq", "purge", "email", env=env, stdin="n\n")
-        assert declined.returncode == 1
+        refused = await cli("dlq", "purge", "email", env=env, stdin="y\n")  # a pipe, not a tty
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.count("\n") == 1 and "pass --yes" in refused.stderr
         assert await queue_depth(amqp_url, dlq) == 2
+
+        deleted = await cli("dlq", "delete", "email", "--id", "p0", env=env)
+        assert deleted.returncode == 0 and "deleted 1" in deleted.stdout, deleted.stderr
+        assert await queue_depth(amqp_url, dlq) == 1
+        listed = await cli("dlq", "list", "email", "--json", env=env)
+        assert [r["id"] for r in json.loads(listed.stdout)] == ["p1"]
+        absent = await cli("dlq", "delete", "email", "--id", "p0", env=env)
+        assert absent.returncode == 2 and "not found" in absent.stderr
+
+        await cli("dlq", "delete", "email", "--id", "p1", env=env)
         done = await cli("dlq", "purge", "email", "--yes", env=env)
-        assert done.returncode == 0 and "purged 2" in done.stdout
+        assert done.returncode == 0 and "purged 0" in done.stdout
         assert await queue_depth(amqp_url, dlq) == 0
 
 

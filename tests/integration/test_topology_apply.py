@@ -167,3 +167,58 @@ async def test_changing_delays_creates_new_retry_queues_and_prune_removes_only_e
     after = await tool("topology", "plan", "--prune")
     leftover = [ln for ln in after.stdout.splitlines() if ln.startswith("?")]
     assert len(leftover) == 1 and f"{prefix}.email.retry.1m" in leftover[0], after.stdout
+
+
+async def test_apply_prints_each_object_once_with_the_routing_keys_of_its_bindings(
+    prefix: str, tool: Tool
+) -> None:
+    tool.write(topology_doc(prefix, {"email": {"keys": ["order.placed", "order.shipped"]}}))
+    done = await tool("topology", "apply")
+    assert done.returncode == 0, done.stderr
+    bindings = [line for line in done.stdout.splitlines() if " binding " in line]
+    assert bindings == [
+        f"+ create    binding {prefix}.events -> {prefix}.email [order.placed]",
+        f"+ create    binding {prefix}.events -> {prefix}.email [order.shipped]",
+    ], done.stdout
+    assert "creating" not in done.stderr, "each object once: no log line beside the plan line"
+
+
+async def test_teardown_asks_refuses_full_queues_unless_forced_and_removes_what_apply_made(
+    amqp_url: str, prefix: str, tool: Tool
+) -> None:
+    tool.write(topology_doc(prefix, {"email": {"keys": ["order.placed"]}}))
+    assert (await tool("topology", "apply")).returncode == 0
+    conn = await aio_pika.connect(amqp_url)
+    ch = await conn.channel()
+    await ch.default_exchange.publish(aio_pika.Message(b"{}"), f"{prefix}.email.dlq")
+    await conn.close()
+
+    refused = await tool("topology", "teardown", "--yes")
+    assert refused.returncode == 1
+    assert f"{prefix}.email.dlq (1)" in refused.stderr and "--force" in refused.stderr
+    no_terminal = await tool("topology", "teardown", "--force")  # stdin is not a terminal
+    assert no_terminal.returncode == 2 and "pass --yes" in no_terminal.stderr
+    assert await _queue_exists(amqp_url, f"{prefix}.email")
+
+    forced = await tool("topology", "teardown", "--force", "--yes")
+    assert forced.returncode == 0, forced.stderr
+    assert f"delete queue {prefix}.email.dlq (1 messages)" in forced.stdout
+    assert "teardown: 7 deleted, 0 kept" in forced.stdout, (
+        forced.stdout
+    )  # 5 queues, record, exchange
+    for queue in (f"{prefix}.email", f"{prefix}.email.dlq", f"bus.state.{prefix}.email"):
+        assert not await _queue_exists(amqp_url, queue), queue
+    plan = await tool("topology", "plan")
+    assert "plan: 7 to create" in plan.stdout, plan.stdout  # the exchange is gone too
+    nothing = await tool("topology", "teardown", "--yes")
+    assert nothing.returncode == 0 and "teardown: 0 deleted" in nothing.stdout
+
+
+async def _queue_exists(url: str, name: str) -> bool:
+    from bus.topology.apply import queue_depth
+
+    conn = await connect_plain(url)
+    try:
+        return await queue_depth(conn, name) is not None
+    finally:
+        await conn.close()
