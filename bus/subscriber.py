@@ -148,8 +148,9 @@ class Runtime:
         if self._consumer is not None:
             await self._consumer.cancel()
         drained = True
-        try:
-            await asyncio.wait_for(self._idle.wait(), grace)
+        try:  # wait_for(..., 0) times out even on a set event: ask first
+            if not self._idle.is_set():
+                await asyncio.wait_for(self._idle.wait(), grace)
         except TimeoutError:
             drained = False
             log.warning("%d handlers still running after %.0fs grace", self._inflight, grace)

@@ -82,3 +82,15 @@ async def test_an_id_claimed_by_a_live_replica_past_the_wait_is_requeued_not_run
             assert runs == []
         finally:
             await rt.stop(5)
+
+
+async def test_stopping_an_idle_runtime_without_grace_drains_quietly(
+    amqp_url: str, prefix: str, caplog: Any
+) -> None:
+    topology = make_topology(prefix, {"svc": {"keys": ["order.placed"]}})
+    async with applied(amqp_url, topology):
+        rt = Runtime(topology, "svc", Router(), url=amqp_url, store=MemoryStore(),
+                     metrics=Metrics(CollectorRegistry()))  # fmt: skip
+        await rt.start()
+        assert await rt.stop(0) is True, "nothing was in flight: drained"
+    assert not [r for r in caplog.records if "still running" in r.getMessage()]
