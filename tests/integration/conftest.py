@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from tests.integration.nodes import Node, Nodes, reap_orphans, unavailable_reason
+from tests.integration.certs import TlsMaterial, make_material
+from tests.integration.nodes import (
+    Node,
+    Nodes,
+    TlsFiles,
+    chown_all,
+    reap_orphans,
+    unavailable_reason,
+)
 from tests.integration.witness import ConnectionWitness
 
 _ROWS: list[dict[str, Any]] = []
@@ -51,10 +59,30 @@ def nodes() -> Iterator[Nodes]:
 
 
 @pytest.fixture(scope="session")
-def private_node(nodes: Nodes) -> Node:
-    """One private node for tests that stop, alarm or reconfigure a broker. A test that
-    disturbs it restores it before it ends (in a `finally`)."""
-    node = nodes.new("single")
+def tls_material(nodes: Nodes) -> TlsMaterial:
+    """A CA made for this run, with server, expired-server and client certificates."""
+    folder = nodes.folder("tls")
+    material = make_material(folder)
+    chown_all(folder)
+    return material
+
+
+@pytest.fixture(scope="session")
+def private_node(nodes: Nodes, tls_material: TlsMaterial) -> Node:
+    """One private node for tests that stop, alarm or reconfigure a broker, with a TLS
+    listener too (`tls_port`: the run's CA, a certificate for `localhost`, client certificates
+    verified when presented). A test that disturbs it restores it before it ends."""
+    m = tls_material
+    node = nodes.new("single", tls=TlsFiles(m.ca, m.server.cert, m.server.key))
+    nodes.start([node])
+    return node
+
+
+@pytest.fixture(scope="session")
+def expired_tls_node(nodes: Nodes, tls_material: TlsMaterial) -> Node:
+    """A private node whose TLS listener presents an expired certificate."""
+    m = tls_material
+    node = nodes.new("expired", tls=TlsFiles(m.ca, m.expired.cert, m.expired.key))
     nodes.start([node])
     return node
 

@@ -277,6 +277,7 @@ class Nodes:
     def __init__(self) -> None:
         self.token = uuid.uuid4().hex[:6]
         self.nodes: list[Node] = []
+        self.folders: list[Path] = []
 
     def new(self, label: str, *, tls: TlsFiles | None = None) -> Node:
         base = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{self.token}-{label}-", dir=NODE_ROOT))
@@ -294,6 +295,15 @@ class Nodes:
         deadline = time.monotonic() + timeout
         for n in nodes:
             n.wait_started(max(5.0, deadline - time.monotonic()))
+
+    def folder(self, label: str) -> Path:
+        """A folder the rabbitmq user can read (certificates, definitions), removed at the end;
+        `chown_all()` hands what was written into it to that user."""
+        path = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{self.token}-{label}-", dir=NODE_ROOT))
+        path.chmod(0o755)
+        (path / "owner.pid").write_text(str(os.getpid()))
+        self.folders.append(path)
+        return path
 
     def cluster(self, label: str, size: int = 3) -> list[Node]:
         """*size* nodes joined into one cluster (the first is the seed)."""
@@ -313,6 +323,15 @@ class Nodes:
             n.kill()
             shutil.rmtree(n.base, ignore_errors=True)
         self.nodes.clear()
+        for f in self.folders:
+            shutil.rmtree(f, ignore_errors=True)
+        self.folders.clear()
+
+
+def chown_all(folder: Path) -> None:
+    """Give *folder* and what it holds to the rabbitmq user (a node reads its keys as that user)."""
+    for path in [folder, *folder.iterdir()]:
+        _chown(path)
 
 
 def reap_orphans() -> list[str]:
