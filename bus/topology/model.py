@@ -87,6 +87,9 @@ class SubscriberSpec(_Strict):
     queue_type: QueueType | None = None
     prefetch: Annotated[int, Field(ge=1, le=65535)] | None = None
     description: str = ""
+    # event types its handlers may publish (`ctx.publish`): the least-privilege export grants
+    # its user exactly these; none when left out
+    publishes: list[str] = Field(default_factory=list)
 
 
 class ScheduleSpec(_Strict):
@@ -125,6 +128,7 @@ class Subscriber:
     delays: tuple[str, ...]  # normalised labels, e.g. ("1m", "5m", "1h")
     delivery_limit: int | None
     bindings: tuple[Binding, ...]
+    publishes: tuple[str, ...] = ()
 
     @property
     def dlq(self) -> str:
@@ -188,6 +192,7 @@ class Topology:
             delays=tuple(delays),
             delivery_limit=limit or d.retry.delivery_limit,
             bindings=tuple(Binding(b.exchange, k) for b in s.bindings for k in b.keys or ["#"]),
+            publishes=tuple(dict.fromkeys(s.publishes)),
         )
 
     def subscribers(self) -> list[Subscriber]:
@@ -374,6 +379,10 @@ def _check_subscribers(doc: _Raw) -> list[str]:
         bindings = sub.get("bindings", [])
         for i, b in enumerate(bindings if isinstance(bindings, list) else []):
             problems += _check_binding(doc, f"{where}.bindings[{i}]", _mapping(b))
+        publishes = sub.get("publishes", [])
+        for i, etype in enumerate(publishes if isinstance(publishes, list) else []):
+            if isinstance(etype, str) and etype not in doc.events:
+                problems.append(f"{where}.publishes[{i}]: event type {etype!r} is not declared")
     return problems
 
 
