@@ -58,10 +58,16 @@ class DefaultRetrySpec(_Strict):
     delivery_limit: Annotated[int, Field(ge=1)] | None = DEFAULT_DELIVERY_LIMIT
 
 
+Replicas = Annotated[int, Field(ge=1, le=255)]
+
+
 class DefaultsSpec(_Strict):
     queue_type: QueueType = QueueType.QUORUM
     prefetch: Annotated[int, Field(ge=1, le=65535)] = 32
     retry: DefaultRetrySpec = DefaultRetrySpec()
+    # quorum only: x-quorum-initial-group-size, the members each queue gets on a cluster
+    # (left out: the broker's default)
+    replicas: Replicas | None = None
 
 
 class ExchangeSpec(_Strict):
@@ -86,6 +92,7 @@ class SubscriberSpec(_Strict):
     retry: RetrySpec | None = None
     queue_type: QueueType | None = None
     prefetch: Annotated[int, Field(ge=1, le=65535)] | None = None
+    replicas: Replicas | None = None
     description: str = ""
     # event types its handlers may publish (`ctx.publish`): the least-privilege export grants
     # its user exactly these; none when left out
@@ -129,6 +136,7 @@ class Subscriber:
     delivery_limit: int | None
     bindings: tuple[Binding, ...]
     publishes: tuple[str, ...] = ()
+    replicas: int | None = None  # quorum queues' initial group size
 
     @property
     def dlq(self) -> str:
@@ -193,6 +201,7 @@ class Topology:
             delivery_limit=limit or d.retry.delivery_limit,
             bindings=tuple(Binding(b.exchange, k) for b in s.bindings for k in b.keys or ["#"]),
             publishes=tuple(dict.fromkeys(s.publishes)),
+            replicas=s.replicas or d.replicas,
         )
 
     def subscribers(self) -> list[Subscriber]:
