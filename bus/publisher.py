@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from pamqp.commands import Basic
 from tenacity import (
     AsyncRetrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_delay,
     wait_random_exponential,
 )
@@ -58,6 +58,15 @@ _TRANSIENT = (
 )
 
 EventLike = Event | tuple[str, Any]
+
+
+def _again(exc: BaseException) -> bool:
+    """Publish again (same id)? After a connection loss, and after a nack: on a cluster the
+    broker nacks while a quorum queue has no leader (its node was lost). A returned message
+    (`PublishError`: nothing is bound) is final."""
+    if isinstance(exc, aio_pika.exceptions.PublishError):
+        return False
+    return isinstance(exc, (*_TRANSIENT, aio_pika.exceptions.DeliveryError))
 
 
 def to_properties(wire: Wire) -> Basic.Properties:
@@ -277,17 +286,19 @@ class Publisher:
     ) -> None:
         try:  # the common case: one publish, one confirm
             await self._publish(wire, exchange, timeout)
-        except _TRANSIENT:
+        except Exception as exc:
+            if not _again(exc):
+                raise
             await self._send_again(wire, exchange, started)
 
     async def _send_again(self, wire: Wire, exchange: str, started: float) -> None:
-        """The connection dropped before the confirm: publish again (same id) once the robust
-        connection is back, with jittered backoff, until the deadline."""
-        log.info("republishing %s %s after a connection loss", wire.type, wire.message_id)
+        """The connection dropped (or the broker nacked) before the confirm: publish again (same
+        id) once the robust connection is back, with jittered backoff, until the deadline."""
+        log.info("republishing %s %s after a connection loss or nack", wire.type, wire.message_id)
         async for attempt in AsyncRetrying(
             stop=stop_after_delay(max(0.0, self.deadline - (time.monotonic() - started))),
             wait=wait_random_exponential(multiplier=0.05, max=2.0),
-            retry=retry_if_exception_type(_TRANSIENT),
+            retry=retry_if_exception(_again),
             reraise=True,
         ):
             with attempt:
