@@ -1,6 +1,17 @@
 """The one place that opens AMQP connections. aio-pika's robust connection owns reconnects:
 it restores channels (and their qos) after the broker comes back; the subscriber's consumer
-consumes again by itself (bus.consumer)."""
+consumes again by itself (bus.consumer).
+
+`BUS_URL` may list the nodes of one cluster (``amqp://u:p@rabbit-1,rabbit-2:5673,rabbit-3/vh``):
+a connection goes to the first node that answers, and a robust one moves on to the next node in
+turn for every reconnect attempt after a loss, so channels, consumers and the publisher's
+unconfirmed messages are restored on another node exactly as after a reconnect to the same one.
+
+`amqps://` verifies the broker's certificate (system CAs, or `?cafile=PATH`; a client
+certificate with `certfile`/`keyfile`): aiormq reads those from the URL. A URL asking to turn
+verification off (`no_verify_ssl`) is refused, and a failed verification is one clear
+BrokerUnavailable, never a retry without it.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +19,18 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractConnection, AbstractRobustConnection
+from aio_pika.abc import AbstractConnection, AbstractRobustConnection, UnderlayConnection
+from yarl import URL
 
 from bus.errors import BrokerUnavailable, BusError, ConfigError
-from bus.settings import redact
+from bus.settings import broker_urls, redact
 
 log = logging.getLogger(__name__)
 
@@ -28,45 +42,151 @@ def _properties(name: str) -> dict[str, Any]:
     return {"connection_name": f"bus:{name}@{socket.gethostname()}"}
 
 
+_FAILURES = (TimeoutError, OSError, aiormq.exceptions.AMQPError)
+
+
+class ClusterConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection over the nodes of one cluster: the first attempt dials the
+    node it was made for, every later attempt (a reconnect after a loss, or its retries) the
+    next node in turn."""
+
+    def __init__(self, url: URL, *, nodes: Sequence[URL] = (), **kwargs: Any) -> None:
+        self._nodes = list(nodes) or [url]
+        self._index = self._nodes.index(url) if url in self._nodes else 0
+        self._counting = False
+        self._attempts = 0
+        super().__init__(url, **kwargs)
+        self._counting = True
+
+    # aio-pika 10 begins every connect attempt, the first and each reconnect, by setting
+    # `transport = None` and then dials `self.url` (RobustConnection.__connect_transport, a
+    # private method): the one place to choose the node. tests/integration/test_cluster.py
+    # fails if an upgrade changes that.
+    @property
+    def transport(self) -> UnderlayConnection | None:
+        return self._transport
+
+    @transport.setter
+    def transport(self, value: UnderlayConnection | None) -> None:
+        if value is None and self._counting:
+            if self._attempts:
+                self._index = (self._index + 1) % len(self._nodes)
+            self._attempts += 1
+        self._transport = value
+
+    @property
+    def url(self) -> URL:
+        return self._nodes[self._index]
+
+    @url.setter
+    def url(self, value: URL) -> None:  # aio-pika sets it in __init__ and update_secret
+        self._nodes[self._index] = value
+
+    async def _on_connected(self) -> None:
+        await super()._on_connected()
+        log.info("connected to RabbitMQ at %s", _node(self.url))
+
+
+def _node(url: URL | str) -> str:
+    parts = urlsplit(str(url))
+    return f"{parts.hostname}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}"
+
+
+def _reconnect_interval() -> float:
+    # aio-pika waits 5 s between attempts by default: too long for a dropped connection
+    text = os.environ.get("BUS_RECONNECT_INTERVAL", str(RECONNECT_INTERVAL))
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(
+            f"BUS_RECONNECT_INTERVAL: give a number of seconds, not {text!r}"
+        ) from None
+
+
 async def connect(
     url: str, name: str = "bus", *, timeout: float = CONNECT_TIMEOUT
 ) -> AbstractRobustConnection:
-    """A robust connection (reconnects by itself once established)."""
-    try:
-        return await aio_pika.connect_robust(
-            url,
-            client_properties=_properties(name),
-            timeout=timeout,
-            # aio-pika waits 5 s between attempts by default: too long for a dropped connection
-            reconnect_interval=float(os.environ.get("BUS_RECONNECT_INTERVAL", RECONNECT_INTERVAL)),
-        )
-    except (TimeoutError, OSError, ValueError, aiormq.exceptions.AMQPError) as exc:
-        raise _failure(url, exc) from None
+    """A robust connection to the first node of *url* that answers (reconnects by itself once
+    established, moving through the listed nodes)."""
+    urls = _urls(url)
+    nodes = [URL(u) for u in urls]
+    failures: list[tuple[str, BaseException]] = []
+    for node in nodes:
+        conn = ClusterConnection(
+            node, nodes=nodes, client_properties=_properties(name),
+            reconnect_interval=_reconnect_interval(),
+        )  # fmt: skip
+        try:
+            await conn.connect(timeout=timeout)
+            return conn
+        except _FAILURES as exc:
+            failures.append((str(node), exc))
+            await conn.close()
+        except ValueError as exc:  # a malformed URL: configuration, not the broker
+            await conn.close()
+            raise _malformed(url, exc) from None
+    raise BrokerUnavailable(_why_all(url, failures))
 
 
 async def connect_plain(
     url: str, name: str = "bus", *, timeout: float = CONNECT_TIMEOUT
 ) -> AbstractConnection:
-    """A plain connection, for short administrative work where a failed declaration must stay
-    failed (topology probes, DLQ tools) instead of being retried behind our back."""
+    """A plain connection to the first node of *url* that answers, for short administrative
+    work where a failed declaration must stay failed (topology probes, DLQ tools) instead of
+    being retried behind our back."""
+    failures: list[tuple[str, BaseException]] = []
+    for single in _urls(url):
+        try:
+            conn = await aio_pika.connect(
+                single, client_properties=_properties(name), timeout=timeout
+            )
+        except _FAILURES as exc:
+            failures.append((single, exc))
+            continue
+        except ValueError as exc:
+            raise _malformed(url, exc) from None
+        log.debug("connected to RabbitMQ at %s", _node(single))
+        return conn
+    raise BrokerUnavailable(_why_all(url, failures))
+
+
+def _urls(url: str) -> list[str]:
+    refuse_unverified(url)
     try:
-        return await aio_pika.connect(url, client_properties=_properties(name), timeout=timeout)
-    except (TimeoutError, OSError, ValueError, aiormq.exceptions.AMQPError) as exc:
-        raise _failure(url, exc) from None
+        return broker_urls(url)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
-def _failure(url: str, exc: BaseException) -> BusError:
-    """The one-line error for a failed connect: a malformed URL is configuration (exit 2)."""
-    if isinstance(exc, ValueError) and not isinstance(exc, aiormq.exceptions.AMQPError):
-        if "float" in str(exc):  # BUS_RECONNECT_INTERVAL, read as the connection opens
-            return ConfigError(f"BUS_RECONNECT_INTERVAL: give a number of seconds ({exc})")
-        return ConfigError(f"BUS_URL {redact(url)} is not a valid AMQP URL: {exc}")
-    return BrokerUnavailable(_why(url, exc))
+def _why_all(url: str, failures: list[tuple[str, BaseException]]) -> str:
+    if len(failures) == 1:
+        return _why(url, failures[0][1])
+    each = "; ".join(f"{_node(u)}: {_reason(e)}" for u, e in failures)
+    return f"cannot reach any RabbitMQ node of {redact(url)}: {each}. Check BUS_URL."
+
+
+def refuse_unverified(url: str) -> None:
+    """ConfigError when *url* asks aiormq to skip certificate verification."""
+    query = dict(parse_qsl(urlsplit(url).query))
+    if query.get("no_verify_ssl", "0") != "0":
+        raise ConfigError(
+            f"{redact(url)}: no_verify_ssl is refused: the bus always verifies the broker's "
+            "certificate (give its CA with ?cafile=PATH)"
+        )
+
+
+def _malformed(url: str, exc: ValueError) -> BusError:
+    return ConfigError(f"BUS_URL {redact(url)} is not a valid AMQP URL: {exc}")
 
 
 def _why(url: str, exc: BaseException) -> str:
     """What went wrong and what to do: each cause its own advice (never a password)."""
     where = f"RabbitMQ at {redact(url)}"
+    tls = _tls_reason(exc)
+    if tls is None and isinstance(exc, FileNotFoundError):
+        tls = f"cannot read a TLS file named in the URL (cafile, certfile, keyfile): {exc}"
+    if tls is not None:
+        return f"cannot connect to {where}: {tls}"
     reason = str(exc) or type(exc).__name__
     if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
         return (
@@ -80,18 +200,50 @@ def _why(url: str, exc: BaseException) -> str:
             f"Create it (`rabbitmqctl add_vhost {vhost}` and `set_permissions`) "
             "or fix the path of BUS_URL."
         )
-    if isinstance(exc, socket.gaierror) or (exc.args and exc.args[0] in (-2, -3, -5)):
+    if _unknown_host(exc):
         return f"cannot reach {where}: unknown host. Check the host name in BUS_URL."
-    if isinstance(exc, ConnectionRefusedError) or "Connect call failed" in reason:
-        reason = "connection refused"
-    elif isinstance(exc, asyncio.TimeoutError):
-        reason = "timed out"
-    elif "unexpectedly closed" in reason:
+    if "unexpectedly closed" in reason:
         return (
             f"cannot talk AMQP to {where}: the server closed the connection "
             "(is that port RabbitMQ's AMQP port, 5672, or 5671 for amqps?)"
         )
     return (
-        f"cannot reach {where}: {reason}. "
+        f"cannot reach {where}: {_reason(exc)}. "
         "Start one (e.g. `rabbitmq-server -detached`) or set BUS_URL."
     )
+
+
+def _unknown_host(exc: BaseException) -> bool:
+    return isinstance(exc, socket.gaierror) or bool(exc.args and exc.args[0] in (-2, -3, -5))
+
+
+def _reason(exc: BaseException) -> str:
+    """A short cause, for one node of several."""
+    tls = _tls_reason(exc)
+    if tls is not None:
+        return tls
+    reason = str(exc) or type(exc).__name__
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+        reason = "authentication failed (check the user and password in BUS_URL)"
+    elif _unknown_host(exc):
+        reason = "unknown host"
+    elif isinstance(exc, ConnectionRefusedError) or "Connect call failed" in reason:
+        reason = "connection refused"
+    elif isinstance(exc, asyncio.TimeoutError):
+        reason = "timed out"
+    return reason
+
+
+def _tls_reason(exc: BaseException) -> str | None:
+    """One line for a TLS failure anywhere in *exc*'s chain (aiormq wraps it), else None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return (
+                f"TLS: the broker's certificate failed verification ({seen.verify_message}); "
+                "give the CA that signed it with ?cafile=PATH"
+            )
+        if isinstance(seen, ssl.SSLError):
+            return f"TLS handshake failed: {seen.reason or seen}"
+        seen = seen.__cause__ or seen.__context__
+    return None

@@ -297,13 +297,18 @@ class Publisher:
             await self._send_again(wire, exchange, started)
 
     def _transient(self, exc: BaseException) -> bool:
-        """May a publish that raised *exc* succeed once the connection is back?
+        """May a publish that raised *exc* succeed when sent again (same id)?
 
-        A bare RuntimeError only while the connection is down: aiormq raises one ("... closed")
-        for a channel asked of a connection that is reconnecting. Any other RuntimeError is a
-        bug, which must surface at once rather than as a PublishTimeout after the deadline.
+        After a connection loss, and after a nack: on a cluster the broker nacks while a quorum
+        queue has no leader (its node was lost). A returned message (`PublishError`: nothing is
+        bound) is final. A bare RuntimeError only while the connection is down: aiormq raises
+        one ("... closed") for a channel asked of a connection that is reconnecting. Any other
+        RuntimeError is a bug, which must surface at once rather than as a PublishTimeout after
+        the deadline.
         """
-        if isinstance(exc, _TRANSIENT):
+        if isinstance(exc, aio_pika.exceptions.PublishError):
+            return False
+        if isinstance(exc, (*_TRANSIENT, aio_pika.exceptions.DeliveryError)):
             return True
         return isinstance(exc, RuntimeError) and self._connection_down()
 
@@ -317,9 +322,9 @@ class Publisher:
         return transport is None or transport.connection.is_closed
 
     async def _send_again(self, wire: Wire, exchange: str, started: float) -> None:
-        """The connection dropped before the confirm: publish again (same id) once the robust
-        connection is back, with jittered backoff, until the deadline."""
-        log.info("republishing %s %s after a connection loss", wire.type, wire.message_id)
+        """The connection dropped (or the broker nacked) before the confirm: publish again (same
+        id) once the robust connection is back, with jittered backoff, until the deadline."""
+        log.info("republishing %s %s after a connection loss or nack", wire.type, wire.message_id)
         async for attempt in AsyncRetrying(
             stop=stop_after_delay(max(0.0, self.deadline - (time.monotonic() - started))),
             wait=wait_random_exponential(multiplier=0.05, max=2.0),

@@ -39,6 +39,7 @@ class Settings(BaseModel):
     def _amqp(cls, value: str) -> str:
         if urlsplit(value).scheme not in ("amqp", "amqps"):
             raise ValueError(f"BUS_URL must be amqp:// or amqps://, got {redact(value)}")
+        broker_urls(value)  # every listed host is usable
         return value
 
     @classmethod
@@ -82,6 +83,25 @@ def store_beside(topology: str) -> str:
     empty store)."""
     folder = Path(topology).expanduser().resolve().parent
     return f"sqlite:///{folder / '.bus' / 'processed.db'}"
+
+
+def broker_urls(url: str) -> list[str]:
+    """One URL per broker that *url* lists: ``amqp://u:p@h1,h2:5673,h3/vhost?cafile=…`` gives
+    three single-host URLs sharing the scheme, credentials, vhost and query (TLS options).
+    ValueError names an empty host or a bad port (the password redacted)."""
+    parts = urlsplit(url)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    out = []
+    for host in hosts.split(","):
+        single = urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host.strip()}"))
+        try:
+            ok = bool(urlsplit(single).hostname) and urlsplit(single).port != 0
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"BUS_URL lists an unusable host {host.strip()!r}: {redact(url)}")
+        out.append(single)
+    return out
 
 
 def redact(url: str) -> str:

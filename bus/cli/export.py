@@ -38,8 +38,9 @@ def export(
     users: bool = typer.Option(
         False,
         "--users",
-        help="definitions: add one password-less user per subscriber, limited to its own "
-        "queues; set each password with `rabbitmqctl change_password NAME PASSWORD`.",
+        help="definitions: add password-less users: one per subscriber, limited to its own "
+        "queues and its `publishes:` events, and `producer`, limited to publishing the declared "
+        "events; set each password with `rabbitmqctl change_password NAME PASSWORD`.",
     ),
     topology: str | None = TopologyOption,
 ) -> None:

@@ -5,9 +5,15 @@ objects `bus topology apply` declares, so an export can never disagree with `app
 
 `definitions()` is importable with ``rabbitmqctl import_definitions FILE`` (or the management
 UI / ``load_definitions``). With ``users=True`` it adds one user per subscriber, allowed to touch
-only its own queues; the user is created *without a password* (``password_hash: ""`` refuses
-password logins) until an operator sets one with ``rabbitmqctl change_password NAME PASSWORD``,
-so no secret ever lives in the exported file.
+only its own queues and to publish (topic permissions) only the event types its `publishes:`
+lists, and a producer user (the API, the relay, the scheduler) that may publish the declared
+event types and nothing else. Users are created *without a password* (``password_hash: ""``
+refuses password logins) until an operator sets one with ``rabbitmqctl change_password NAME
+PASSWORD``, so no secret ever lives in the exported file.
+
+RabbitMQ lets a user without topic permissions on an exchange publish any routing key, so every
+user gets one per topic exchange (``^$`` where it may publish nothing). Topic permissions apply
+to topic exchanges only; on fanout and direct exchanges the `write` permission is the limit.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ from typing import Any
 
 from bus.envelope import H_ID, H_SOURCE, H_SPECVERSION, H_TIME, H_TYPE
 from bus.routing import matches
-from bus.topology.model import Subscriber, Topology
+from bus.topology.model import ExchangeType, Subscriber, Topology
 from bus.topology.plan import BindingDecl, Decl, ExchangeDecl, QueueDecl, Role, desired
 
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 DEFAULT_EXCHANGE = "amq.default"  # the resource name RabbitMQ checks for publishes to ""
+PRODUCER_USER = "producer"
+NOTHING = "^$"  # a permission regex that grants no name (and no routing key but the empty one)
 ASYNCAPI_VERSION = "3.0.0"
 AMQP_BINDING_VERSION = "0.3.0"
 
@@ -42,8 +50,13 @@ def definitions(topology: Topology, *, vhost: str = "/", users: bool = False) ->
     if users:
         subs = topology.subscribers()
         exchanges = [d.name for d in decls if isinstance(d, ExchangeDecl)]
-        doc["users"] = [_user(s) for s in subs]
+        doc["users"] = [_user(s.name) for s in subs] + [_user(PRODUCER_USER)]
         doc["permissions"] = [_permission(s, vhost, exchanges) for s in subs]
+        doc["permissions"].append(_producer_permission(topology, vhost))
+        doc["topic_permissions"] = [
+            *(p for s in subs for p in _topic_permissions(topology, s.name, s.publishes, vhost)),
+            *_topic_permissions(topology, PRODUCER_USER, tuple(topology.events), vhost),
+        ]
     doc["exchanges"] = [_exchange(d, vhost) for d in decls if isinstance(d, ExchangeDecl)]
     doc["queues"] = [_queue(d, vhost) for d in decls if isinstance(d, QueueDecl)]
     doc["bindings"] = [_binding(d, vhost) for d in decls if isinstance(d, BindingDecl)]
@@ -83,9 +96,9 @@ def _binding(d: BindingDecl, vhost: str) -> dict[str, Any]:
     }
 
 
-def _user(sub: Subscriber) -> dict[str, Any]:
+def _user(name: str) -> dict[str, Any]:
     return {
-        "name": sub.name,
+        "name": name,
         "password_hash": "",  # no password login until `rabbitmqctl change_password`
         "hashing_algorithm": HASHING_ALGORITHM,
         "tags": [],
@@ -109,6 +122,44 @@ def _permission(sub: Subscriber, vhost: str, exchanges: list[str]) -> dict[str, 
         "write": "^(" + "|".join(targets) + ")$",
         "read": own,
     }
+
+
+def _producer_permission(topology: Topology, vhost: str) -> dict[str, Any]:
+    """The producer writes to the exchanges of the declared events: no queue, no default
+    exchange (so never straight into a queue), nothing to configure or read."""
+    exchanges = sorted({ev.exchange for ev in topology.events.values()})
+    return {
+        "user": PRODUCER_USER,
+        "vhost": vhost,
+        "configure": NOTHING,
+        "write": _any_of(exchanges),
+        "read": NOTHING,
+    }
+
+
+def _topic_permissions(
+    topology: Topology, user: str, may_publish: tuple[str, ...], vhost: str
+) -> list[dict[str, Any]]:
+    """One per topic exchange: the routing keys (event types) *user* may publish there."""
+    out = []
+    for name, spec in topology.exchanges.items():
+        if spec.type != ExchangeType.TOPIC:
+            continue
+        keys = [t for t in may_publish if topology.events[t].exchange == name]
+        out.append(
+            {
+                "user": user,
+                "vhost": vhost,
+                "exchange": name,
+                "write": _any_of(keys) if keys else NOTHING,
+                "read": NOTHING,  # binding keys: `bus topology apply` binds, no service does
+            }
+        )
+    return out
+
+
+def _any_of(names: list[str]) -> str:
+    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
 
 
 # --- AsyncAPI ---------------------------------------------------------------------------------

@@ -58,10 +58,16 @@ class DefaultRetrySpec(_Strict):
     delivery_limit: Annotated[int, Field(ge=1)] | None = DEFAULT_DELIVERY_LIMIT
 
 
+Replicas = Annotated[int, Field(ge=1, le=255)]
+
+
 class DefaultsSpec(_Strict):
     queue_type: QueueType = QueueType.QUORUM
     prefetch: Annotated[int, Field(ge=1, le=65535)] = 32
     retry: DefaultRetrySpec = DefaultRetrySpec()
+    # quorum only: x-quorum-initial-group-size, the members each queue gets on a cluster
+    # (left out: the broker's default)
+    replicas: Replicas | None = None
 
 
 class ExchangeSpec(_Strict):
@@ -86,7 +92,11 @@ class SubscriberSpec(_Strict):
     retry: RetrySpec | None = None
     queue_type: QueueType | None = None
     prefetch: Annotated[int, Field(ge=1, le=65535)] | None = None
+    replicas: Replicas | None = None
     description: str = ""
+    # event types its handlers may publish (`ctx.publish`): the least-privilege export grants
+    # its user exactly these; none when left out
+    publishes: list[str] = Field(default_factory=list)
 
 
 class ScheduleSpec(_Strict):
@@ -125,6 +135,8 @@ class Subscriber:
     delays: tuple[str, ...]  # normalised labels, e.g. ("1m", "5m", "1h")
     delivery_limit: int | None
     bindings: tuple[Binding, ...]
+    publishes: tuple[str, ...] = ()
+    replicas: int | None = None  # quorum queues' initial group size
 
     @property
     def dlq(self) -> str:
@@ -188,6 +200,8 @@ class Topology:
             delays=tuple(delays),
             delivery_limit=limit or d.retry.delivery_limit,
             bindings=tuple(Binding(b.exchange, k) for b in s.bindings for k in b.keys or ["#"]),
+            publishes=tuple(dict.fromkeys(s.publishes)),
+            replicas=s.replicas or d.replicas,
         )
 
     def subscribers(self) -> list[Subscriber]:
@@ -374,6 +388,10 @@ def _check_subscribers(doc: _Raw) -> list[str]:
         bindings = sub.get("bindings", [])
         for i, b in enumerate(bindings if isinstance(bindings, list) else []):
             problems += _check_binding(doc, f"{where}.bindings[{i}]", _mapping(b))
+        publishes = sub.get("publishes", [])
+        for i, etype in enumerate(publishes if isinstance(publishes, list) else []):
+            if isinstance(etype, str) and etype not in doc.events:
+                problems.append(f"{where}.publishes[{i}]: event type {etype!r} is not declared")
     return problems
 
 

@@ -69,9 +69,16 @@ class BindingDecl:
 Decl = ExchangeDecl | QueueDecl | BindingDecl
 
 
+def _type_arguments(sub: Subscriber) -> dict[str, Any]:
+    args: dict[str, Any] = {"x-queue-type": str(sub.queue_type)}
+    if sub.queue_type is QueueType.QUORUM and sub.replicas:
+        args["x-quorum-initial-group-size"] = sub.replicas
+    return args
+
+
 def main_queue_arguments(sub: Subscriber) -> dict[str, Any]:
     args: dict[str, Any] = {
-        "x-queue-type": str(sub.queue_type),
+        **_type_arguments(sub),
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": sub.dlq,
     }
@@ -82,7 +89,7 @@ def main_queue_arguments(sub: Subscriber) -> dict[str, Any]:
 
 def retry_queue_arguments(sub: Subscriber, delay: str) -> dict[str, Any]:
     args: dict[str, Any] = {
-        "x-queue-type": str(sub.queue_type),
+        **_type_arguments(sub),
         "x-message-ttl": parse_ms(delay),
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": sub.queue,
@@ -101,7 +108,7 @@ def subscriber_objects(sub: Subscriber) -> list[Decl]:
         QueueDecl(sub.retry_queue(d), sub.name, Role.RETRY, retry_queue_arguments(sub, d))
         for d in sub.delays
     ]
-    decls.append(QueueDecl(sub.dlq, sub.name, Role.DLQ, {"x-queue-type": str(sub.queue_type)}))
+    decls.append(QueueDecl(sub.dlq, sub.name, Role.DLQ, _type_arguments(sub)))
     decls += [BindingDecl(sub.queue, b.exchange, b.key) for b in sub.bindings]
     return decls
 

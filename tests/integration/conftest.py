@@ -1,15 +1,96 @@
-"""Collects the fault-injection counts and prints them as one table at the end of the run."""
+"""Integration fixtures: private RabbitMQ nodes (tests/integration/nodes.py), the witness that the
+shared broker stayed up, and the fault-injection report printed at the end of the run."""
 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration.certs import TlsMaterial, make_material
+from tests.integration.nodes import (
+    Node,
+    Nodes,
+    TlsFiles,
+    chown_all,
+    reap_orphans,
+    unavailable_reason,
+)
+from tests.integration.witness import ConnectionWitness
+
 _ROWS: list[dict[str, Any]] = []
 COLUMNS = ("scenario", "sent", "confirmed", "handled", "duplicates", "lost", "seconds")
+# .ci/run sets this: there a machine that cannot start private nodes is a failure, not a skip
+REQUIRE_NODES = os.environ.get("BUS_PRIVATE_NODES") == "required"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_broker_left_running(amqp_url: str) -> Iterator[None]:
+    """The broker the tests share (`BUS_TEST_URL` or the machine's localhost:5672) must still be
+    up, never stopped or restarted, when the run ends: fault tests use private nodes only."""
+    with ConnectionWitness(amqp_url) as witness:
+        yield
+        problem = witness.problem()
+    if problem:
+        pytest.fail(
+            f"the shared RabbitMQ was stopped or restarted during the run: {problem}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def nodes() -> Iterator[Nodes]:
+    """Private RabbitMQ nodes of this run; every one is stopped at the end, also on failure."""
+    reason = unavailable_reason()
+    if reason is not None:
+        if REQUIRE_NODES:
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    reap_orphans()
+    owned = Nodes()
+    try:
+        yield owned
+    finally:
+        owned.stop_all()
+
+
+@pytest.fixture(scope="session")
+def tls_material(nodes: Nodes) -> TlsMaterial:
+    """A CA made for this run, with server, expired-server and client certificates."""
+    folder = nodes.folder("tls")
+    material = make_material(folder)
+    chown_all(folder)
+    return material
+
+
+@pytest.fixture(scope="session")
+def private_node(nodes: Nodes, tls_material: TlsMaterial) -> Node:
+    """One private node for tests that stop, alarm or reconfigure a broker, with a TLS
+    listener too (`tls_port`: the run's CA, a certificate for `localhost`, client certificates
+    verified when presented). A test that disturbs it restores it before it ends."""
+    m = tls_material
+    node = nodes.new("single", tls=TlsFiles(m.ca, m.server.cert, m.server.key))
+    nodes.start([node])
+    return node
+
+
+@pytest.fixture(scope="session")
+def expired_tls_node(nodes: Nodes, tls_material: TlsMaterial) -> Node:
+    """A private node whose TLS listener presents an expired certificate."""
+    m = tls_material
+    node = nodes.new("expired", tls=TlsFiles(m.ca, m.expired.cert, m.expired.key))
+    nodes.start([node])
+    return node
+
+
+@pytest.fixture(scope="session")
+def cluster(nodes: Nodes) -> list[Node]:
+    """Three private nodes joined into one cluster."""
+    return nodes.cluster("c", 3)
 
 
 @pytest.fixture

@@ -82,14 +82,14 @@ def test_definitions_follow_the_contract_table(topology: Topology) -> None:
 def test_every_object_carries_the_chosen_vhost(topology: Topology) -> None:
     doc = export.definitions(topology, vhost="shop", users=True)
     assert doc["vhosts"] == [{"name": "shop"}]
-    for part in ("exchanges", "queues", "bindings", "permissions"):
+    for part in ("exchanges", "queues", "bindings", "permissions", "topic_permissions"):
         assert {o["vhost"] for o in doc[part]} == {"shop"}, part
 
 
 def test_each_subscriber_user_may_touch_only_its_own_queues() -> None:
     t = small(queue="mail.out")
     doc = export.definitions(t, users=True)
-    assert [u["name"] for u in doc["users"]] == ["email", "auditor"]
+    assert [u["name"] for u in doc["users"]] == ["email", "auditor", "producer"]
     assert all(u["password_hash"] == "" for u in doc["users"]), "no secret in the export"
     perm = {p["user"]: p for p in doc["permissions"]}["email"]
     own = ["mail.out", "mail.out.retry.250ms", "mail.out.retry.5m", "mail.out.dlq"]
@@ -101,6 +101,26 @@ def test_each_subscriber_user_may_touch_only_its_own_queues() -> None:
     write = re.compile(perm["write"])
     assert all(write.match(x) for x in [*own, "events", "audit", "amq.default"])
     assert not any(write.match(x) for x in [*foreign, "amq.topic", "eventsX"])
+
+
+def test_each_user_may_publish_only_the_event_types_its_side_declares(
+    topology: Topology,
+) -> None:
+    doc = export.definitions(topology, users=True)
+    topic = {(p["user"], p["exchange"]): p for p in doc["topic_permissions"]}
+    users = {u["name"] for u in doc["users"]}
+    assert set(topic) == {(u, "events") for u in users}, "every user, every topic exchange"
+    may = {u: re.compile(p["write"]) for (u, _), p in topic.items()}
+    events = list(topology.events)
+    assert all(may["producer"].match(e) for e in events)
+    assert not any(may["producer"].match(k) for k in ["order.refunded", "order", "order.placedX"])
+    assert [e for e in events if may["fulfillment"].match(e)] == ["shipment.requested"]
+    assert not any(may["email"].match(e) for e in events), "email publishes nothing"
+    assert all(p["read"] == "^$" for p in doc["topic_permissions"])
+    producer = {p["user"]: p for p in doc["permissions"]}["producer"]
+    assert (producer["configure"], producer["read"]) == ("^$", "^$")
+    write = re.compile(producer["write"])
+    assert write.match("events") and not write.match("amq.default"), "never straight to a queue"
 
 
 def test_definitions_json_is_stable_text(topology: Topology) -> None:
@@ -201,7 +221,9 @@ def test_export_with_users_adds_users_and_permissions() -> None:
     result = _invoke("-f", "definitions", "--users")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert {u["name"] for u in doc["users"]} == {"email", "analytics", "fulfillment", "orders"}
+    assert {u["name"] for u in doc["users"]} == {
+        "email", "analytics", "fulfillment", "orders", "producer",
+    }  # fmt: skip
 
 
 def test_export_rejects_an_unknown_format() -> None:

@@ -8,7 +8,13 @@ import pytest
 from pydantic import ValidationError
 
 from bus.errors import ConfigError
-from bus.settings import DEFAULT_TOPOLOGY, DEFAULT_URL, Settings, redact
+from bus.settings import (
+    DEFAULT_TOPOLOGY,
+    DEFAULT_URL,
+    Settings,
+    broker_urls,
+    redact,
+)
 
 
 @pytest.mark.parametrize(
@@ -96,3 +102,23 @@ def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(ValidationError):
         s.url = "amqp://other/"  # type: ignore[misc]
+
+
+def test_a_multi_host_url_gives_one_url_per_node_with_the_same_credentials_and_options() -> None:
+    url = "amqps://u:p%40ss@rabbit-1,rabbit-2:5673, [::1]:5671/shop?cafile=/ca.pem"
+    assert broker_urls(url) == [
+        "amqps://u:p%40ss@rabbit-1/shop?cafile=/ca.pem",
+        "amqps://u:p%40ss@rabbit-2:5673/shop?cafile=/ca.pem",
+        "amqps://u:p%40ss@[::1]:5671/shop?cafile=/ca.pem",
+    ]
+    assert broker_urls("amqp://localhost") == ["amqp://localhost"]
+    assert redact("amqp://u:secret@h1,h2:5673/v") == "amqp://u:***@h1,h2:5673/v"
+
+
+@pytest.mark.parametrize(
+    "url", ["amqp://u:p@h1,,h3/", "amqp://u:p@h1,h2:99999/", "amqp://u:p@h1,h2:x/"]
+)
+def test_a_multi_host_url_with_an_unusable_host_is_a_config_error(url: str) -> None:
+    with pytest.raises(ValidationError, match="unusable host") as caught:
+        Settings(url=url)
+    assert "p@" not in str(caught.value)

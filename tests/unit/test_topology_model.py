@@ -262,6 +262,16 @@ def test_schedule_of_an_undeclared_event_and_unknown_timezone_are_errors() -> No
     }
 
 
+def test_publishes_names_declared_event_types() -> None:
+    ok = from_dict(doc(subscribers__email__publishes=["order.shipped", "order.shipped"]))
+    assert ok.subscriber("email").publishes == ("order.shipped",)
+    assert ok.subscriber("tail").publishes == ()
+    raw = doc(subscribers__email__publishes=["order.shipped", "mail.sent"])
+    assert problems_of(raw) == [
+        "subscribers.email.publishes[1]: event type 'mail.sent' is not declared"
+    ]
+
+
 def test_handlers_must_be_module_colon_attribute() -> None:
     raw = doc(subscribers__email__handlers="subscribers.email.handlers.router")
     assert problems_of(raw) == [

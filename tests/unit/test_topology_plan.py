@@ -246,3 +246,19 @@ def test_undeclared_exchange_is_never_pruned(topology: Topology) -> None:
     seen = everything(want)
     seen = Observed(seen.exchanges | {"legacy"}, seen.queues, {}, (*seen.recorded, old))
     assert old.key not in actions(diff(want, seen, prune=True))
+
+
+def test_replicas_set_the_initial_group_size_of_every_quorum_queue() -> None:
+    raw = {**DOC, "defaults": {**DOC["defaults"], "replicas": 3}}
+    raw["subscribers"] = {
+        **DOC["subscribers"],
+        "email": {**DOC["subscribers"]["email"], "replicas": 2},
+    }
+    got = queues(desired(from_dict(raw)))
+    sizes = {n: q.arguments.get("x-quorum-initial-group-size") for n, q in got.items()}
+    assert {sizes[n] for n in ("email", "email.retry.1m", "email.retry.5m", "email.dlq")} == {2}
+    assert {sizes[n] for n in ("audit", "audit.retry.250ms", "audit.dlq")} == {None}, "classic"
+    assert all(
+        "x-quorum-initial-group-size" not in q.arguments
+        for q in queues(desired(from_dict(DOC))).values()
+    )

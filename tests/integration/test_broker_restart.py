@@ -1,14 +1,11 @@
 """RabbitMQ itself goes away (`rabbitmqctl stop_app`) mid-stream and comes back.
 
-Named to run last: it stops the shared broker for a few seconds. Needs `rabbitmqctl` and the
-right to use it (CI runs as root next to the broker); skipped otherwise, with the reason.
+On a private node (tests/integration/nodes.py): the shared broker is never stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 import time
 from typing import Any
 
@@ -21,33 +18,20 @@ from bus.metrics import Metrics
 from bus.publisher import Publisher
 from bus.stores import MemoryStore
 from bus.subscriber import Runtime
-from tests.conftest import LOCAL_URL, wait_for
+from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology, queue_depth
+from tests.integration.nodes import Node
 from tests.integration.servers import free_port
 from tests.integration.test_faults import Effects, outcomes
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
-
-
-@pytest.fixture
-def restartable_broker(amqp_url: str) -> str:
-    if amqp_url != LOCAL_URL or shutil.which("rabbitmqctl") is None:
-        pytest.skip("needs the local broker and rabbitmqctl to stop and start it")
-    try:
-        _rabbitmqctl("status")
-    except (subprocess.CalledProcessError, OSError) as exc:
-        pytest.skip(f"rabbitmqctl cannot control the local broker: {exc}")
-    return amqp_url
-
-
+@pytest.mark.slow
 async def test_broker_restart_mid_stream_loses_nothing_and_readiness_follows_the_broker(
-    restartable_broker: str, prefix: str, fault_report: Any
+    private_node: Node, prefix: str, fault_report: Any
 ) -> None:
-    url, n = restartable_broker, 5000
+    url, n = private_node.url(), 5000
     topology = make_topology(prefix, {"svc": {"keys": ["order.placed"]}})
     effects = Effects()
     metrics = Metrics(CollectorRegistry())
@@ -85,17 +69,17 @@ async def test_broker_restart_mid_stream_loses_nothing_and_readiness_follows_the
                 lambda: len(confirmed) > n // 4, timeout=30, message="a quarter confirmed"
             )
             readiness.append(await ready())
-            await asyncio.to_thread(_rabbitmqctl, "stop_app")
+            await asyncio.to_thread(private_node.ctl, "stop_app")
             await wait_for(lambda: _is(ready(), 503), timeout=15, message="/readyz to turn 503")
             readiness.append(503)
             await asyncio.sleep(2)
-            await asyncio.to_thread(_rabbitmqctl, "start_app")
-            await asyncio.to_thread(_rabbitmqctl, "await_startup")
+            await asyncio.to_thread(private_node.ctl, "start_app")
+            await asyncio.to_thread(private_node.ctl, "await_startup")
 
         try:
             await asyncio.gather(publish_all(), restart())
-        finally:
-            await asyncio.to_thread(_rabbitmqctl, "start_app")  # never leave the broker down
+        finally:  # never leave the node down for the tests after this one
+            await asyncio.to_thread(private_node.ctl, "start_app")
         await wait_for(lambda: _is(ready(), 200), timeout=30, message="/readyz back to 200")
         readiness.append(200)
         await wait_for(lambda: len(effects.runs) >= n, timeout=120, message=f"{n} effects")
