@@ -84,7 +84,11 @@ class ClusterConnection(aio_pika.RobustConnection):
 
     async def _on_connected(self) -> None:
         await super()._on_connected()
-        log.info("connected to RabbitMQ at %s", _node(self.url))
+        # which node matters once there are several, or after a loss; a one-node first connect
+        # is what BUS_URL says, and a CLI command's single stderr line stays single
+        moved = len(self._nodes) > 1 or self._attempts > 1
+        log.log(logging.INFO if moved else logging.DEBUG, "connected to RabbitMQ at %s",
+                _node(self.url))  # fmt: skip
 
 
 def _node(url: URL | str) -> str:

@@ -75,7 +75,7 @@ def cases(amqp_url: str, tmp: Path, pg_url: str) -> dict[str, Case]:
             {"BUS_URL": f"http://guest:{SECRET}@localhost:15672/"},
         ),
         "port not a number": Case(
-            ("status",), 2, ("not a valid AMQP URL",),
+            ("status",), 2, ("BUS_URL lists an unusable host 'localhost:amqp'",),
             {"BUS_URL": f"amqp://guest:{SECRET}@localhost:amqp/"},
         ),
         "handlers with a syntax error": Case(
