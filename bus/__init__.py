@@ -1,13 +1,15 @@
 """bus: a Python event bus over RabbitMQ.
 
 from bus import Publisher, SyncPublisher, Outbox, Router, Context, Reject
+(SyncContext, ProcessContext: the ctx of thread and process handlers)
 """
 
-from bus.context import Context
+from bus.context import Context, ProcessContext, SyncContext
 from bus.errors import (
     BrokerUnavailable,
     BusError,
     ConfigError,
+    HandlerTimeout,
     InvalidEvent,
     PublishError,
     PublishTimeout,
@@ -25,13 +27,16 @@ __all__ = [
     "BusError",
     "ConfigError",
     "Context",
+    "HandlerTimeout",
     "InvalidEvent",
     "Outbox",
+    "ProcessContext",
     "PublishError",
     "PublishTimeout",
     "Publisher",
     "Reject",
     "Router",
+    "SyncContext",
     "SyncPublisher",
     "TopologyError",
     "UnknownEventType",

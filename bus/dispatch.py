@@ -34,6 +34,7 @@ from bus.claims import Claims
 from bus.context import Context, Publishes
 from bus.envelope import Meta, decode_body, decode_meta
 from bus.errors import InvalidEvent, Reject
+from bus.executors import Runner
 from bus.retry import (
     DeadLetter,
     DeadReason,
@@ -43,7 +44,7 @@ from bus.retry import (
     dead,
     failure_headers,
 )
-from bus.router import Handler, Router
+from bus.router import Executor, Handler, Router
 from bus.stores.base import Claim
 from bus.topology.model import Subscriber, Topology
 
@@ -136,7 +137,10 @@ class Dispatcher:
         *,
         clock: Clock = _utcnow,
         observe: Callable[[str, float], None] | None = None,
+        runner: Runner | None = None,
     ) -> None:
+        """*runner* runs handlers where they belong, within limits (default: the one *sub*
+        asks for, on the real clock); `close()` closes it."""
         self.topology = topology
         self.sub = sub
         self.router = router
@@ -144,6 +148,8 @@ class Dispatcher:
         self.publisher = publisher
         self.clock = clock
         self.observe = observe  # (event type, handler seconds), after every handler run
+        self.runner = runner or Runner.for_subscriber(sub)
+        self._plain = self.runner.plain
         self._acks: dict[str, Ack] = {}
         self._duplicates: dict[str, Duplicate] = {}
         self._validators: dict[str, jsonschema.protocols.Validator | None] = {}
@@ -198,9 +204,11 @@ class Dispatcher:
             if tracing.active():
                 with tracing.process_span(self.sub.queue, meta.id, m.routing_key,
                                           meta.traceparent, attempt):  # fmt: skip
-                    await handler.func(event, ctx)
+                    await self._call(handler, event, ctx)
+            elif self._plain and handler.executor is Executor.LOOP:
+                await handler.func(event, ctx)  # the hot path: nothing between
             else:
-                await handler.func(event, ctx)
+                await self.runner.run(handler, event, ctx)
         except Reject as exc:
             await self.claims.release(meta.id)
             ctx.log.warning("rejected %s %s: %s", meta.type, meta.id, exc.reason)
@@ -217,6 +225,20 @@ class Dispatcher:
                 self.observe(meta.type, time.perf_counter() - started)
         await self.claims.complete(meta.id)
         return self._ack(meta.type)
+
+    async def _call(self, handler: Handler, event: Any, ctx: Context) -> None:
+        if self._plain and handler.executor is Executor.LOOP:
+            await handler.func(event, ctx)
+        else:
+            await self.runner.run(handler, event, ctx)
+
+    async def start(self, *, warm: bool = True) -> None:
+        """Prepare the pools its handlers need; *warm* spawns the process pool now."""
+        await self.runner.start(self.router.handlers, warm=warm)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Close the runner's pools (after the last handler returned)."""
+        await self.runner.close(grace)
 
     def _ack(self, event_type: str) -> Ack:
         outcome = self._acks.get(event_type)

@@ -94,6 +94,7 @@ class Runtime:
             self.topology, self.sub, self.router, self._claims, self._publisher,
             observe=self._observe,
         )  # fmt: skip
+        await self._dispatcher.start()
         self._handoff = self._make_handoff(
             await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         )
@@ -154,6 +155,8 @@ class Runtime:
             drained = False
             log.warning("%d handlers still running after %.0fs grace", self._inflight, grace)
         await self._acks.drain()
+        if self._dispatcher is not None:  # its pools: threads and processes
+            await self._dispatcher.close(1.0 if drained else 0.0)
         await self._claims.stop()
         if self._publisher is not None:
             await self._publisher.close()

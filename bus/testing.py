@@ -19,6 +19,11 @@ a retried message returning to its own queue only, through the default exchange.
 
 Deliveries run one at a time, in the order they became ready, so a test reads the same every
 run; a retry waits on the virtual clock, so a ladder of hours settles in milliseconds.
+
+Handlers run where `bus run` runs them (`bus.executors`): a plain `def` in a thread with a
+blocking `ctx.publish`, `executor="process"` in a real worker process (so what cannot be
+pickled fails here as it would in production). `rate_limit` spaces handler starts on the
+virtual clock; `timeout` is measured in real seconds (a handler's own time is real).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from bus.dispatch import Ack, Dispatcher, Duplicate, Park, Retry
 from bus.durations import parse_ms
 from bus.envelope import Wire, decode_body, encode
 from bus.errors import ConfigError, UnroutableError
+from bus.executors import Runner
 from bus.publisher import Publisher
 from bus.retry import attempt_of
 from bus.router import Router
@@ -142,15 +148,17 @@ class TestBus:
         self._publishers: dict[str, Publisher] = {}
         self._dispatchers: dict[str, Dispatcher] = {}
         self._routers: list[Router] = []
+        self._epoch = datetime.now(UTC)
+        self._now = 0.0
         for name in running:
             router = (routers or {}).get(name) or import_router(self._subs[name].handlers)
             self._routers.append(router)
             self._dispatchers[name] = Dispatcher(
                 self.topology, self._subs[name], router,
                 Claims(self.store, name, DEFAULT_LEASE), _Source(self, name), clock=self._clock,
+                runner=Runner.for_subscriber(self._subs[name], clock=self._virtual,
+                                             sleep=self._advance),
             )  # fmt: skip
-        self._epoch = datetime.now(UTC)
-        self._now = 0.0
         self._ready: deque[tuple[str, _Message]] = deque()
         self._waiting: dict[str, list[_Message]] = {n: [] for n in names}  # not running
         self._delayed: list[tuple[float, int, str, _Message]] = []
@@ -160,6 +168,8 @@ class TestBus:
         self._duplicates: dict[str, list[str]] = {n: [] for n in names}
 
     async def __aenter__(self) -> Self:
+        for dispatcher in self._dispatchers.values():  # process workers spawn on first use
+            await dispatcher.start(warm=False)
         return self
 
     async def __aexit__(
@@ -169,6 +179,8 @@ class TestBus:
         for router in self._routers:
             for hook in router.shutdown_hooks:
                 await hook()
+        for dispatcher in self._dispatchers.values():
+            await dispatcher.close()
         await self.store.close()
 
     # -- what a test reads --------------------------------------------------------------------
@@ -284,6 +296,13 @@ class TestBus:
             _, _, name, m = heapq.heappop(self._delayed)
             self._ready.append((name, m))
         return True
+
+    def _virtual(self) -> float:
+        return self._now
+
+    async def _advance(self, seconds: float) -> None:
+        """A rate limit's wait, on the virtual clock."""
+        self._now += seconds
 
     def _clock(self) -> datetime:
         return self._epoch + timedelta(seconds=self._now)
