@@ -20,7 +20,7 @@ from bus.router import Router
 from bus.settings import Settings
 from bus.stores import open_store
 from bus.stores.base import DEFAULT_LEASE
-from bus.subscriber import HandOffFactory, Runtime
+from bus.subscriber import HandOffFactory, Runtime, refuse_timeout_at_or_over
 from bus.topology.model import load as load_topology
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ async def serve(
         sub = topology.subscriber(name)
     except KeyError as exc:
         raise ConfigError(str(exc.args[0])) from None
+    consumer_timeout = settings.consumer_timeout_seconds
+    refuse_timeout_at_or_over(sub, consumer_timeout)  # before anything connects: exit 2
     router = import_router(sub.handlers)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -71,7 +73,7 @@ async def serve(
     lease = float(os.environ.get("BUS_CLAIM_LEASE_SECONDS", DEFAULT_LEASE))
     runtime = Runtime(
         topology, name, router, url=settings.url, store=store, metrics=metrics, lease=lease,
-        handoff=handoff,
+        handoff=handoff, consumer_timeout=consumer_timeout,
     )  # fmt: skip
     http = None
     gauges = None

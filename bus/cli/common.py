@@ -39,6 +39,7 @@ def settings(
     topology: str | None = None,
     store_url: str | None = None,
     outbox_url: str | None = None,
+    consumer_timeout: str | None = None,
 ) -> Settings:
     from pydantic import ValidationError
 
@@ -46,7 +47,11 @@ def settings(
 
     try:
         return Settings.from_env(
-            url=url, topology=topology, store_url=store_url, outbox_url=outbox_url
+            url=url,
+            topology=topology,
+            store_url=store_url,
+            outbox_url=outbox_url,
+            consumer_timeout=consumer_timeout,
         )
     except ValidationError as exc:
         raise ConfigError(

@@ -31,11 +31,17 @@ def run(
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,
     store_url: str | None = typer.Option(None, "--store-url", help="[env: BUS_STORE_URL]"),
+    consumer_timeout: str | None = typer.Option(
+        None,
+        "--consumer-timeout",
+        help="The broker's consumer_timeout (30m unless it declares another); a subscriber "
+        "`timeout` must be below it. [env: BUS_CONSUMER_TIMEOUT]",
+    ),  # fmt: skip
 ) -> None:
     """Run one subscriber service until SIGTERM, then drain and exit 0."""
     from bus.service import serve
 
-    s = settings(url, topology, store_url)
+    s = settings(url, topology, store_url, consumer_timeout=consumer_timeout)
     run_async(serve(subscriber, s, metrics_port=metrics_port, grace=grace))
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from typing import Any
 
 import pytest
 
-from bus import Context, Publisher, Router
+from bus import ConfigError, Context, Publisher, Router
 from bus.stores import MemoryStore
 from bus.subscriber import Runtime
 from tests.conftest import wait_for
@@ -54,6 +55,7 @@ async def test_four_blocking_jobs_of_2s_with_concurrency_4_finish_in_about_2s(
             await rt.stop(5)
         causes = {m.headers.get("bus-causation-id") for m in await get_all(amqp_url, done)}
         assert len(causes) == 4, "each job handled once"
+        print(f"figure: 4 blocking jobs of 2 s, concurrency 4: {took:.2f}s")
         assert 1.9 < took < 3.2, f"4 jobs of 2 s on 4 threads took {took:.2f}s"
 
 
@@ -98,6 +100,7 @@ async def test_a_10s_cpu_handler_in_a_process_leaves_heartbeats_and_async_handle
         finally:
             await rt.stop(5)
         assert len(await get_all(amqp_url, f"{prefix}.done")) == 1, "handled more than once"
+        print(f"figure: async pings during a 10 s CPU handler: max {max(answered) * 1000:.1f} ms")
         assert max(answered) < 0.5, f"pings answered in {answered}"
         assert await queue_depth(amqp_url, f"{prefix}.jobs") == 0
 
@@ -150,6 +153,7 @@ async def test_a_rate_limit_of_5_per_s_spaces_20_queued_events_over_about_4s(
             await rt.stop(5)
     span = starts[-1] - starts[0]
     gaps = [b - a for a, b in itertools.pairwise(starts)]
+    print(f"figure: 20 queued events at 5/s: starts over {span:.2f}s, min gap {min(gaps):.3f}s")
     assert 3.5 < span < 4.5, f"20 starts at 5/s spread over {span:.2f}s"
     assert min(gaps) > 0.15, f"two starts {min(gaps):.3f}s apart"
 
@@ -182,3 +186,34 @@ async def test_stop_drains_loop_thread_and_process_handlers_within_the_grace_per
         assert len(await get_all(amqp_url, f"{prefix}.done")) == 2, "thread and process done"
         assert await queue_depth(amqp_url, f"{prefix}.jobs") == 0, "everything was acked"
         assert took < 5, f"draining took {took:.1f}s"
+
+
+async def test_a_handler_past_half_the_consumer_timeout_without_a_timeout_is_warned_about(
+    amqp_url: str, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    topology = job_topology(prefix)
+    router = Router()
+
+    @router.on("job.ping")
+    async def long(event: dict[str, Any], ctx: Context) -> None:
+        await asyncio.sleep(1.5)
+
+    async with applied(amqp_url, topology), Publisher(amqp_url, topology) as pub:
+        # a broker whose consumer_timeout is 2 s: half of it is 1 s
+        rt = Runtime(topology, "jobs", router, url=amqp_url, store=MemoryStore(),
+                     consumer_timeout=2.0)  # fmt: skip
+        await rt.start()
+        try:
+            with caplog.at_level(logging.WARNING, logger="bus.watchdog"):
+                await pub.publish("job.ping", {})
+                await wait_for(lambda: "half of the broker's consumer_timeout (2s)" in caplog.text,
+                               timeout=5, message="the watchdog's warning")  # fmt: skip
+        finally:
+            await rt.stop(5)
+
+
+def test_a_runtime_refuses_a_timeout_not_below_the_consumer_timeout(prefix: str) -> None:
+    topology = job_topology(prefix, timeout="2s")
+    with pytest.raises(ConfigError, match="timeout 2s is not below the broker's consumer_timeout"):
+        Runtime(topology, "jobs", Router(), url="amqp://localhost:1/", store=MemoryStore(),
+                consumer_timeout=2.0)  # fmt: skip
