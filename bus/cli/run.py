@@ -36,7 +36,7 @@ def run(
         "--consumer-timeout",
         help="The broker's consumer_timeout (30m unless it declares another); a subscriber "
         "`timeout` must be below it. [env: BUS_CONSUMER_TIMEOUT]",
-    ),  # fmt: skip
+    ),
 ) -> None:
     """Run one subscriber service until SIGTERM, then drain and exit 0."""
     from bus.service import serve
