@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
+from bus.delays import Delay
 from bus.envelope import Meta, new_traceparent
 
 _FOLLOW_UP = uuid.UUID("6b7a1c3e-1f0e-4d1e-9a55-8b5f2c0de001")
@@ -33,6 +34,7 @@ class Publishes(Protocol):
         correlation_id: str | None = None,
         causation_id: str | None = None,
         traceparent: str | None = None,
+        delay: Delay | None = None,
     ) -> str: ...
 
 
@@ -88,8 +90,10 @@ class Context:
         """The id of the conversation: inherited, or this event's id when it started one."""
         return self.meta.correlation_id or self.meta.id
 
-    async def publish(self, event_type: str, data: Any, *, id: str | None = None) -> str:
-        """Publish a follow-up event caused by this one.
+    async def publish(
+        self, event_type: str, data: Any, *, id: str | None = None, delay: Delay | None = None
+    ) -> str:
+        """Publish a follow-up event caused by this one (after *delay*, if given: "3d").
 
         It carries this event's correlation id, its id as causation id, and its trace. Its id
         is derived from this event's id, so a retried handler publishes the same follow-up id
@@ -107,6 +111,7 @@ class Context:
             correlation_id=self.correlation_id,
             causation_id=self.id,
             traceparent=new_traceparent(self.meta.traceparent),  # OTel's span wins if on
+            delay=delay,
         )
 
 
@@ -127,10 +132,12 @@ class SyncContext:
     def __getattr__(self, name: str) -> Any:  # id, type, attempt, headers, log, ...
         return getattr(self._ctx, name)
 
-    def publish(self, event_type: str, data: Any, *, id: str | None = None) -> str:
+    def publish(
+        self, event_type: str, data: Any, *, id: str | None = None, delay: Delay | None = None
+    ) -> str:
         """`Context.publish` from the handler's thread; returns once the broker confirmed."""
         done = asyncio.run_coroutine_threadsafe(
-            self._ctx.publish(event_type, data, id=id), self._loop
+            self._ctx.publish(event_type, data, id=id, delay=delay), self._loop
         )
         return done.result()
 
@@ -153,7 +160,7 @@ class ProcessContext:
         self.routing_key = ctx.routing_key
         self.correlation_id = ctx.correlation_id
         self.headers = {k: v for k, v in ctx.headers.items() if _plain(v)}
-        self.published: list[tuple[str, Any, str]] = []  # (type, data, id)
+        self.published: list[tuple[str, Any, str, Delay | None]] = []  # type, data, id, delay
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -163,11 +170,13 @@ class ProcessContext:
              "attempt": self.attempt, "correlation_id": self.correlation_id},
         )  # fmt: skip
 
-    def publish(self, event_type: str, data: Any, *, id: str | None = None) -> str:
+    def publish(
+        self, event_type: str, data: Any, *, id: str | None = None, delay: Delay | None = None
+    ) -> str:
         """Record a follow-up event; it is published when the handler has returned."""
-        n = sum(1 for t, _, _ in self.published if t == event_type)
+        n = sum(1 for p in self.published if p[0] == event_type)
         follow_id = id or follow_up_id(self.subscriber, self.id, event_type, n)
-        self.published.append((event_type, data, follow_id))
+        self.published.append((event_type, data, follow_id, delay))
         return follow_id
 
 

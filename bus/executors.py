@@ -81,8 +81,8 @@ class Runner:
         if kind is Executor.PROCESS:
             pool = self._process_pool()
             follow_ups = await pool.run(handler.func, event, ProcessContext(ctx), self.timeout)
-            for event_type, data, follow_id in follow_ups:
-                await ctx.publish(event_type, data, id=follow_id)
+            for event_type, data, follow_id, delay in follow_ups:
+                await ctx.publish(event_type, data, id=follow_id, delay=delay)
             return
         if kind is Executor.THREAD:
             loop = asyncio.get_running_loop()

@@ -39,12 +39,13 @@ from types import TracebackType
 from typing import Any, Self
 
 from bus.claims import Claims
+from bus.delays import Delay, seconds_of
 from bus.dispatch import Ack, Dispatcher, Duplicate, Park, Retry
 from bus.durations import parse_ms
 from bus.envelope import Wire, decode_body, encode
 from bus.errors import ConfigError, UnroutableError
 from bus.executors import Runner
-from bus.publisher import Publisher
+from bus.publisher import DELAY_HEADER, Publisher
 from bus.retry import attempt_of
 from bus.router import Router
 from bus.routing import matches
@@ -207,7 +208,7 @@ class TestBus:
         name = self._known(subscriber)
         return (
             sum(1 for n, _ in self._ready if n == name)
-            + sum(1 for *_, n, _ in self._delayed if n == name)
+            + sum(1 for *_, n, _ in self._delayed if n == name)  # "": a delayed event
             + len(self._waiting[name])
         )
 
@@ -223,9 +224,14 @@ class TestBus:
         causation_id: str | None = None,
         traceparent: str | None = None,
         source: str | None = None,
+        delay: Delay | None = None,
     ) -> str:
         """Publish as `Publisher.publish` does: refused at once for an undeclared type, data
-        failing its JSON Schema, or no queue bound (`UnroutableError`). Returns the id."""
+        failing its JSON Schema, or no queue bound (`UnroutableError`). Returns the id.
+
+        With *delay* the event is routed when the virtual clock reaches it, to the
+        subscribers bound then (none bound: it is dropped, as the broker drops it)."""
+        seconds = seconds_of(delay) if delay is not None else None
         publisher = self._publisher(source or self.source)
         event = publisher.event(
             event_type, data, id=id, correlation_id=correlation_id,
@@ -233,6 +239,11 @@ class TestBus:
         )  # fmt: skip
         wire = encode(event)
         exchange = self.topology.events[event_type].exchange
+        if seconds is not None:
+            wire.headers[DELAY_HEADER] = seconds
+            m = _Message(wire, exchange, event_type, dict(wire.headers))
+            heapq.heappush(self._delayed, (self._now + seconds, next(self._seq), "", m))
+            return event.id
         targets = self._route(exchange, event_type)
         if not targets:
             raise UnroutableError(
@@ -288,13 +299,18 @@ class TestBus:
         )
 
     def _tick(self) -> bool:
-        """Advance the virtual clock to the next retry due; False when none waits."""
+        """Advance the virtual clock to the next retry or delayed event due; False when none
+        waits."""
         if not self._delayed:
             return False
         self._now = max(self._now, self._delayed[0][0])
         while self._delayed and self._delayed[0][0] <= self._now:
             _, _, name, m = heapq.heappop(self._delayed)
-            self._ready.append((name, m))
+            if name:  # a retry, back to its own queue
+                self._ready.append((name, m))
+            else:  # a delayed event, due: to whoever is bound now
+                for target in self._route(m.exchange, m.routing_key):
+                    self._enqueue(target, m.copy(m.exchange, m.routing_key, dict(m.headers)))
         return True
 
     def _virtual(self) -> float:

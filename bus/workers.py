@@ -32,7 +32,7 @@ from bus.errors import HandlerTimeout, WorkerLost
 
 log = logging.getLogger(__name__)
 
-FollowUps = list[tuple[str, Any, str]]
+FollowUps = list[tuple[str, Any, str, Any]]  # type, data, id, delay
 SPAWN_DEADLINE = 60.0  # seconds a new worker may take to start and import its handlers
 
 

@@ -8,6 +8,7 @@ import os
 import typer
 
 from bus.cli.common import TopologyOption, UrlOption, console, run_async, settings, topology_of
+from bus.delays import seconds_of
 from bus.errors import ConfigError
 from bus.publisher import Publisher
 
@@ -51,6 +52,12 @@ def publish(
     id: str | None = typer.Option(
         None, "--id", help="Event id (idempotency key); random by default."
     ),
+    delay: str | None = typer.Option(
+        None,
+        "--delay",
+        help="Deliver after this long (10s, 5m, 3d; whole seconds, up to "
+        "194 days), held by the broker's delay levels.",
+    ),
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,
 ) -> None:
@@ -59,6 +66,10 @@ def publish(
         payload = json.loads(data)
     except ValueError as exc:
         raise ConfigError(f"--data is not JSON: {exc}") from None
+    try:
+        seconds = seconds_of(delay) if delay is not None else None
+    except ValueError as exc:
+        raise ConfigError(f"--delay: {exc}") from None
     s = settings(url, topology)
     t = topology_of(s)
 
@@ -67,7 +78,8 @@ def publish(
 
     async def go() -> str:
         async with publisher as pub:
-            return await pub.publish(event_type, payload, id=id)
+            return await pub.publish(event_type, payload, id=id, delay=seconds)
 
     event_id = run_async(go())
-    console.print(f"published {event_type} {event_id}")
+    after = f", delivered in {seconds}s" if seconds is not None else ""
+    console.print(f"published {event_type} {event_id}{after}")

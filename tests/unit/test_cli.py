@@ -73,6 +73,7 @@ def commands(bad_topology: Path, absent: Path) -> dict[str, tuple[str, ...]]:
         "validate-bad": ("topology", "validate", "--topology", str(bad_topology)),
         "validate-absent": ("topology", "validate", "-t", str(absent)),
         "publish-undeclared": ("publish", "order.exploded", "--data", "{}"),
+        "publish-bad-delay": ("publish", "order.placed", "--data", "{}", "--delay", "3 days"),
         "publish-not-json": ("publish", "order.placed", "--data", "{order_id: o-1}"),
         "status": ("status",),
         "unknown-command": ("frobnicate",),
@@ -182,3 +183,12 @@ def test_run_accepts_that_timeout_below_a_raised_consumer_timeout(ran: dict[str,
     r = ran["run-timeout-below-a-raised-consumer-timeout"]
     assert r.code == 1, r  # past the check: it fails only at connecting to no broker
     assert "consumer_timeout" not in r.err and "127.0.0.1:1" in r.err, r.err
+
+
+def test_publish_with_a_delay_that_is_not_a_duration_exits_2_with_one_line(
+    ran: dict[str, Result],
+) -> None:
+    r = ran["publish-bad-delay"]
+    assert r.code == 2, r
+    assert '--delay: "3 days" is not a duration' in r.err, r.err
+    assert "Traceback" not in r.err

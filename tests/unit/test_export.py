@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from bus.cli import app
 from bus.topology import export
 from bus.topology.model import Topology, from_dict, load
-from bus.topology.plan import BindingDecl, ExchangeDecl, QueueDecl, desired
+from bus.topology.plan import BindingDecl, ExchangeBindingDecl, ExchangeDecl, QueueDecl, desired
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = ROOT / "topology" / "topology.yaml"
@@ -60,11 +60,18 @@ def test_definitions_hold_exactly_what_apply_declares(topology: Topology) -> Non
         d.name: dict(d.arguments) for d in want if isinstance(d, QueueDecl)
     }
     assert [(b["source"], b["destination"], b["routing_key"]) for b in doc["bindings"]] == [
-        (d.exchange, d.queue, d.routing_key) for d in want if isinstance(d, BindingDecl)
-    ]
+        (d.exchange, d.queue, d.routing_key) if isinstance(d, BindingDecl)
+        else (d.source, d.destination, d.routing_key)
+        for d in want if isinstance(d, BindingDecl | ExchangeBindingDecl)
+    ]  # fmt: skip
     assert all(q["durable"] and not q["auto_delete"] for q in doc["queues"])
     assert all(e["durable"] for e in doc["exchanges"])
-    assert all(b["destination_type"] == "queue" for b in doc["bindings"])
+    kinds = {
+        b["destination_type"] for b in doc["bindings"] if not b["source"].startswith("bus.delay.")
+    }
+    assert kinds == {"queue"}
+    e2e = [b for b in doc["bindings"] if b["destination_type"] == "exchange"]
+    assert len(e2e) == 24 and all(b["source"].startswith("bus.delay.") for b in e2e)
     assert "users" not in doc and "permissions" not in doc
 
 
