@@ -4,6 +4,7 @@ from bus import Publisher, SyncPublisher, Outbox, Router, Context, Reject
 (SyncContext, ProcessContext: the ctx of thread and process handlers)
 """
 
+from bus.batches import BatchContext
 from bus.context import Context, ProcessContext, SyncContext
 from bus.errors import (
     BrokerUnavailable,
@@ -23,6 +24,7 @@ from bus.publisher import Publisher, SyncPublisher
 from bus.router import Router
 
 __all__ = [
+    "BatchContext",
     "BrokerUnavailable",
     "BusError",
     "ConfigError",

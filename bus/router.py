@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from bus.durations import parse_ms
 from bus.routing import is_pattern, matches
 
 HandlerFunc = Callable[[Any, Any], Any]  # async def, or a plain def (thread or process)
@@ -39,6 +40,8 @@ class Handler:
     func: HandlerFunc
     adapter: TypeAdapter[Any] | None  # None: the handler takes the decoded JSON as it is
     executor: Executor = Executor.LOOP
+    batch: int | None = None  # a batch handler: up to this many events per call
+    flush: float = 1.0  # seconds a batch waits for more after its first event
 
     def parse_data(self, data: Any) -> Any:
         """The event object the handler expects; raises pydantic.ValidationError."""
@@ -64,21 +67,38 @@ class Router:
         return func
 
     def on(
-        self, pattern: str, *, name: str | None = None, executor: str | None = None
+        self,
+        pattern: str,
+        *,
+        name: str | None = None,
+        executor: str | None = None,
+        batch: int | None = None,
+        flush: str = "1s",
     ) -> Callable[[HandlerFunc], HandlerFunc]:
         """Register `handler(event, ctx)` for an event type or topic pattern.
 
         `async def` runs on the event loop, a plain `def` in a thread pool; *executor*
-        ``"process"`` runs a plain `def` in a process pool (CPU-bound work).
+        ``"process"`` runs a plain `def` in a process pool (CPU-bound work). With *batch*,
+        `async def handler(events: list[T], ctx: BatchContext)` gets up to *batch* events at
+        once, or fewer when *flush* passed since the first of them.
         """
 
         def register(func: HandlerFunc) -> HandlerFunc:
             kind = _executor_of(func, executor)
-            adapter = _adapter_for(func)
+            if batch is not None and (kind is not Executor.LOOP or batch < 1):
+                raise TypeError(
+                    f"handler {func.__qualname__}: a batch handler is an `async def` taking "
+                    "(events: list[T], ctx), with batch >= 1"
+                )
+            try:
+                flush_s = parse_ms(flush) / 1000
+            except ValueError as exc:
+                raise TypeError(f"handler {func.__qualname__}: flush {exc}") from None
+            adapter = _adapter_for(func, batch=batch is not None)
             if kind is Executor.PROCESS:
                 _check_crosses(func, adapter)
             label = name or f"{func.__module__}.{func.__qualname__}"
-            self._handlers.append(Handler(pattern, label, func, adapter, kind))
+            self._handlers.append(Handler(pattern, label, func, adapter, kind, batch, flush_s))
             self._cache.clear()
             return func
 
@@ -88,6 +108,11 @@ class Router:
     def executors(self) -> set[Executor]:
         """The executors its handlers need."""
         return {h.executor for h in self._handlers}
+
+    @property
+    def largest_batch(self) -> int:
+        """The largest `batch=` of its handlers (0 without batch handlers)."""
+        return max((h.batch or 0 for h in self._handlers), default=0)
 
     def include(self, other: Router) -> None:
         """Add every handler of *other* (for splitting a service's handlers over modules)."""
@@ -115,7 +140,7 @@ class Router:
         return self._cache[event_type]
 
 
-def _adapter_for(func: HandlerFunc) -> TypeAdapter[Any] | None:
+def _adapter_for(func: HandlerFunc, *, batch: bool = False) -> TypeAdapter[Any] | None:
     params = list(inspect.signature(func).parameters.values())
     if len(params) != 2:
         raise TypeError(f"handler {func.__qualname__} must take (event, ctx)")
@@ -124,6 +149,11 @@ def _adapter_for(func: HandlerFunc) -> TypeAdapter[Any] | None:
     except Exception as exc:
         raise TypeError(f"cannot resolve annotations of {func.__qualname__}: {exc}") from None
     annotation = hints.get(params[0].name, inspect.Parameter.empty)
+    if batch:  # list[T]: each event is parsed as T
+        if typing.get_origin(annotation) in (list, typing.List):  # noqa: UP006
+            annotation = typing.get_args(annotation)[0] if typing.get_args(annotation) else Any
+        elif annotation is not inspect.Parameter.empty:
+            raise TypeError(f"batch handler {func.__qualname__} must take (events: list[T], ctx)")
     origin = typing.get_origin(annotation) or annotation
     if annotation in _RAW or origin in (dict, Mapping):
         return None

@@ -121,7 +121,9 @@ class Runtime:
         )
         channel = await self._connection.channel(publisher_confirms=False)
         assert isinstance(channel, AbstractRobustChannel)
-        await channel.set_qos(prefetch_count=self.sub.prefetch)
+        # a batch handler of 500 needs 500 deliveries in hand, or its batch never fills
+        prefetch = max(self.sub.prefetch, self.router.largest_batch)
+        await channel.set_qos(prefetch_count=prefetch)
         self._consumer = Consumer(channel, self.sub.queue, self._on_message)
         try:  # on the aiormq channel: the robust one would declare it again on every reopen
             # and give up reopening for good while the queue is missing
@@ -142,7 +144,7 @@ class Runtime:
         self.metrics.ready.labels(self.sub.name).set_function(lambda: float(self.ready))
         log.info(
             "subscriber %s consuming %s (prefetch %d)", self.sub.name, self.sub.queue,
-            self.sub.prefetch, extra={"subscriber": self.sub.name},
+            prefetch, extra={"subscriber": self.sub.name},
         )  # fmt: skip
 
     @property
@@ -172,6 +174,8 @@ class Runtime:
         self.metrics.ready.labels(self.sub.name).set_function(lambda: 0.0)  # and forget us
         if self._consumer is not None:
             await self._consumer.cancel()
+        if self._dispatcher is not None:  # waiting batches run now, not at their flush
+            self._dispatcher.flush_batches()
         drained = True
         try:
             await asyncio.wait_for(self._idle.wait(), grace)

@@ -23,11 +23,14 @@ run; a retry waits on the virtual clock, so a ladder of hours settles in millise
 Handlers run where `bus run` runs them (`bus.executors`): a plain `def` in a thread with a
 blocking `ctx.publish`, `executor="process"` in a real worker process (so what cannot be
 pickled fails here as it would in production). `rate_limit` spaces handler starts on the
-virtual clock; `timeout` is measured in real seconds (a handler's own time is real).
+virtual clock; `timeout` is measured in real seconds (a handler's own time is real). A batch
+handler runs when its batch is full or when nothing else is ready to deliver (its `flush`
+takes no virtual time). Delayed events wait on the virtual clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 from collections import deque
@@ -40,7 +43,7 @@ from typing import Any, Self
 
 from bus.claims import Claims
 from bus.delays import Delay, seconds_of
-from bus.dispatch import Ack, Dispatcher, Duplicate, Park, Retry
+from bus.dispatch import Ack, Dispatcher, Duplicate, Outcome, Park, Retry
 from bus.durations import parse_ms
 from bus.envelope import Wire, decode_body, encode
 from bus.errors import ConfigError, UnroutableError
@@ -159,6 +162,7 @@ class TestBus:
                 Claims(self.store, name, DEFAULT_LEASE), _Source(self, name), clock=self._clock,
                 runner=Runner.for_subscriber(self._subs[name], clock=self._virtual,
                                              sleep=self._advance),
+                batch_timer=False,
             )  # fmt: skip
         self._ready: deque[tuple[str, _Message]] = deque()
         self._waiting: dict[str, list[_Message]] = {n: [] for n in names}  # not running
@@ -167,6 +171,7 @@ class TestBus:
         self._handled: dict[str, list[Handled]] = {n: [] for n in names}
         self._parked: dict[str, list[Parked]] = {n: [] for n in names}
         self._duplicates: dict[str, list[str]] = {n: [] for n in names}
+        self._batching: list[asyncio.Task[None]] = []  # deliveries waiting for their batch
 
     async def __aenter__(self) -> Self:
         for dispatcher in self._dispatchers.values():  # process workers spawn on first use
@@ -289,7 +294,9 @@ class TestBus:
         """Deliver until nothing is in flight: every ready message, then the clock jumps to
         the next retry due, and so on. Handlers run one at a time."""
         for _ in range(self.max_deliveries):
-            if not self._ready and not self._tick():
+            if not self._ready:
+                if await self._run_batches() or self._tick():
+                    continue
                 return
             name, m = self._ready.popleft()
             await self._deliver(name, m)
@@ -324,7 +331,32 @@ class TestBus:
         return self._epoch + timedelta(seconds=self._now)
 
     async def _deliver(self, name: str, m: _Message) -> None:
-        outcome = await self._dispatchers[name].dispatch(m)
+        dispatcher = self._dispatchers[name]
+        if not dispatcher.batched(m):
+            self._perform(name, m, await dispatcher.dispatch(m))
+            return
+        # a batch handler's delivery waits for its batch: let it reach the batcher (or fill
+        # the batch), and go on delivering; `_run_batches` runs what is left
+        waiting = dispatcher.batch_waiting
+        task = asyncio.get_running_loop().create_task(self._deliver_batched(name, m))
+        self._batching.append(task)
+        while not task.done() and dispatcher.batch_waiting == waiting:  # noqa: ASYNC110 - turns
+            await asyncio.sleep(0)
+
+    async def _deliver_batched(self, name: str, m: _Message) -> None:
+        self._perform(name, m, await self._dispatchers[name].dispatch(m))
+
+    async def _run_batches(self) -> bool:
+        """Nothing else is ready: run every waiting batch; False when none waited."""
+        if not self._batching:
+            return False
+        for dispatcher in self._dispatchers.values():
+            dispatcher.flush_batches()
+        tasks, self._batching = self._batching, []
+        await asyncio.gather(*tasks)
+        return True
+
+    def _perform(self, name: str, m: _Message, outcome: Outcome) -> None:
         kind = type(outcome)
         event_id = m.message_id or ""
         if kind is Ack:
