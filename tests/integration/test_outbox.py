@@ -353,7 +353,12 @@ async def test_the_relay_serves_readiness_and_the_outbox_metrics(
 
                 await wait_for(ready, message="/readyz 200")
                 await wait_for(lambda: queue_depth(amqp_url, f"{prefix}.audit"), message="event")
-                text = (await http.get("/metrics")).text
+
+                async def counted() -> str | None:  # the relay counts once the confirm is in,
+                    text = (await http.get("/metrics")).text  # which may follow the enqueue
+                    return text if 'published_total{type="order.shipped"} 1.0' in text else None
+
+                text = await wait_for(counted, timeout=5, message="the published counter")
         finally:
             stop.set()
             await asyncio.wait_for(task, 15)
