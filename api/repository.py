@@ -63,7 +63,10 @@ def order_placed(order_id: str, order: OrderIn, lines: Sequence[Line]) -> dict[s
         "email": order.email,
         "customer": order.customer,
         "total": as_amount(total_cents(lines)),
-        "items": [{"sku": line.sku, "quantity": line.quantity} for line in lines],
+        "items": [
+            {"sku": line.sku, "quantity": line.quantity, "unit_price": as_amount(line.unit_cents)}
+            for line in lines
+        ],
     }
 
 

@@ -29,7 +29,7 @@ from bus.envelope import Event, encode
 from bus.publisher import to_properties
 from bus.router import Router
 from bus.topology.model import Topology, from_dict
-from bus.topology.plan import BindingDecl, ExchangeDecl, QueueDecl, desired
+from bus.topology.plan import BindingDecl, ExchangeDecl, QueueDecl, desired, is_delay_object
 
 EMPTY = Router()  # topology files name a handlers module; the runtimes get their router directly
 
@@ -226,8 +226,9 @@ def topology_doc(
 
 @contextlib.asynccontextmanager
 async def declared(url: str, topo: Topology) -> AsyncIterator[Topology]:
-    """Declare every exchange, queue and binding of *topo*; delete them all afterwards."""
-    want = desired(topo)
+    """Declare every exchange, queue and binding of *topo*; delete them all afterwards (not
+    the delay levels: no benchmark delays, and they are the whole vhost's)."""
+    want = [d for d in desired(topo) if not is_delay_object(d)]
     conn = await aio_pika.connect(url)
     try:
         channel = await conn.channel()

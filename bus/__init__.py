@@ -1,13 +1,16 @@
 """bus: a Python event bus over RabbitMQ.
 
 from bus import Publisher, SyncPublisher, Outbox, Router, Context, Reject
+(SyncContext, ProcessContext: the ctx of thread and process handlers)
 """
 
-from bus.context import Context
+from bus.batches import BatchContext
+from bus.context import Context, ProcessContext, SyncContext
 from bus.errors import (
     BrokerUnavailable,
     BusError,
     ConfigError,
+    HandlerTimeout,
     InvalidEvent,
     PublishError,
     PublishTimeout,
@@ -21,17 +24,21 @@ from bus.publisher import Publisher, SyncPublisher
 from bus.router import Router
 
 __all__ = [
+    "BatchContext",
     "BrokerUnavailable",
     "BusError",
     "ConfigError",
     "Context",
+    "HandlerTimeout",
     "InvalidEvent",
     "Outbox",
+    "ProcessContext",
     "PublishError",
     "PublishTimeout",
     "Publisher",
     "Reject",
     "Router",
+    "SyncContext",
     "SyncPublisher",
     "TopologyError",
     "UnknownEventType",

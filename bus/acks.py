@@ -57,6 +57,15 @@ class Acker:
         ch.order.append(m.delivery_tag)
         ch.state[m.delivery_tag] = _State.RUNNING
 
+    def running(self) -> set[tuple[int, int]]:
+        """(channel, delivery tag) of every delivery whose handler has not finished."""
+        return {
+            (key, tag)
+            for key, ch in self._channels.items()
+            for tag, state in ch.state.items()
+            if state is _State.RUNNING
+        }
+
     def settled(self, m: Delivery) -> None:
         """The delivery was rejected, nacked or left to the broker: never ack it."""
         ch = self._channels.get(id(m.channel))

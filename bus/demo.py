@@ -47,10 +47,20 @@ from bus.status import collect
 from bus.topology import apply as applier
 from bus.topology.model import Subscriber, Topology, from_dict
 from bus.topology.model import load as load_topology
-from bus.topology.plan import Action, ExchangeDecl, QueueDecl, Role, desired, diff
+from bus.topology.plan import (
+    Action,
+    ExchangeDecl,
+    QueueDecl,
+    Role,
+    desired,
+    diff,
+    is_delay_object,
+)
 
-# What one order causes: the API writes `order.placed`, fulfillment publishes `shipment.requested`.
-FLOW = ("order.placed", "shipment.requested")
+# What one order causes: the API writes `order.placed`, fulfillment publishes
+# `shipment.requested`, invoicing `invoice.rendered`, and email the delayed
+# `order.review_requested` (its "how was your order?" mail, `follow_up` later).
+FLOW = ("order.placed", "shipment.requested", "invoice.rendered", "order.review_requested")
 API_HANDLERS = "api."  # a subscriber whose handlers live in the API runs inside the API process
 
 
@@ -66,6 +76,7 @@ class DemoOptions:
     workdir: Path = Path(".bus/demo")
     grace: float = 5.0  # for each service's drain on SIGTERM
     kill_relay: bool = False  # SIGKILL the relay half way and start a replacement
+    follow_up: str = "3s"  # the email's delayed "how was your order?" (3d in production)
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,8 @@ class Snapshot:
     warehouse: WarehouseStats
     outbox_pending: int = 0  # accepted orders whose event the relay has not published yet
     outbox_lag: float = 0.0  # age of the oldest of them, seconds
+    follow_ups: int = 0  # delayed "how was your order?" mails delivered
+    invoices: tuple[Path, ...] = ()  # PDF invoices written by invoicing
 
     @property
     def relayed(self) -> int:
@@ -102,7 +115,12 @@ class Snapshot:
 
     @property
     def done(self) -> bool:
-        return self.published >= self.orders and all(s.settled for s in self.subscribers)
+        return (
+            self.published >= self.orders
+            and all(s.settled for s in self.subscribers)
+            and self.follow_ups >= self.orders
+            and len(self.invoices) >= self.orders
+        )
 
 
 @dataclass
@@ -113,6 +131,7 @@ class Outcome:
     api: dict[str, float] = field(default_factory=dict)  # response times, ms
     max_outbox_lag: float = 0.0
     relay_kills: int = 0
+    follow_up: str = "3s"  # the delay of the follow-up mails
 
     @property
     def ok(self) -> bool:
@@ -135,6 +154,9 @@ class Outcome:
                 for v in s.subscribers
             },
             "mails": s.mails,
+            "follow_ups": s.follow_ups,
+            "invoices": len(s.invoices),
+            "invoice_sample": str(s.invoices[0]) if s.invoices else None,
             "warehouse": asdict(s.warehouse),
             "api": self.api,
             "outbox": {
@@ -225,6 +247,8 @@ async def delete(conn: AbstractConnection, topology: Topology) -> None:
     """Delete every demo queue (with what it holds), its apply record and the exchanges."""
     names: list[tuple[str, str]] = []
     for d in desired(topology):
+        if is_delay_object(d) and not (isinstance(d, QueueDecl) and ".out." in d.name):
+            continue  # the delay levels are the whole vhost's: only our own out queues go
         if isinstance(d, QueueDecl):
             names.append(("queue", d.name))
             if d.role is Role.MAIN:
@@ -255,6 +279,7 @@ class _Stage:
     sink: MailSink
     warehouse: FlakyWarehouse
     client: httpx.AsyncClient
+    invoice_dir: Path
     services: list[Service] = field(default_factory=list)  # subscribers, the API among them
     relays: list[Service] = field(default_factory=list)
     outbox: OutboxStore | None = None
@@ -281,9 +306,11 @@ class _Stage:
         if self.outbox is not None:
             status = await self.outbox.status(sample=0)
             pending, lag = min(status.pending, accepted), status.oldest_age_seconds
+        invoices = tuple(sorted(self.invoice_dir.rglob("*.pdf")))
         return Snapshot(
             time.monotonic() - start, orders, accepted, tuple(views),
             self.sink.delivered, self.warehouse.stats(), pending, lag,
+            self.sink.follow_ups, invoices,
         )  # fmt: skip
 
 
@@ -317,7 +344,9 @@ class Demo:
             topology = self._prepare()
             await delete(conn, topology)  # leftovers of an interrupted run
             await declare(conn, topology)
-            queues = sum(isinstance(d, QueueDecl) for d in desired(topology))
+            queues = sum(
+                isinstance(d, QueueDecl) and not is_delay_object(d) for d in desired(topology)
+            )
             delays = " → ".join(self.o.delays)
             self.say(f"topology {topology.source}: {queues} queues under `{self.o.prefix}.`, "
                      f"retries {delays}")  # fmt: skip
@@ -352,6 +381,8 @@ class Demo:
             "BUS_OUTBOX_URL": f"sqlite:///{w}/outbox.db",  # the API's own database
             "ANALYTICS_DB_URL": f"sqlite:///{w}/analytics.db",
             "SMTP_URL": stage.sink.url,
+            "EMAIL_FOLLOW_UP_DELAY": self.o.follow_up,
+            "INVOICE_DIR": str(stage.invoice_dir.resolve()),
             "WAREHOUSE_URL": stage.warehouse.url,
             "BUS_GRACE_PERIOD": str(self.o.grace),
             "BUS_LOG_FORMAT": "text",
@@ -364,7 +395,8 @@ class Demo:
                  f"(answers the first {self.o.flaky} calls with 503)")  # fmt: skip
         try:
             async with httpx.AsyncClient(timeout=2) as client:
-                stage = _Stage(conn, topology, sink, warehouse, client)
+                stage = _Stage(conn, topology, sink, warehouse, client,
+                               self.o.workdir / "invoices")  # fmt: skip
                 try:
                     outcome = await self._services_and_flow(stage, t0)
                 finally:
@@ -437,7 +469,12 @@ class Demo:
         problems += [
             f"{v.name} parked {v.parked} in {v.queue}.dlq" for v in snap.subscribers if v.parked
         ]
-        outcome = Outcome(snap, problems, api=shop.percentiles_ms(), relay_kills=kills)
+        if len(snap.invoices) < snap.orders:
+            problems.append(f"{len(snap.invoices)} invoices for {snap.orders} orders")
+        if snap.follow_ups < snap.orders:
+            problems.append(f"{snap.follow_ups} follow-up mails for {snap.orders} orders")
+        outcome = Outcome(snap, problems, api=shop.percentiles_ms(), relay_kills=kills,
+                          follow_up=self.o.follow_up)  # fmt: skip
         outcome.max_outbox_lag = max_lag
         return outcome
 

@@ -37,13 +37,16 @@ class MailSink:
 
     def __init__(self) -> None:
         self.delivered = 0
+        self.follow_ups = 0  # "How was your order?" mails: the email service's delayed event
         self._lock = threading.Lock()
         self._controller: Any = None
         self.url = ""
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        follow_up = b"Subject: How was your order" in bytes(envelope.content or b"")
         with self._lock:
             self.delivered += 1
+            self.follow_ups += follow_up
         return "250 OK"
 
     def start(self) -> MailSink:

@@ -30,10 +30,12 @@ import jsonschema
 from pydantic import ValidationError
 
 from bus import tracing
+from bus.batches import BatchContext, Batcher
 from bus.claims import Claims
 from bus.context import Context, Publishes
 from bus.envelope import Meta, decode_body, decode_meta
 from bus.errors import InvalidEvent, Reject
+from bus.executors import Runner
 from bus.retry import (
     DeadLetter,
     DeadReason,
@@ -43,7 +45,7 @@ from bus.retry import (
     dead,
     failure_headers,
 )
-from bus.router import Handler, Router
+from bus.router import Executor, Handler, Router
 from bus.stores.base import Claim
 from bus.topology.model import Subscriber, Topology
 
@@ -136,7 +138,12 @@ class Dispatcher:
         *,
         clock: Clock = _utcnow,
         observe: Callable[[str, float], None] | None = None,
+        runner: Runner | None = None,
+        batch_timer: bool = True,
     ) -> None:
+        """*runner* runs handlers where they belong, within limits (default: the one *sub*
+        asks for, on the real clock); `close()` closes it. *batch_timer* False: a batch runs
+        only when full or on `flush_batches()` (TestBus)."""
         self.topology = topology
         self.sub = sub
         self.router = router
@@ -144,6 +151,10 @@ class Dispatcher:
         self.publisher = publisher
         self.clock = clock
         self.observe = observe  # (event type, handler seconds), after every handler run
+        self.runner = runner or Runner.for_subscriber(sub)
+        self._plain = self.runner.plain
+        self._batch_timer = batch_timer
+        self._batchers: dict[str, Batcher] = {}
         self._acks: dict[str, Ack] = {}
         self._duplicates: dict[str, Duplicate] = {}
         self._validators: dict[str, jsonschema.protocols.Validator | None] = {}
@@ -193,14 +204,18 @@ class Dispatcher:
             ctx.log.warning("%s %s is still claimed by another replica; requeued",
                             meta.type, meta.id)  # fmt: skip
             return Requeue(meta.type, "claimed by another replica")
+        if handler.batch is not None:
+            return await self._run_batched(m, meta, handler, event, ctx, attempt)
         started = time.perf_counter()
         try:
             if tracing.active():
                 with tracing.process_span(self.sub.queue, meta.id, m.routing_key,
                                           meta.traceparent, attempt):  # fmt: skip
-                    await handler.func(event, ctx)
+                    await self._call(handler, event, ctx)
+            elif self._plain and handler.executor is Executor.LOOP:
+                await handler.func(event, ctx)  # the hot path: nothing between
             else:
-                await handler.func(event, ctx)
+                await self.runner.run(handler, event, ctx)
         except Reject as exc:
             await self.claims.release(meta.id)
             ctx.log.warning("rejected %s %s: %s", meta.type, meta.id, exc.reason)
@@ -217,6 +232,64 @@ class Dispatcher:
                 self.observe(meta.type, time.perf_counter() - started)
         await self.claims.complete(meta.id)
         return self._ack(meta.type)
+
+    async def _run_batched(
+        self, m: Incoming, meta: Meta, handler: Handler, event: Any, ctx: Context, attempt: int
+    ) -> Outcome:
+        result = await self._batcher(handler).add(event, ctx)
+        if result is None:
+            await self.claims.complete(meta.id)
+            return self._ack(meta.type)
+        await self.claims.release(meta.id)
+        if isinstance(result, Reject):
+            return self._fail(m, dead(self.sub, DeadReason.REJECTED), attempt, handler, result,
+                              meta.type)  # fmt: skip
+        return self._fail(m, after_failure(self.sub, attempt), attempt, handler, result,
+                          meta.type)  # fmt: skip
+
+    def _batcher(self, handler: Handler) -> Batcher:
+        batcher = self._batchers.get(handler.name)
+        if batcher is None:
+            assert handler.batch is not None
+
+            async def run(events: list[Any], ctx: BatchContext) -> None:
+                await self.runner.run(handler, events, ctx)  # type: ignore[arg-type]
+
+            batcher = self._batchers[handler.name] = Batcher(
+                handler.batch, handler.flush, run, timer=self._batch_timer
+            )
+        return batcher
+
+    def batched(self, m: Incoming) -> bool:
+        """Will *m* wait for a batch (its handler is a batch handler)?"""
+        handler = self.router.match(m.type) if m.type else None
+        return handler is not None and handler.batch is not None
+
+    @property
+    def batch_waiting(self) -> int:
+        """Events waiting in batches that have not run yet."""
+        return sum(b.waiting for b in self._batchers.values())
+
+    def flush_batches(self) -> int:
+        """Run every batch handler now on what waits for it; returns how many events."""
+        waiting = sum(b.waiting for b in self._batchers.values())
+        for batcher in self._batchers.values():
+            batcher.flush_now()
+        return waiting
+
+    async def _call(self, handler: Handler, event: Any, ctx: Context) -> None:
+        if self._plain and handler.executor is Executor.LOOP:
+            await handler.func(event, ctx)
+        else:
+            await self.runner.run(handler, event, ctx)
+
+    async def start(self, *, warm: bool = True) -> None:
+        """Prepare the pools its handlers need; *warm* spawns the process pool now."""
+        await self.runner.start(self.router.handlers, warm=warm)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Close the runner's pools (after the last handler returned)."""
+        await self.runner.close(grace)
 
     def _ack(self, event_type: str) -> Ack:
         outcome = self._acks.get(event_type)

@@ -29,3 +29,22 @@ def label(ms: int) -> str:
 def normalise(text: str) -> str:
     """``"60s"`` -> ``"1m"``; raises ValueError when *text* is not a duration."""
     return label(parse_ms(text))
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|m|h)\s*$")
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate(text: str) -> float:
+    """``"10/s"`` -> 10.0 starts per second (also ``600/m``, ``100/h``); raises ValueError."""
+    match = _RATE.match(text) if isinstance(text, str) else None
+    if match is None or int(match.group(1)) <= 0:
+        shown = f'"{text}"' if isinstance(text, str) else repr(text)
+        raise ValueError(f"{shown} is not a rate (use e.g. 10/s, 600/m, 100/h)")
+    return int(match.group(1)) / _RATE_UNITS[match.group(2)]
+
+
+def normalise_rate(text: str) -> str:
+    """``"10 / s"`` -> ``"10/s"``; raises ValueError when *text* is not a rate."""
+    parse_rate(text)
+    return text.replace(" ", "")

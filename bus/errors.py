@@ -7,9 +7,11 @@ BusError                      base of all failures
 ├── UnknownEventType          publish of a type the topology does not declare
 ├── InvalidEvent              data failing the event's JSON Schema, or a message we cannot decode
 ├── BrokerUnavailable         cannot reach RabbitMQ (URL is redacted)
-└── PublishError              the broker did not confirm a message
-    ├── UnroutableError       the message was returned: no queue is bound for it
-    └── PublishTimeout        no confirm before the deadline
+├── PublishError              the broker did not confirm a message
+│   ├── UnroutableError       the message was returned: no queue is bound for it
+│   └── PublishTimeout        no confirm before the deadline
+├── HandlerTimeout            a handler ran over its subscriber's `timeout` (takes the ladder)
+└── WorkerLost                a process handler's worker died under it (takes the ladder)
 
 Reject                        control flow, not a failure: a handler's "park this in the DLQ now"
 """
@@ -74,6 +76,20 @@ class UnroutableError(PublishError):
 
 class PublishTimeout(PublishError):
     """No confirm arrived before the publish deadline."""
+
+
+class HandlerTimeout(BusError):
+    """A handler ran longer than its subscriber's `timeout`: it failed, and takes the ladder.
+
+    On the loop the handler is cancelled; in a process its worker is killed and replaced; a
+    thread cannot be stopped, so it runs on and its result is ignored.
+    """
+
+    __module__ = "bus"  # its name in `bus-exception-type`: bus.HandlerTimeout
+
+
+class WorkerLost(BusError):
+    """The worker process running a process handler died (killed, crashed, `os._exit`)."""
 
 
 class Reject(Exception):

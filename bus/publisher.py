@@ -26,8 +26,10 @@ from tenacity import (
     wait_random_exponential,
 )
 
+import bus.delays as delays
 from bus import tracing
 from bus.connection import connect
+from bus.delays import Delay
 from bus.envelope import Event, Wire, encode, new_traceparent
 from bus.errors import (
     ConfigError,
@@ -44,6 +46,7 @@ from bus.topology.model import load as load_topology
 from bus.validation import EventChecker
 
 log = logging.getLogger(__name__)
+DELAY_HEADER = "bus-delay-seconds"  # on a delayed event: the delay it was published with
 T = TypeVar("T")
 
 # Errors after which the message may not have reached the broker: publish it again once the
@@ -172,13 +175,19 @@ class Publisher:
         correlation_id: str | None = None,
         causation_id: str | None = None,
         traceparent: str | None = None,
+        delay: Delay | None = None,
     ) -> str:
-        """Publish one event and wait for the broker's confirm; returns the event id."""
+        """Publish one event and wait for the broker's confirm; returns the event id.
+
+        With *delay* (``"24h"``, seconds, a timedelta) the broker holds it in its delay levels
+        (`bus.delays`) and delivers it to the event's exchange once the delay has passed.
+        """
+        seconds = delays.seconds_of(delay) if delay is not None else None  # ValueError: at once
         event = self.event(
             event_type, data, id=id, correlation_id=correlation_id,
             causation_id=causation_id, traceparent=traceparent,
         )  # fmt: skip
-        await self.send(event, parent=traceparent)
+        await self.send(event, parent=traceparent, delay=seconds)
         return event.id
 
     async def publish_many(self, events: Iterable[EventLike], *, window: int = 1000) -> list[str]:
@@ -233,8 +242,13 @@ class Publisher:
             ) from failures[0]
         return ids
 
-    async def send(self, event: Event, *, timer: bool = True, parent: str | None = None) -> None:
+    async def send(
+        self, event: Event, *, timer: bool = True, parent: str | None = None,
+        delay: int | None = None,
+    ) -> None:  # fmt: skip
         """Publish an already-checked event, republishing after reconnects until the deadline.
+
+        *delay*: whole seconds (`bus.delays.seconds_of`) the broker holds it first.
 
         `timer=False`: no deadline on the first confirm (the caller watches for progress).
         *parent*: a `traceparent` that OpenTelemetry's publish span continues when the caller
@@ -243,6 +257,10 @@ class Publisher:
         first_timeout = self.deadline if timer else None
         exchange_name = self.topology.events[event.type].exchange
         wire = encode(event)
+        routing_key = event.type
+        if delay is not None:  # into the delay levels, which end at exchange_name
+            wire.headers[DELAY_HEADER] = delay
+            exchange_name, routing_key = delays.route(delay, exchange_name, event.type)
         started = time.monotonic()
         try:
             if tracing.active():
@@ -251,9 +269,10 @@ class Publisher:
                 ) as traceparent:
                     if traceparent:
                         wire.headers["traceparent"] = traceparent
-                    await self._send_once(wire, exchange_name, started, first_timeout)
+                    await self._send_once(wire, exchange_name, routing_key, started,
+                                          first_timeout)  # fmt: skip
             else:
-                await self._send_once(wire, exchange_name, started, first_timeout)
+                await self._send_once(wire, exchange_name, routing_key, started, first_timeout)
         except aio_pika.exceptions.PublishError as exc:
             raise UnroutableError(
                 f"{event.type} ({event.id}) was returned by the broker: no queue is bound for it "
@@ -287,14 +306,14 @@ class Publisher:
         self.metrics.confirm_seconds.observe(time.monotonic() - started)
 
     async def _send_once(
-        self, wire: Wire, exchange: str, started: float, timeout: float | None
+        self, wire: Wire, exchange: str, routing_key: str, started: float, timeout: float | None
     ) -> None:
         try:  # the common case: one publish, one confirm
-            await self._publish(wire, exchange, timeout)
+            await self._publish(wire, exchange, routing_key, timeout)
         except Exception as exc:
             if not self._transient(exc):
                 raise
-            await self._send_again(wire, exchange, started)
+            await self._send_again(wire, exchange, routing_key, started)
 
     def _transient(self, exc: BaseException) -> bool:
         """May a publish that raised *exc* succeed when sent again (same id)?
@@ -321,7 +340,9 @@ class Publisher:
         transport = conn.transport
         return transport is None or transport.connection.is_closed
 
-    async def _send_again(self, wire: Wire, exchange: str, started: float) -> None:
+    async def _send_again(
+        self, wire: Wire, exchange: str, routing_key: str, started: float
+    ) -> None:
         """The connection dropped (or the broker nacked) before the confirm: publish again (same
         id) once the robust connection is back, with jittered backoff, until the deadline."""
         log.info("republishing %s %s after a connection loss or nack", wire.type, wire.message_id)
@@ -333,9 +354,11 @@ class Publisher:
         ):
             with attempt:
                 remaining = max(0.5, self.deadline - (time.monotonic() - started))
-                await self._publish(wire, exchange, min(10.0, remaining))
+                await self._publish(wire, exchange, routing_key, min(10.0, remaining))
 
-    async def _publish(self, wire: Wire, exchange: str, timeout: float | None) -> None:
+    async def _publish(
+        self, wire: Wire, exchange: str, routing_key: str, timeout: float | None
+    ) -> None:
         """One `basic.publish` on the confirm channel, awaiting the broker's confirm.
 
         Straight to aiormq with `wait=False`: aio-pika's `Exchange.publish` holds the channel
@@ -345,7 +368,8 @@ class Publisher:
         """
         channel = await self._underlay()
         await channel.basic_publish(
-            wire.body, exchange=exchange, routing_key=wire.type, properties=to_properties(wire),
+            wire.body, exchange=exchange, routing_key=routing_key,
+            properties=to_properties(wire),
             mandatory=True, timeout=timeout, wait=False,
         )  # fmt: skip
 

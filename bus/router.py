@@ -1,7 +1,10 @@
 """Route event types to handlers: `@router.on("order.placed")`, patterns as RabbitMQ's topic.
 
-A handler is `async def h(event, ctx)`. The event is parsed from the first parameter's
-annotation: a pydantic model (or any type pydantic can validate), or `dict`/`Any` for the raw data.
+A handler is `h(event, ctx)`. The event is parsed from the first parameter's annotation: a
+pydantic model (or any type pydantic can validate), or `dict`/`Any` for the raw data. Where it
+runs follows from how it is written (`Executor`): `async def` on the event loop, plain `def`
+in a thread pool, `executor="process"` in a process pool. What cannot cross into a process is
+refused here, when the handler is registered, never when its first event arrives.
 """
 
 from __future__ import annotations
@@ -10,14 +13,24 @@ import inspect
 import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from pydantic import TypeAdapter
 
+from bus.durations import parse_ms
 from bus.routing import is_pattern, matches
 
-HandlerFunc = Callable[[Any, Any], Awaitable[None]]
+HandlerFunc = Callable[[Any, Any], Any]  # async def, or a plain def (thread or process)
 _RAW = (inspect.Parameter.empty, Any, dict, object, Mapping, typing.Mapping)
+
+
+class Executor(StrEnum):
+    """Where a handler runs."""
+
+    LOOP = "loop"  # async def: on the event loop
+    THREAD = "thread"  # plain def: in the subscriber's thread pool
+    PROCESS = "process"  # plain def, executor="process": in the subscriber's process pool
 
 
 @dataclass(frozen=True)
@@ -26,6 +39,9 @@ class Handler:
     name: str
     func: HandlerFunc
     adapter: TypeAdapter[Any] | None  # None: the handler takes the decoded JSON as it is
+    executor: Executor = Executor.LOOP
+    batch: int | None = None  # a batch handler: up to this many events per call
+    flush: float = 1.0  # seconds a batch waits for more after its first event
 
     def parse_data(self, data: Any) -> Any:
         """The event object the handler expects; raises pydantic.ValidationError."""
@@ -50,18 +66,53 @@ class Router:
         self.shutdown_hooks.append(func)
         return func
 
-    def on(self, pattern: str, *, name: str | None = None) -> Callable[[HandlerFunc], HandlerFunc]:
-        """Register an `async def handler(event, ctx)` for an event type or topic pattern."""
+    def on(
+        self,
+        pattern: str,
+        *,
+        name: str | None = None,
+        executor: str | None = None,
+        batch: int | None = None,
+        flush: str = "1s",
+    ) -> Callable[[HandlerFunc], HandlerFunc]:
+        """Register `handler(event, ctx)` for an event type or topic pattern.
+
+        `async def` runs on the event loop, a plain `def` in a thread pool; *executor*
+        ``"process"`` runs a plain `def` in a process pool (CPU-bound work). With *batch*,
+        `async def handler(events: list[T], ctx: BatchContext)` gets up to *batch* events at
+        once, or fewer when *flush* passed since the first of them.
+        """
 
         def register(func: HandlerFunc) -> HandlerFunc:
-            if not inspect.iscoroutinefunction(func):
-                raise TypeError(f"handler {func.__qualname__} must be `async def`")
+            kind = _executor_of(func, executor)
+            if batch is not None and (kind is not Executor.LOOP or batch < 1):
+                raise TypeError(
+                    f"handler {func.__qualname__}: a batch handler is an `async def` taking "
+                    "(events: list[T], ctx), with batch >= 1"
+                )
+            try:
+                flush_s = parse_ms(flush) / 1000
+            except ValueError as exc:
+                raise TypeError(f"handler {func.__qualname__}: flush {exc}") from None
+            adapter = _adapter_for(func, batch=batch is not None)
+            if kind is Executor.PROCESS:
+                _check_crosses(func, adapter)
             label = name or f"{func.__module__}.{func.__qualname__}"
-            self._handlers.append(Handler(pattern, label, func, _adapter_for(func)))
+            self._handlers.append(Handler(pattern, label, func, adapter, kind, batch, flush_s))
             self._cache.clear()
             return func
 
         return register
+
+    @property
+    def executors(self) -> set[Executor]:
+        """The executors its handlers need."""
+        return {h.executor for h in self._handlers}
+
+    @property
+    def largest_batch(self) -> int:
+        """The largest `batch=` of its handlers (0 without batch handlers)."""
+        return max((h.batch or 0 for h in self._handlers), default=0)
 
     def include(self, other: Router) -> None:
         """Add every handler of *other* (for splitting a service's handlers over modules)."""
@@ -89,7 +140,7 @@ class Router:
         return self._cache[event_type]
 
 
-def _adapter_for(func: HandlerFunc) -> TypeAdapter[Any] | None:
+def _adapter_for(func: HandlerFunc, *, batch: bool = False) -> TypeAdapter[Any] | None:
     params = list(inspect.signature(func).parameters.values())
     if len(params) != 2:
         raise TypeError(f"handler {func.__qualname__} must take (event, ctx)")
@@ -98,7 +149,61 @@ def _adapter_for(func: HandlerFunc) -> TypeAdapter[Any] | None:
     except Exception as exc:
         raise TypeError(f"cannot resolve annotations of {func.__qualname__}: {exc}") from None
     annotation = hints.get(params[0].name, inspect.Parameter.empty)
+    if batch:  # list[T]: each event is parsed as T
+        if typing.get_origin(annotation) in (list, typing.List):  # noqa: UP006
+            annotation = typing.get_args(annotation)[0] if typing.get_args(annotation) else Any
+        elif annotation is not inspect.Parameter.empty:
+            raise TypeError(f"batch handler {func.__qualname__} must take (events: list[T], ctx)")
     origin = typing.get_origin(annotation) or annotation
     if annotation in _RAW or origin in (dict, Mapping):
         return None
     return TypeAdapter(annotation)
+
+
+def _executor_of(func: HandlerFunc, executor: str | None) -> Executor:
+    is_async = inspect.iscoroutinefunction(func)
+    if executor is None:
+        return Executor.LOOP if is_async else Executor.THREAD
+    try:
+        kind = Executor(executor)
+    except ValueError:
+        raise TypeError(
+            f"handler {func.__qualname__}: executor {executor!r} is not one of "
+            f"{', '.join(repr(e.value) for e in Executor)}"
+        ) from None
+    if is_async and kind is not Executor.LOOP:
+        raise TypeError(
+            f"handler {func.__qualname__} is `async def`: it runs on the event loop; write a "
+            f"plain `def` to run it in a {kind.value}"
+        )
+    if not is_async and kind is Executor.LOOP:
+        raise TypeError(f"handler {func.__qualname__} must be `async def` to run on the loop")
+    return kind
+
+
+def _check_crosses(func: HandlerFunc, adapter: TypeAdapter[Any] | None) -> None:
+    """A process handler is sent by reference (module and name) and its event by pickle."""
+    where = f"handler {func.__qualname__} (executor='process')"
+    if not inspect.isfunction(func) or func.__name__ == "<lambda>":
+        raise TypeError(f"{where}: only a plain module-level `def` can run in a process")
+    if "<locals>" in func.__qualname__ or func.__module__ == "__main__":
+        raise TypeError(
+            f"{where}: it must be defined at the top level of an importable module (not "
+            "inside a function, not in __main__), so that a worker process can import it"
+        )
+    if adapter is None:
+        return
+    hints = typing.get_type_hints(func)
+    first = next(iter(inspect.signature(func).parameters))
+    for kind in _types_in(hints.get(first)):
+        if "<locals>" in kind.__qualname__ or kind.__module__ == "__main__":
+            raise TypeError(
+                f"{where}: its event type {kind.__qualname__} must be defined at the top "
+                "level of an importable module, or it cannot be pickled into the process"
+            )
+
+
+def _types_in(annotation: Any) -> list[type]:
+    if isinstance(annotation, type):
+        return [annotation]
+    return [t for arg in typing.get_args(annotation) for t in _types_in(arg)]

@@ -19,7 +19,7 @@ from bus.metrics import Metrics
 from bus.settings import Settings, seconds_from_env
 from bus.stores import open_store
 from bus.stores.base import DEFAULT_LEASE
-from bus.subscriber import HandOffFactory, Runtime
+from bus.subscriber import HandOffFactory, Runtime, refuse_timeout_at_or_over
 from bus.topology.model import load as load_topology
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ async def serve(
         sub = topology.subscriber(name)
     except KeyError as exc:
         raise ConfigError(str(exc.args[0])) from None
+    consumer_timeout = settings.consumer_timeout_seconds
+    refuse_timeout_at_or_over(sub, consumer_timeout)  # before anything connects: exit 2
     router = import_router(sub.handlers)
     lease = seconds_from_env("BUS_CLAIM_LEASE_SECONDS", DEFAULT_LEASE)  # before connecting
     stop = stop or asyncio.Event()
@@ -62,7 +64,7 @@ async def serve(
         raise
     runtime = Runtime(
         topology, name, router, url=settings.url, store=store, metrics=metrics, lease=lease,
-        handoff=handoff,
+        handoff=handoff, consumer_timeout=consumer_timeout,
     )  # fmt: skip
     http = None
     gauges = None

@@ -9,12 +9,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from bus.durations import normalise, parse_ms
 from bus.errors import ConfigError
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 DEFAULT_TOPOLOGY = "topology/topology.yaml"
 DEFAULT_STORE_URL = "sqlite:///.bus/processed.db"  # relative to the topology file's folder
 DEFAULT_OUTBOX_URL = "sqlite:///.bus/outbox.db"
+# RabbitMQ's default consumer_timeout; a broker that declares another says so here
+DEFAULT_CONSUMER_TIMEOUT = "30m"
 
 
 class Settings(BaseModel):
@@ -26,6 +29,19 @@ class Settings(BaseModel):
     topology: str = DEFAULT_TOPOLOGY
     store_url: str = ""  # empty: the default store beside the topology file (store_beside)
     outbox_url: str = DEFAULT_OUTBOX_URL
+    consumer_timeout: str = DEFAULT_CONSUMER_TIMEOUT  # BUS_CONSUMER_TIMEOUT, the broker's
+
+    @field_validator("consumer_timeout")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        try:
+            return normalise(value)
+        except ValueError as exc:
+            raise ValueError(f"BUS_CONSUMER_TIMEOUT: {exc}") from None
+
+    @property
+    def consumer_timeout_seconds(self) -> float:
+        return parse_ms(self.consumer_timeout) / 1000
 
     @model_validator(mode="before")
     @classmethod
@@ -44,13 +60,14 @@ class Settings(BaseModel):
 
     @classmethod
     def from_env(cls, **overrides: str | None) -> Settings:
-        """`BUS_URL`, `BUS_TOPOLOGY`, `BUS_STORE_URL`, `BUS_OUTBOX_URL`; non-None *overrides*
-        win."""
+        """`BUS_URL`, `BUS_TOPOLOGY`, `BUS_STORE_URL`, `BUS_OUTBOX_URL`,
+        `BUS_CONSUMER_TIMEOUT`; non-None *overrides* win."""
         values = {
             "url": os.environ.get("BUS_URL", DEFAULT_URL),
             "topology": os.environ.get("BUS_TOPOLOGY", DEFAULT_TOPOLOGY),
             "store_url": os.environ.get("BUS_STORE_URL", ""),
             "outbox_url": os.environ.get("BUS_OUTBOX_URL", DEFAULT_OUTBOX_URL),
+            "consumer_timeout": os.environ.get("BUS_CONSUMER_TIMEOUT", DEFAULT_CONSUMER_TIMEOUT),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:

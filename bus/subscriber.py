@@ -26,19 +26,34 @@ from bus.connection import connect
 from bus.consumer import Consumer
 from bus.delivery import Delivery
 from bus.dispatch import Ack, Dispatcher, Duplicate, Outcome, Park, Retry
+from bus.durations import label
 from bus.errors import ConfigError
 from bus.handoff import HandOff
 from bus.metrics import Metrics
 from bus.publisher import Publisher
 from bus.router import Router
 from bus.stores.base import DEFAULT_LEASE, Store
-from bus.topology.model import Topology
+from bus.topology.model import Subscriber, Topology
+from bus.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
 OK, RETRIED, DEAD, DUPLICATE = "ok", "retried", "dead", "duplicate"
 
 HandOffFactory = Callable[[AbstractChannel], HandOff]
+
+
+def refuse_timeout_at_or_over(sub: Subscriber, consumer_timeout: float) -> None:
+    """ConfigError when *sub*'s `timeout` is not below the broker's `consumer_timeout`: the
+    broker would close the channel before the bus stops the handler."""
+    timeout_ms = sub.timeout_ms
+    if timeout_ms is not None and timeout_ms >= consumer_timeout * 1000:
+        raise ConfigError(
+            f"subscriber {sub.name!r}: timeout {sub.timeout} is not below the broker's "
+            f"consumer_timeout ({label(int(consumer_timeout * 1000))}): RabbitMQ would close "
+            "the channel first. Lower the timeout, or raise consumer_timeout on the broker and "
+            "set BUS_CONSUMER_TIMEOUT to match"
+        )
 
 
 class Runtime:
@@ -58,9 +73,14 @@ class Runtime:
         metrics: Metrics | None = None,
         lease: float = DEFAULT_LEASE,
         handoff: HandOffFactory = HandOff,
+        consumer_timeout: float = 1800.0,
     ) -> None:
+        """*consumer_timeout*: the broker's, in seconds; a `timeout` not below it is refused
+        (ConfigError), and without a `timeout` a handler past half of it is warned about."""
         self.topology = topology
         self.sub = topology.subscriber(name)
+        refuse_timeout_at_or_over(self.sub, consumer_timeout)
+        self.consumer_timeout = consumer_timeout
         self.router = router
         self.url = url
         self.store = store
@@ -80,6 +100,7 @@ class Runtime:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self._watchdog: Watchdog | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -94,12 +115,15 @@ class Runtime:
             self.topology, self.sub, self.router, self._claims, self._publisher,
             observe=self._observe,
         )  # fmt: skip
+        await self._dispatcher.start()
         self._handoff = self._make_handoff(
             await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         )
         channel = await self._connection.channel(publisher_confirms=False)
         assert isinstance(channel, AbstractRobustChannel)
-        await channel.set_qos(prefetch_count=self.sub.prefetch)
+        # a batch handler of 500 needs 500 deliveries in hand, or its batch never fills
+        prefetch = max(self.sub.prefetch, self.router.largest_batch)
+        await channel.set_qos(prefetch_count=prefetch)
         self._consumer = Consumer(channel, self.sub.queue, self._on_message)
         try:  # on the aiormq channel: the robust one would declare it again on every reopen
             # and give up reopening for good while the queue is missing
@@ -113,11 +137,14 @@ class Runtime:
                 "run `bus topology apply` first"
             ) from None
         self._claims.start()
+        if self.sub.timeout is None:
+            self._watchdog = Watchdog(self.sub.name, self.consumer_timeout, self._acks.running)
+            self._watchdog.start()
         # read at each scrape: it follows the connection through an outage, as /readyz does
         self.metrics.ready.labels(self.sub.name).set_function(lambda: float(self.ready))
         log.info(
             "subscriber %s consuming %s (prefetch %d)", self.sub.name, self.sub.queue,
-            self.sub.prefetch, extra={"subscriber": self.sub.name},
+            prefetch, extra={"subscriber": self.sub.name},
         )  # fmt: skip
 
     @property
@@ -147,6 +174,8 @@ class Runtime:
         self.metrics.ready.labels(self.sub.name).set_function(lambda: 0.0)  # and forget us
         if self._consumer is not None:
             await self._consumer.cancel()
+        if self._dispatcher is not None:  # waiting batches run now, not at their flush
+            self._dispatcher.flush_batches()
         drained = True
         try:  # wait_for(..., 0) times out even on a set event: ask first
             if not self._idle.is_set():
@@ -155,6 +184,10 @@ class Runtime:
             drained = False
             log.warning("%d handlers still running after %.0fs grace", self._inflight, grace)
         await self._acks.drain()
+        if self._watchdog is not None:
+            await self._watchdog.stop()
+        if self._dispatcher is not None:  # its pools: threads and processes
+            await self._dispatcher.close(1.0 if drained else 0.0)
         await self._claims.stop()
         if self._publisher is not None:
             await self._publisher.close()

@@ -19,10 +19,18 @@ a retried message returning to its own queue only, through the default exchange.
 
 Deliveries run one at a time, in the order they became ready, so a test reads the same every
 run; a retry waits on the virtual clock, so a ladder of hours settles in milliseconds.
+
+Handlers run where `bus run` runs them (`bus.executors`): a plain `def` in a thread with a
+blocking `ctx.publish`, `executor="process"` in a real worker process (so what cannot be
+pickled fails here as it would in production). `rate_limit` spaces handler starts on the
+virtual clock; `timeout` is measured in real seconds (a handler's own time is real). A batch
+handler runs when its batch is full or when nothing else is ready to deliver (its `flush`
+takes no virtual time). Delayed events wait on the virtual clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import itertools
 from collections import deque
@@ -34,12 +42,14 @@ from types import TracebackType
 from typing import Any, Self
 
 from bus.claims import Claims
-from bus.dispatch import Ack, Dispatcher, Duplicate, Park, Retry
+from bus.delays import Delay, seconds_of
+from bus.dispatch import Ack, Dispatcher, Duplicate, Outcome, Park, Retry
 from bus.durations import parse_ms
 from bus.envelope import Wire, decode_body, encode
 from bus.errors import ConfigError, UnroutableError
+from bus.executors import Runner
 from bus.handlers import import_router
-from bus.publisher import Publisher
+from bus.publisher import DELAY_HEADER, Publisher
 from bus.retry import attempt_of
 from bus.router import Router
 from bus.routing import matches
@@ -142,15 +152,18 @@ class TestBus:
         self._publishers: dict[str, Publisher] = {}
         self._dispatchers: dict[str, Dispatcher] = {}
         self._routers: list[Router] = []
+        self._epoch = datetime.now(UTC)
+        self._now = 0.0
         for name in running:
             router = (routers or {}).get(name) or import_router(self._subs[name].handlers)
             self._routers.append(router)
             self._dispatchers[name] = Dispatcher(
                 self.topology, self._subs[name], router,
                 Claims(self.store, name, DEFAULT_LEASE), _Source(self, name), clock=self._clock,
+                runner=Runner.for_subscriber(self._subs[name], clock=self._virtual,
+                                             sleep=self._advance),
+                batch_timer=False,
             )  # fmt: skip
-        self._epoch = datetime.now(UTC)
-        self._now = 0.0
         self._ready: deque[tuple[str, _Message]] = deque()
         self._waiting: dict[str, list[_Message]] = {n: [] for n in names}  # not running
         self._delayed: list[tuple[float, int, str, _Message]] = []
@@ -158,8 +171,11 @@ class TestBus:
         self._handled: dict[str, list[Handled]] = {n: [] for n in names}
         self._parked: dict[str, list[Parked]] = {n: [] for n in names}
         self._duplicates: dict[str, list[str]] = {n: [] for n in names}
+        self._batching: list[asyncio.Task[None]] = []  # deliveries waiting for their batch
 
     async def __aenter__(self) -> Self:
+        for dispatcher in self._dispatchers.values():  # process workers spawn on first use
+            await dispatcher.start(warm=False)
         return self
 
     async def __aexit__(
@@ -169,6 +185,8 @@ class TestBus:
         for router in self._routers:
             for hook in router.shutdown_hooks:
                 await hook()
+        for dispatcher in self._dispatchers.values():
+            await dispatcher.close()
         await self.store.close()
 
     # -- what a test reads --------------------------------------------------------------------
@@ -195,7 +213,7 @@ class TestBus:
         name = self._known(subscriber)
         return (
             sum(1 for n, _ in self._ready if n == name)
-            + sum(1 for *_, n, _ in self._delayed if n == name)
+            + sum(1 for *_, n, _ in self._delayed if n == name)  # "": a delayed event
             + len(self._waiting[name])
         )
 
@@ -211,9 +229,14 @@ class TestBus:
         causation_id: str | None = None,
         traceparent: str | None = None,
         source: str | None = None,
+        delay: Delay | None = None,
     ) -> str:
         """Publish as `Publisher.publish` does: refused at once for an undeclared type, data
-        failing its JSON Schema, or no queue bound (`UnroutableError`). Returns the id."""
+        failing its JSON Schema, or no queue bound (`UnroutableError`). Returns the id.
+
+        With *delay* the event is routed when the virtual clock reaches it, to the
+        subscribers bound then (none bound: it is dropped, as the broker drops it)."""
+        seconds = seconds_of(delay) if delay is not None else None
         publisher = self._publisher(source or self.source)
         event = publisher.event(
             event_type, data, id=id, correlation_id=correlation_id,
@@ -221,6 +244,11 @@ class TestBus:
         )  # fmt: skip
         wire = encode(event)
         exchange = self.topology.events[event_type].exchange
+        if seconds is not None:
+            wire.headers[DELAY_HEADER] = seconds
+            m = _Message(wire, exchange, event_type, dict(wire.headers))
+            heapq.heappush(self._delayed, (self._now + seconds, next(self._seq), "", m))
+            return event.id
         targets = self._route(exchange, event_type)
         if not targets:
             raise UnroutableError(
@@ -266,7 +294,9 @@ class TestBus:
         """Deliver until nothing is in flight: every ready message, then the clock jumps to
         the next retry due, and so on. Handlers run one at a time."""
         for _ in range(self.max_deliveries):
-            if not self._ready and not self._tick():
+            if not self._ready:
+                if await self._run_batches() or self._tick():
+                    continue
                 return
             name, m = self._ready.popleft()
             await self._deliver(name, m)
@@ -276,20 +306,57 @@ class TestBus:
         )
 
     def _tick(self) -> bool:
-        """Advance the virtual clock to the next retry due; False when none waits."""
+        """Advance the virtual clock to the next retry or delayed event due; False when none
+        waits."""
         if not self._delayed:
             return False
         self._now = max(self._now, self._delayed[0][0])
         while self._delayed and self._delayed[0][0] <= self._now:
             _, _, name, m = heapq.heappop(self._delayed)
-            self._ready.append((name, m))
+            if name:  # a retry, back to its own queue
+                self._ready.append((name, m))
+            else:  # a delayed event, due: to whoever is bound now
+                for target in self._route(m.exchange, m.routing_key):
+                    self._enqueue(target, m.copy(m.exchange, m.routing_key, dict(m.headers)))
         return True
+
+    def _virtual(self) -> float:
+        return self._now
+
+    async def _advance(self, seconds: float) -> None:
+        """A rate limit's wait, on the virtual clock."""
+        self._now += seconds
 
     def _clock(self) -> datetime:
         return self._epoch + timedelta(seconds=self._now)
 
     async def _deliver(self, name: str, m: _Message) -> None:
-        outcome = await self._dispatchers[name].dispatch(m)
+        dispatcher = self._dispatchers[name]
+        if not dispatcher.batched(m):
+            self._perform(name, m, await dispatcher.dispatch(m))
+            return
+        # a batch handler's delivery waits for its batch: let it reach the batcher (or fill
+        # the batch), and go on delivering; `_run_batches` runs what is left
+        waiting = dispatcher.batch_waiting
+        task = asyncio.get_running_loop().create_task(self._deliver_batched(name, m))
+        self._batching.append(task)
+        while not task.done() and dispatcher.batch_waiting == waiting:  # noqa: ASYNC110 - turns
+            await asyncio.sleep(0)
+
+    async def _deliver_batched(self, name: str, m: _Message) -> None:
+        self._perform(name, m, await self._dispatchers[name].dispatch(m))
+
+    async def _run_batches(self) -> bool:
+        """Nothing else is ready: run every waiting batch; False when none waited."""
+        if not self._batching:
+            return False
+        for dispatcher in self._dispatchers.values():
+            dispatcher.flush_batches()
+        tasks, self._batching = self._batching, []
+        await asyncio.gather(*tasks)
+        return True
+
+    def _perform(self, name: str, m: _Message, outcome: Outcome) -> None:
         kind = type(outcome)
         event_id = m.message_id or ""
         if kind is Ack:

@@ -76,9 +76,13 @@ def settings(
     topology: str | None = None,
     store_url: str | None = None,
     outbox_url: str | None = None,
+    consumer_timeout: str | None = None,
 ) -> Settings:
     """The environment's settings with the command's options winning (ConfigError if bad)."""
-    return Settings.from_env(url=url, topology=topology, store_url=store_url, outbox_url=outbox_url)
+    return Settings.from_env(
+        url=url, topology=topology, store_url=store_url, outbox_url=outbox_url,
+        consumer_timeout=consumer_timeout,
+    )  # fmt: skip
 
 
 def topology_of(s: Settings) -> Topology:

@@ -228,6 +228,16 @@ def _summary(outcome: Outcome) -> None:
             soft_wrap=True,
             markup=False,
         )
+    if snap.invoices:
+        sample = snap.invoices[0]
+        console.print(
+            f"invoices: {len(snap.invoices)} PDFs rendered in invoicing's process pool, e.g. "
+            f"{sample} ({sample.stat().st_size:,} bytes) · follow-ups: {snap.follow_ups} "
+            '"How was your order?" mails, each a delayed event (3d in production, '
+            f"{outcome.follow_up} here)",
+            soft_wrap=True,
+            markup=False,
+        )
     steps = ("startup", "flow", "shutdown", "total")
     console.print("timings: " + ", ".join(f"{k} {t[k]:.1f}s" for k in steps if k in t))
     if outcome.ok:

@@ -18,6 +18,7 @@ from bus.cli.common import (
     settings,
     topology_of,
 )
+from bus.delays import seconds_of
 from bus.errors import ConfigError
 from bus.publisher import Publisher
 
@@ -45,11 +46,18 @@ def run(
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,
     store_url: str | None = StoreUrlOption,
+    consumer_timeout: str | None = typer.Option(
+        None,
+        "--consumer-timeout",
+        envvar="BUS_CONSUMER_TIMEOUT",
+        help="The broker's consumer_timeout; a subscriber `timeout` must be below it "
+        "(default: 30m, RabbitMQ's own)",
+    ),
 ) -> None:
     """Run one subscriber service until SIGTERM, then drain and exit 0."""
     from bus.service import serve
 
-    s = settings(url, topology, store_url)
+    s = settings(url, topology, store_url, consumer_timeout=consumer_timeout)
     run_async(serve(subscriber, s, metrics_port=metrics_port, grace=grace))
 
 
@@ -70,13 +78,21 @@ def publish(
     correlation_id: str | None = typer.Option(
         None, "--correlation-id", help="Correlation id of the event (default: none)"
     ),
+    delay: str | None = typer.Option(
+        None,
+        "--delay",
+        help="Deliver after this long (10s, 5m, 3d; whole seconds, up to "
+        "194 days), held by the broker's delay levels (default: at once)",
+    ),
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,
 ) -> None:
-    """Publish one event and wait for the broker's confirm.
-
-    There is no --delay: delayed publish does not exist yet."""
+    """Publish one event and wait for the broker's confirm (with --delay: delivered later)."""
     payload = _payload(data)
+    try:
+        seconds = seconds_of(delay) if delay is not None else None
+    except ValueError as exc:
+        raise ConfigError(f"--delay: {exc}") from None
     s = settings(url, topology)
     t = topology_of(s)
 
@@ -85,10 +101,13 @@ def publish(
 
     async def go() -> str:
         async with publisher as pub:
-            return await pub.publish(event_type, payload, id=id, correlation_id=correlation_id)
+            return await pub.publish(
+                event_type, payload, id=id, correlation_id=correlation_id, delay=seconds
+            )
 
     event_id = run_async(go())
-    console.print(f"published {event_type} {event_id}", markup=False)
+    after = f", delivered in {seconds}s" if seconds is not None else ""
+    console.print(f"published {event_type} {event_id}{after}", markup=False)
 
 
 def _payload(data: str) -> Any:

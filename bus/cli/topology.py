@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from rich.text import Text
 
+import bus.delays as delays
 from bus.cli.common import (
     TopologyOption,
     UrlOption,
@@ -19,7 +20,7 @@ from bus.errors import BusError, TopologyError
 from bus.settings import redact
 from bus.topology import apply as applier
 from bus.topology.model import Topology
-from bus.topology.plan import Action, Step, desired, diff
+from bus.topology.plan import Action, Step, desired, diff, is_delay_object
 
 app = typer.Typer(
     help="Validate, plan, apply and tear down topology/topology.yaml.", no_args_is_help=True
@@ -68,8 +69,11 @@ async def _plan(url: str, t: Topology, prune: bool, execute: bool) -> list[Step]
         await conn.close()
 
 
-def _report(steps: list[Step], verb: str) -> int:
+def _report(all_steps: list[Step], verb: str) -> int:
+    delay = [s for s in all_steps if is_delay_object(s.decl)]
+    steps = [s for s in all_steps if not is_delay_object(s.decl)]
     changes = [s for s in steps if s.action is not Action.UNCHANGED]
+    changes += [s for s in delay if s.action is Action.DRIFT]
     for s in changes:
         style = {"create": "green", "delete": "red", "drift": "bold red", "keep": "yellow"}[
             s.action
@@ -87,6 +91,12 @@ def _report(steps: list[Step], verb: str) -> int:
     if counts[Action.KEEP]:
         summary += f", {counts[Action.KEEP]} no longer declared (kept)"
     console.print(summary)
+    fresh = sum(1 for s in delay if s.action is Action.CREATE)
+    console.print(
+        f"delay levels ({delays.PREFIX}.*, {delays.LEVELS} levels, delays up to "
+        f"{delays.MAX_DELAY // 86400} days): "
+        + (f"{fresh} of {len(delay)} objects to create" if fresh else "ready")
+    )
     return 1 if counts[Action.DRIFT] else 0
 
 

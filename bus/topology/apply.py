@@ -22,11 +22,13 @@ from bus.topology.plan import (
     Action,
     BindingDecl,
     Decl,
+    ExchangeBindingDecl,
     ExchangeDecl,
     Observed,
     QueueDecl,
     Role,
     Step,
+    is_delay_object,
 )
 
 log = logging.getLogger(__name__)
@@ -121,12 +123,14 @@ async def apply(conn: AbstractConnection, steps: Sequence[Step], want: Sequence[
         for d in want:
             if isinstance(d, BindingDecl) and f"queue {d.queue}" not in drifted:
                 await raw.queue_bind(d.queue, d.exchange, routing_key=d.routing_key)
+            elif isinstance(d, ExchangeBindingDecl):
+                await raw.exchange_bind(d.destination, d.source, routing_key=d.routing_key)
         for step in steps:
             if step.action is Action.DELETE:
                 await _delete(channel, step.decl)
     finally:
         await _close(channel)
-    owned = [d for d in want if d.key not in drifted]
+    owned = [d for d in want if d.key not in drifted and not is_delay_object(d)]
     owned += [s.decl for s in steps if s.action in (Action.KEEP, Action.DRIFT)]
     mains = _main_queues(want)
     for owner, main in mains.items():
@@ -212,6 +216,9 @@ def _to_json(d: Decl) -> dict[str, object]:
             "role": str(d.role),
             "arguments": dict(d.arguments),
         }
+    if isinstance(d, ExchangeBindingDecl):
+        return {"kind": "exchange-binding", "destination": d.destination, "source": d.source,
+                "key": d.routing_key}  # fmt: skip
     return {"kind": "binding", "queue": d.queue, "exchange": d.exchange, "key": d.routing_key}
 
 

@@ -25,7 +25,15 @@ from typing import Any
 from bus.envelope import H_ID, H_SOURCE, H_SPECVERSION, H_TIME, H_TYPE
 from bus.routing import matches
 from bus.topology.model import ExchangeType, Subscriber, Topology
-from bus.topology.plan import BindingDecl, Decl, ExchangeDecl, QueueDecl, Role, desired
+from bus.topology.plan import (
+    BindingDecl,
+    Decl,
+    ExchangeBindingDecl,
+    ExchangeDecl,
+    QueueDecl,
+    Role,
+    desired,
+)
 
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 DEFAULT_EXCHANGE = "amq.default"  # the resource name RabbitMQ checks for publishes to ""
@@ -59,7 +67,9 @@ def definitions(topology: Topology, *, vhost: str = "/", users: bool = False) ->
         ]
     doc["exchanges"] = [_exchange(d, vhost) for d in decls if isinstance(d, ExchangeDecl)]
     doc["queues"] = [_queue(d, vhost) for d in decls if isinstance(d, QueueDecl)]
-    doc["bindings"] = [_binding(d, vhost) for d in decls if isinstance(d, BindingDecl)]
+    doc["bindings"] = [
+        _binding(d, vhost) for d in decls if isinstance(d, BindingDecl | ExchangeBindingDecl)
+    ]
     return doc
 
 
@@ -85,12 +95,16 @@ def _queue(d: QueueDecl, vhost: str) -> dict[str, Any]:
     }
 
 
-def _binding(d: BindingDecl, vhost: str) -> dict[str, Any]:
+def _binding(d: BindingDecl | ExchangeBindingDecl, vhost: str) -> dict[str, Any]:
+    if isinstance(d, ExchangeBindingDecl):  # a delay level passing keys on to the next
+        source, destination, kind = d.source, d.destination, "exchange"
+    else:
+        source, destination, kind = d.exchange, d.queue, "queue"
     return {
-        "source": d.exchange,
+        "source": source,
         "vhost": vhost,
-        "destination": d.queue,
-        "destination_type": "queue",
+        "destination": destination,
+        "destination_type": kind,
         "routing_key": d.routing_key,
         "arguments": {},
     }

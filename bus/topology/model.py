@@ -18,11 +18,13 @@ import yaml
 from croniter import croniter
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from bus.durations import normalise, parse_ms
+from bus.durations import normalise, normalise_rate, parse_ms, parse_rate
 from bus.errors import TopologyError
 from bus.routing import matches
 
 Duration = Annotated[str, AfterValidator(normalise)]
+Rate = Annotated[str, AfterValidator(normalise_rate)]  # handler starts: 10/s, 600/m, 100/h
+Concurrency = Annotated[int, Field(ge=1, le=65535)]
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 _HANDLERS = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -68,6 +70,9 @@ class DefaultsSpec(_Strict):
     # quorum only: x-quorum-initial-group-size, the members each queue gets on a cluster
     # (left out: the broker's default)
     replicas: Replicas | None = None
+    concurrency: Concurrency | None = None  # None: the prefetch
+    rate_limit: Rate | None = None
+    timeout: Duration | None = None
 
 
 class ExchangeSpec(_Strict):
@@ -93,6 +98,9 @@ class SubscriberSpec(_Strict):
     queue_type: QueueType | None = None
     prefetch: Annotated[int, Field(ge=1, le=65535)] | None = None
     replicas: Replicas | None = None
+    concurrency: Concurrency | None = None
+    rate_limit: Rate | None = None
+    timeout: Duration | None = None
     description: str = ""
     # event types its handlers may publish (`ctx.publish`): the least-privilege export grants
     # its user exactly these; none when left out
@@ -137,6 +145,18 @@ class Subscriber:
     bindings: tuple[Binding, ...]
     publishes: tuple[str, ...] = ()
     replicas: int | None = None  # quorum queues' initial group size
+    concurrency: int = 32  # handlers in flight; sizes the thread (and process) pools
+    rate_limit: str | None = None  # "10/s": handler starts per process
+    timeout: str | None = None  # "2m": a handler running longer fails with HandlerTimeout
+
+    @property
+    def rate(self) -> float | None:
+        """Handler starts per second, or None."""
+        return parse_rate(self.rate_limit) if self.rate_limit else None
+
+    @property
+    def timeout_ms(self) -> int | None:
+        return parse_ms(self.timeout) if self.timeout else None
 
     @property
     def dlq(self) -> str:
@@ -191,17 +211,21 @@ class Topology:
         retry_delays = s.retry.delays if s.retry and s.retry.delays is not None else None
         delays = retry_delays if retry_delays is not None else d.retry.delays
         limit = s.retry.delivery_limit if s.retry and s.retry.delivery_limit else None
+        prefetch = s.prefetch or d.prefetch
         return Subscriber(
             name=name,
             queue=s.queue or name,
             handlers=s.handlers,
             queue_type=s.queue_type or d.queue_type,
-            prefetch=s.prefetch or d.prefetch,
+            prefetch=prefetch,
             delays=tuple(delays),
             delivery_limit=limit or d.retry.delivery_limit,
             bindings=tuple(Binding(b.exchange, k) for b in s.bindings for k in b.keys or ["#"]),
             publishes=tuple(dict.fromkeys(s.publishes)),
             replicas=s.replicas or d.replicas,
+            concurrency=s.concurrency or d.concurrency or prefetch,
+            rate_limit=s.rate_limit or d.rate_limit,
+            timeout=s.timeout or d.timeout,
         )
 
     def subscribers(self) -> list[Subscriber]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import bus.delays as delays
 from bus.durations import parse_ms
 from bus.topology.model import QueueType, Subscriber, Topology
 
@@ -21,6 +22,7 @@ class Role(StrEnum):
     MAIN = "main"
     RETRY = "retry"
     DLQ = "dlq"
+    DELAY = "delay"  # the shared delay levels (bus.delays), owned by no subscriber
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +68,23 @@ class BindingDecl:
         return self.key
 
 
-Decl = ExchangeDecl | QueueDecl | BindingDecl
+@dataclass(frozen=True, slots=True)
+class ExchangeBindingDecl:
+    """An exchange-to-exchange binding: *source* routes matching keys on to *destination*."""
+
+    destination: str
+    source: str
+    routing_key: str
+
+    @property
+    def key(self) -> str:
+        return f"binding {self.source} -> exchange {self.destination} [{self.routing_key}]"
+
+    def describe(self) -> str:
+        return self.key
+
+
+Decl = ExchangeDecl | QueueDecl | BindingDecl | ExchangeBindingDecl
 
 
 def _type_arguments(sub: Subscriber) -> dict[str, Any]:
@@ -113,12 +131,79 @@ def subscriber_objects(sub: Subscriber) -> list[Decl]:
     return decls
 
 
+def _delay_queue_arguments(ttl_ms: int, exchange: str, routing_key: str | None) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "x-queue-type": "quorum",
+        "x-message-ttl": ttl_ms,
+        "x-dead-letter-exchange": exchange,
+        # at-least-once dead-lettering (3.10+): a delayed event is never lost between hops
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+    if routing_key is not None:
+        args["x-dead-letter-routing-key"] = routing_key
+    return args
+
+
+def delay_objects(topology: Topology) -> list[Decl]:
+    """The delay levels (shared by every topology of the vhost) and, per declared event type,
+    the queue that hands a delayed event to its exchange (`bus.delays`)."""
+    decls: list[Decl] = [ExchangeDecl(delays.DELIVER, "topic")]
+    for level in range(delays.LEVELS):
+        here = delays.level_exchange(level)
+        below = delays.level_exchange(level - 1) if level else delays.DELIVER
+        queue = delays.level_queue(level)
+        args = _delay_queue_arguments(2**level * 1000, below, None)
+        decls += [
+            ExchangeDecl(here, "topic"),
+            QueueDecl(queue, delays.PREFIX, Role.DELAY, args),
+            BindingDecl(queue, here, delays.level_key(level, "1")),
+            ExchangeBindingDecl(below, here, delays.level_key(level, "0")),
+        ]
+    for event_type, spec in topology.events.items():
+        queue = delays.out_queue(spec.exchange, event_type)
+        args = _delay_queue_arguments(0, spec.exchange, event_type)
+        decls += [
+            QueueDecl(queue, delays.PREFIX, Role.DELAY, args),
+            BindingDecl(queue, delays.DELIVER, delays.deliver_key(spec.exchange, event_type)),
+        ]
+    return decls
+
+
 def desired(topology: Topology) -> list[Decl]:
-    """Every object the topology declares, exchanges first, then each subscriber's."""
+    """Every object the topology declares: exchanges, each subscriber's, then the delays'."""
     decls: list[Decl] = [ExchangeDecl(n, str(e.type)) for n, e in topology.exchanges.items()]
     for sub in topology.subscribers():
         decls += subscriber_objects(sub)
-    return decls
+    return decls + delay_objects(topology)
+
+
+def is_delay_object(d: Decl) -> bool:
+    """Part of the shared delay machinery: never recorded for a subscriber, never pruned."""
+    if isinstance(d, QueueDecl):
+        return d.role is Role.DELAY
+    if isinstance(d, BindingDecl):
+        return d.queue.startswith(f"{delays.PREFIX}.")
+    if isinstance(d, ExchangeBindingDecl):
+        return True
+    return d.name.startswith(f"{delays.PREFIX}.")
+
+
+def _step(d: Decl, seen: Observed, recorded_bindings: set[BindingDecl]) -> Step:
+    """What becomes of one wanted object."""
+    if d.key in seen.drift:
+        return Step(Action.DRIFT, d, seen.drift[d.key])
+    if isinstance(d, ExchangeDecl):
+        known = d.name in seen.exchanges
+    elif isinstance(d, QueueDecl):
+        known = d.name in seen.queues
+    elif isinstance(d, ExchangeBindingDecl):  # asserted on every apply: idempotent
+        known = d.source in seen.exchanges and d.destination in seen.exchanges
+    elif is_delay_object(d):  # shared: not in any subscriber's record
+        known = d.queue in seen.queues
+    else:
+        known = d in recorded_bindings and d.queue in seen.queues
+    return Step(Action.UNCHANGED if known else Action.CREATE, d)
 
 
 class Action(StrEnum):
@@ -161,20 +246,10 @@ def diff(want: Iterable[Decl], seen: Observed, *, prune: bool = False) -> list[S
     and only when they are empty."""
     want = list(want)
     recorded_bindings = {d for d in seen.recorded if isinstance(d, BindingDecl)}
-    steps: list[Step] = []
-    for d in want:
-        if d.key in seen.drift:
-            steps.append(Step(Action.DRIFT, d, seen.drift[d.key]))
-        elif isinstance(d, ExchangeDecl):
-            steps.append(Step(Action.UNCHANGED if d.name in seen.exchanges else Action.CREATE, d))
-        elif isinstance(d, QueueDecl):
-            steps.append(Step(Action.UNCHANGED if d.name in seen.queues else Action.CREATE, d))
-        else:
-            known = d in recorded_bindings and d.queue in seen.queues
-            steps.append(Step(Action.UNCHANGED if known else Action.CREATE, d))
+    steps = [_step(d, seen, recorded_bindings) for d in want]
     wanted = {d.key for d in want}
     for old in seen.recorded:
-        if old.key in wanted or isinstance(old, ExchangeDecl):
+        if old.key in wanted or isinstance(old, ExchangeDecl | ExchangeBindingDecl):
             continue  # exchanges are shared with producers: never pruned
         if isinstance(old, QueueDecl):
             if old.name not in seen.queues:

@@ -1,7 +1,9 @@
 """Event counts per type and hour, in SQLite (a file) or PostgreSQL, chosen by URL.
 
 Counting is exactly-once on its own: the event id goes into `analytics_seen` in the same
-transaction that bumps the count, so a redelivered event never counts twice.
+transaction that bumps the count, so a redelivered event never counts twice. `record_many`
+does a whole batch in one transaction: on PostgreSQL two statements (`unnest` arrays) for any
+number of events.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ SEEN = (
 )
 BUMP = """INSERT INTO analytics_counts (event_type, hour, count) VALUES ({0}, {1}, 1)
 ON CONFLICT (event_type, hour) DO UPDATE SET count = analytics_counts.count + 1"""
+BUMP_BY = """INSERT INTO analytics_counts (event_type, hour, count) VALUES ({0}, {1}, {2})
+ON CONFLICT (event_type, hour) DO UPDATE SET count = analytics_counts.count + excluded.count"""
+SEEN_MANY = """INSERT INTO analytics_seen (event_id) SELECT unnest($1::text[])
+ON CONFLICT DO NOTHING RETURNING event_id"""
+BUMP_MANY = """INSERT INTO analytics_counts (event_type, hour, count)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])
+ON CONFLICT (event_type, hour) DO UPDATE SET count = analytics_counts.count + excluded.count"""
 TOTALS = "SELECT event_type, hour, count FROM analytics_counts ORDER BY hour, event_type"
 DAY_TOTAL = "SELECT COALESCE(SUM(count), 0) FROM analytics_counts WHERE hour LIKE {0}"
 REPORT = """INSERT INTO analytics_reports (day, events, created_at) VALUES ({0}, {1}, {2})
@@ -37,8 +46,20 @@ def hour_of(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:00Z")
 
 
+def _per_hour(events: list[Seen]) -> dict[tuple[str, str], int]:
+    out: dict[tuple[str, str], int] = {}
+    for _, event_type, when in events:
+        key = (event_type, hour_of(when))
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+Seen = tuple[str, str, datetime]  # event id, event type, when
+
+
 class Counts(Protocol):
     async def record(self, event_id: str, event_type: str, when: datetime) -> bool: ...
+    async def record_many(self, events: list[Seen]) -> int: ...
     async def totals(self) -> list[tuple[str, str, int]]: ...
     async def write_report(self, day: str, now: datetime) -> int: ...
     async def close(self) -> None: ...
@@ -69,6 +90,21 @@ class SqliteCounts:
                 await self.db.execute(BUMP.format("?", "?"), (event_type, hour_of(when)))
             await self.db.commit()
         return fresh
+
+    async def record_many(self, events: list[Seen]) -> int:
+        """Count a batch in one transaction; returns how many were new."""
+        async with self.lock:
+            fresh: list[Seen] = []
+            for e in events:
+                async with self.db.execute(SEEN.format("?"), (e[0],)) as cur:
+                    if await cur.fetchone() is not None:
+                        fresh.append(e)
+            bumps = _per_hour(fresh)
+            await self.db.executemany(
+                BUMP_BY.format("?", "?", "?"), [(t, h, n) for (t, h), n in bumps.items()]
+            )
+            await self.db.commit()
+        return len(fresh)
 
     async def totals(self) -> list[tuple[str, str, int]]:
         async with self.db.execute(TOTALS) as cur:
@@ -110,6 +146,20 @@ class PostgresCounts:
             if fresh:
                 await conn.execute(BUMP.format("$1", "$2"), event_type, hour_of(when))
         return fresh
+
+    async def record_many(self, events: list[Seen]) -> int:
+        """Count a batch in one transaction, two statements; returns how many were new."""
+        if not events:
+            return 0
+        by_id = {e[0]: e for e in events}
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(SEEN_MANY, list(by_id))
+            fresh = [by_id[r[0]] for r in rows]
+            bumps = _per_hour(fresh)
+            if bumps:
+                types, hours, counts = zip(*((t, h, n) for (t, h), n in bumps.items()), strict=True)
+                await conn.execute(BUMP_MANY, list(types), list(hours), list(counts))
+        return len(fresh)
 
     async def totals(self) -> list[tuple[str, str, int]]:
         rows = await self.pool.fetch(TOTALS)

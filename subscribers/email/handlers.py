@@ -1,4 +1,9 @@
-"""Render and send customer mails. `SMTP_URL` (smtp://host:port), `MAIL_FROM`."""
+"""Render and send customer mails. `SMTP_URL` (smtp://host:port), `MAIL_FROM`.
+
+After the confirmation it schedules the "how was your order?" mail as a delayed event,
+`order.review_requested`, `EMAIL_FOLLOW_UP_DELAY` later (3d; the demo uses seconds): the
+broker holds it meanwhile (`bus.delays`), and this service sends it when it arrives.
+"""
 
 from __future__ import annotations
 
@@ -61,10 +66,36 @@ async def deliver(msg: EmailMessage) -> None:
     )
 
 
+class ReviewRequested(BaseModel):
+    order_id: str
+    email: str
+    customer: str = "there"
+
+
 @router.on("order.placed")
 async def send_confirmation(order: OrderPlaced, ctx: Context) -> None:
     await deliver(render_confirmation(order, ctx.id))
     ctx.log.info("confirmation for %s sent to %s", order.order_id, order.email)
+    follow_up = {"order_id": order.order_id, "email": order.email, "customer": order.customer}
+    await ctx.publish(
+        "order.review_requested", follow_up, delay=os.environ.get("EMAIL_FOLLOW_UP_DELAY", "3d")
+    )
+
+
+@router.on("order.review_requested")
+async def send_follow_up(event: ReviewRequested, ctx: Context) -> None:
+    """The delayed "how was your order?" mail."""
+    msg = EmailMessage()
+    msg["From"] = os.environ.get("MAIL_FROM", "shop@example.com")
+    msg["To"] = event.email
+    msg["Subject"] = f"How was your order {event.order_id}?"
+    msg["Message-ID"] = f"<{ctx.id}@bus.email>"
+    msg.set_content(
+        f"Hello {event.customer},\n\nyour order {event.order_id} should be with you by now. "
+        "How was it? Just reply to this mail."
+    )
+    await deliver(msg)
+    ctx.log.info("follow-up for %s sent to %s", event.order_id, event.email)
 
 
 @router.on("order.shipped")

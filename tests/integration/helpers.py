@@ -10,12 +10,15 @@ import aio_pika
 import aiormq
 
 from bus.connection import connect_plain
+from bus.delays import PREFIX
 from bus.router import Router
 from bus.stores import MemoryStore
 from bus.subscriber import Runtime
 from bus.topology import apply as applier
 from bus.topology.model import Topology, from_dict
-from bus.topology.plan import ExchangeDecl, QueueDecl, Role, desired, diff
+from bus.topology.plan import ExchangeDecl, QueueDecl, Role, desired, diff, is_delay_object
+
+OUT = f"{PREFIX}.out."  # a topology's own delay queues: one per event type
 
 ORDER_SCHEMA = {
     "type": "object",
@@ -80,6 +83,8 @@ async def delete_topology(url: str, topology: Topology) -> None:
     conn = await connect_plain(url)
     try:
         for d in desired(topology):
+            if is_delay_object(d) and not (isinstance(d, QueueDecl) and d.name.startswith(OUT)):
+                continue  # the delay levels are shared by every topology of the vhost
             channel = await conn.channel()
             with contextlib.suppress(aiormq.exceptions.AMQPError):
                 raw = await channel.get_underlay_channel()

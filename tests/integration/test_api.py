@@ -161,7 +161,7 @@ async def test_post_writes_the_order_and_its_outbox_event(client: httpx.AsyncCli
         "email": "ada@example.com",
         "customer": "Ada",
         "total": 25.98,
-        "items": [{"sku": "BOOK-1", "quantity": 2}],
+        "items": [{"sku": "BOOK-1", "quantity": 2, "unit_price": 12.99}],
     }
     schema = load(TOPOLOGY).events["order.placed"].json_schema
     jsonschema.validate(data, schema)  # what the relay will publish passes the declared schema

@@ -82,14 +82,17 @@ async def test_demo_handles_every_order_in_every_service_and_recovers_from_503s(
     assert summary["outbox"]["relayed"] == 5 and summary["outbox"]["pending"] == 0
     assert summary["api"]["p99_ms"] > 0
     subs = summary["subscribers"]
-    assert set(subs) == {"email", "analytics", "fulfillment", "orders"}
+    assert set(subs) == {"email", "analytics", "fulfillment", "invoicing", "orders"}
     assert subs["orders"]["handled"] == 5, "the API saw each shipment requested"
     for name, counts in subs.items():
         assert counts["handled"] > 0, f"{name} handled nothing: {counts}"
         assert counts["handled"] == counts["expected"], f"{name}: {counts}"
         assert counts["parked"] == 0, f"{name} parked messages: {counts}"
-    assert subs["analytics"]["expected"] == 10  # order.placed and shipment.requested
-    assert summary["mails"] == 5
+    # order.placed, shipment.requested, invoice.rendered, the delayed order.review_requested
+    assert subs["analytics"]["expected"] == 20
+    assert summary["mails"] == 10, "a confirmation and a delayed follow-up per order"
+    assert summary["follow_ups"] == 5
+    assert summary["invoices"] == 5 and summary["invoice_sample"].endswith(".pdf")
     # the warehouse failed its first two calls: those orders were retried, then accepted
     assert subs["fulfillment"]["retried"] >= 2
     assert summary["warehouse"]["failed"] == 2
@@ -144,5 +147,5 @@ def test_demo_topology_isolates_names_under_the_prefix_with_short_retries() -> N
         assert {b.exchange for b in sub.bindings} == {"demo.events"}
     assert topology.schedules() == []
     assert expected_handled(topology, 3) == {
-        "email": 3, "analytics": 6, "fulfillment": 3, "orders": 3,
+        "email": 6, "analytics": 12, "fulfillment": 3, "invoicing": 3, "orders": 3,
     }  # fmt: skip

@@ -340,6 +340,9 @@ async def test_the_relay_serves_readiness_and_the_outbox_metrics(
     topology = audit_topology(prefix)
     port = free_port()
     stop = asyncio.Event()
+    # `bus relay` counts in the process's default registry, which earlier relays of this
+    # process (e.g. the test above) counted in too: what matters is this relay's one more
+    counted_before = _relayed("order.shipped")
     async with applied(amqp_url, topology), outbox_db("sqlite", tmp_path) as url:
         await write("sqlite", url, Outbox(topology), [("order.shipped", {})])
         task = asyncio.create_task(serve(amqp_url, url, topology, metrics_port=port, stop=stop))
@@ -354,6 +357,9 @@ async def test_the_relay_serves_readiness_and_the_outbox_metrics(
 
                 await wait_for(ready, message="/readyz 200")
                 await wait_for(lambda: queue_depth(amqp_url, f"{prefix}.audit"), message="event")
+                # the relay counts once the confirm is in, which may follow the enqueue
+                await wait_for(lambda: _relayed("order.shipped") == counted_before + 1,
+                               timeout=5, message="the published counter one up")  # fmt: skip
                 text = (await http.get("/metrics")).text
         finally:
             stop.set()
@@ -361,3 +367,12 @@ async def test_the_relay_serves_readiness_and_the_outbox_metrics(
     # the process-wide registry: earlier relays of this test run may have counted too
     assert re.search(r'bus_relay_published_total\{type="order.shipped"\} [1-9]', text), text
     assert "bus_outbox_pending" in text and "bus_relay_ready" in text
+
+
+def _relayed(event_type: str) -> float:
+    from bus.metrics import Metrics
+
+    value = Metrics.default().registry.get_sample_value(
+        "bus_relay_published_total", {"type": event_type}
+    )
+    return value or 0.0

@@ -132,7 +132,9 @@ def test_the_order_placed_event_passes_the_topology_and_its_schema() -> None:
     event = Outbox(load(TOPOLOGY), source="orders-api").event("order.placed", data)  # checks it
 
     jsonschema.validate(event.data, load(TOPOLOGY).events["order.placed"].json_schema)
-    assert data["total"] == 25.98 and data["items"] == [{"sku": "BOOK-1", "quantity": 2}]
+    assert data["total"] == 25.98 and data["items"] == [
+        {"sku": "BOOK-1", "quantity": 2, "unit_price": 12.99}
+    ]
 
 
 def test_the_event_id_is_derived_from_the_order_id() -> None:

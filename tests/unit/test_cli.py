@@ -41,13 +41,39 @@ class Result:
     err: str
 
 
+LONG_TIMEOUT_TOPOLOGY = """\
+version: 1
+exchanges:
+  events: {type: topic}
+events:
+  order.placed: {exchange: events}
+subscribers:
+  email:
+    handlers: subscribers.email.handlers:router
+    bindings:
+      - {exchange: events, keys: [order.placed]}
+    timeout: 30m
+"""
+
+
 def commands(bad_topology: Path, absent: Path) -> dict[str, tuple[str, ...]]:
     """Every command this module runs, by name."""
+    long_timeout = bad_topology.with_name("long-timeout.yaml")
     return {
+        "run-timeout-at-consumer-timeout": ("run", "email", "-t", str(long_timeout)),
+        "run-timeout-below-a-raised-consumer-timeout": (
+            "run",
+            "email",
+            "-t",
+            str(long_timeout),
+            "--consumer-timeout",
+            "1h",
+        ),
         "validate": ("topology", "validate"),
         "validate-bad": ("topology", "validate", "--topology", str(bad_topology)),
         "validate-absent": ("topology", "validate", "-t", str(absent)),
         "publish-undeclared": ("publish", "order.exploded", "--data", "{}"),
+        "publish-bad-delay": ("publish", "order.placed", "--data", "{}", "--delay", "3 days"),
         "publish-not-json": ("publish", "order.placed", "--data", "{order_id: o-1}"),
         "status": ("status",),
         "unknown-command": ("frobnicate",),
@@ -61,6 +87,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Result]:
     tmp = tmp_path_factory.mktemp("cli")
     bad = tmp / "bad.yaml"
     bad.write_text(BAD_TOPOLOGY, encoding="utf-8")
+    (tmp / "long-timeout.yaml").write_text(LONG_TIMEOUT_TOPOLOGY, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
     env |= {"BUS_URL": NO_BROKER, "BUS_STORE_URL": "memory://"}
     procs = {
@@ -141,3 +168,27 @@ def test_usage_error_exits_2_without_a_traceback(ran: dict[str, Result], name: s
     result = ran[name]
     assert "Traceback" not in result.err, result.err
     assert result.code == 2
+
+
+def test_run_refuses_a_timeout_not_below_the_consumer_timeout_with_exit_2(
+    ran: dict[str, Result],
+) -> None:
+    r = ran["run-timeout-at-consumer-timeout"]
+    assert r.code == 2, r
+    assert "timeout 30m is not below the broker's consumer_timeout (30m)" in r.err, r.err
+    assert "Traceback" not in r.err
+
+
+def test_run_accepts_that_timeout_below_a_raised_consumer_timeout(ran: dict[str, Result]) -> None:
+    r = ran["run-timeout-below-a-raised-consumer-timeout"]
+    assert r.code == 1, r  # past the check: it fails only at connecting to no broker
+    assert "consumer_timeout" not in r.err and "127.0.0.1:1" in r.err, r.err
+
+
+def test_publish_with_a_delay_that_is_not_a_duration_exits_2_with_one_line(
+    ran: dict[str, Result],
+) -> None:
+    r = ran["publish-bad-delay"]
+    assert r.code == 2, r
+    assert '--delay: "3 days" is not a duration' in r.err, r.err
+    assert "Traceback" not in r.err

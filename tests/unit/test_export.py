@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from bus.cli import app
 from bus.topology import export
 from bus.topology.model import Topology, from_dict, load
-from bus.topology.plan import BindingDecl, ExchangeDecl, QueueDecl, desired
+from bus.topology.plan import BindingDecl, ExchangeBindingDecl, ExchangeDecl, QueueDecl, desired
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY = ROOT / "topology" / "topology.yaml"
@@ -60,11 +60,18 @@ def test_definitions_hold_exactly_what_apply_declares(topology: Topology) -> Non
         d.name: dict(d.arguments) for d in want if isinstance(d, QueueDecl)
     }
     assert [(b["source"], b["destination"], b["routing_key"]) for b in doc["bindings"]] == [
-        (d.exchange, d.queue, d.routing_key) for d in want if isinstance(d, BindingDecl)
-    ]
+        (d.exchange, d.queue, d.routing_key) if isinstance(d, BindingDecl)
+        else (d.source, d.destination, d.routing_key)
+        for d in want if isinstance(d, BindingDecl | ExchangeBindingDecl)
+    ]  # fmt: skip
     assert all(q["durable"] and not q["auto_delete"] for q in doc["queues"])
     assert all(e["durable"] for e in doc["exchanges"])
-    assert all(b["destination_type"] == "queue" for b in doc["bindings"])
+    kinds = {
+        b["destination_type"] for b in doc["bindings"] if not b["source"].startswith("bus.delay.")
+    }
+    assert kinds == {"queue"}
+    e2e = [b for b in doc["bindings"] if b["destination_type"] == "exchange"]
+    assert len(e2e) == 24 and all(b["source"].startswith("bus.delay.") for b in e2e)
     assert "users" not in doc and "permissions" not in doc
 
 
@@ -115,7 +122,8 @@ def test_each_user_may_publish_only_the_event_types_its_side_declares(
     assert all(may["producer"].match(e) for e in events)
     assert not any(may["producer"].match(k) for k in ["order.refunded", "order", "order.placedX"])
     assert [e for e in events if may["fulfillment"].match(e)] == ["shipment.requested"]
-    assert not any(may["email"].match(e) for e in events), "email publishes nothing"
+    assert [e for e in events if may["email"].match(e)] == ["order.review_requested"]
+    assert not any(may["analytics"].match(e) for e in events), "analytics publishes nothing"
     assert all(p["read"] == "^$" for p in doc["topic_permissions"])
     producer = {p["user"]: p for p in doc["permissions"]}["producer"]
     assert (producer["configure"], producer["read"]) == ("^$", "^$")
@@ -177,7 +185,9 @@ def test_asyncapi_receivers_follow_the_broker_routing(topology: Topology) -> Non
     assert received == {
         ("email", "order.placed"),
         ("email", "order.shipped"),
+        ("email", "order.review_requested"),
         ("fulfillment", "order.placed"),
+        ("invoicing", "order.placed"),
         ("orders", "shipment.requested"),
         *(("analytics", e) for e in topology.events),
     }
@@ -222,7 +232,7 @@ def test_export_with_users_adds_users_and_permissions() -> None:
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert {u["name"] for u in doc["users"]} == {
-        "email", "analytics", "fulfillment", "orders", "producer",
+        "email", "analytics", "fulfillment", "invoicing", "orders", "producer",
     }  # fmt: skip
 
 

@@ -116,13 +116,13 @@ def test_raw_annotations_pass_the_data_through(annotation: str) -> None:
     assert handler.parse_data(data) is data
 
 
-def test_non_async_handler_is_refused() -> None:
+def test_async_executor_for_a_plain_def_is_refused() -> None:
     router = Router()
 
     def sync_handler(event: dict[str, Any], ctx: Any) -> None: ...
 
     with pytest.raises(TypeError, match="must be `async def`"):
-        router.on("order.placed")(sync_handler)  # type: ignore[arg-type]
+        router.on("order.placed", executor="loop")(sync_handler)
     assert router.handlers == []
 
 

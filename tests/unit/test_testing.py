@@ -104,6 +104,6 @@ async def test_a_handler_publishing_forever_fails_settle_instead_of_hanging() ->
 
 
 async def test_the_testbus_fixture_loads_the_projects_topology(testbus: TestBus) -> None:
-    assert set(testbus.topology.subscriber_names) == {"email", "analytics", "fulfillment", "orders"}
+    assert {"email", "analytics", "fulfillment", "orders"} <= set(testbus.topology.subscriber_names)
     with pytest.raises(UnknownEventType):
         await testbus.publish("order.cancelled", {})

@@ -327,3 +327,36 @@ def test_the_real_topology_file_is_valid() -> None:
     assert {"email", "analytics", "fulfillment"} <= set(t.subscriber_names)
     for sub in t.subscribers():
         assert sub.bindings, f"subscriber {sub.name} binds nothing"
+
+
+def test_concurrency_rate_limit_and_timeout_come_from_defaults_unless_a_subscriber_overrides() -> (
+    None
+):
+    doc = copy.deepcopy(VALID)
+    doc["defaults"] |= {"concurrency": 8, "rate_limit": "600/m", "timeout": "120s"}
+    doc["subscribers"]["tail"] |= {"concurrency": 2, "rate_limit": "10 / s", "timeout": "250ms"}
+    t = from_dict(doc)
+    email, tail = t.subscriber("email"), t.subscriber("tail")
+    assert (email.concurrency, email.rate_limit, email.timeout) == (8, "600/m", "2m")
+    assert (email.rate, email.timeout_ms) == (10.0, 120_000)
+    assert (tail.concurrency, tail.rate_limit, tail.timeout) == (2, "10/s", "250ms")
+
+
+def test_concurrency_defaults_to_the_prefetch_and_limits_to_none() -> None:
+    tail = from_dict(VALID).subscriber("tail")
+    assert (tail.concurrency, tail.rate_limit, tail.timeout) == (5, None, None)
+
+
+def test_bad_concurrency_rate_limit_and_timeout_are_reported_at_once_with_their_paths() -> None:
+    doc = copy.deepcopy(VALID)
+    doc["defaults"]["rate_limit"] = "fast"
+    doc["subscribers"]["email"] |= {"concurrency": 0, "rate_limit": "10/week",
+                                    "timeout": "2 minutes"}  # fmt: skip
+    with pytest.raises(TopologyError) as err:
+        from_dict(doc)
+    assert err.value.problems == [
+        'defaults.rate_limit: "fast" is not a rate (use e.g. 10/s, 600/m, 100/h)',
+        "subscribers.email.concurrency: Input should be greater than or equal to 1",
+        'subscribers.email.rate_limit: "10/week" is not a rate (use e.g. 10/s, 600/m, 100/h)',
+        'subscribers.email.timeout: "2 minutes" is not a duration (use e.g. 250ms, 30s, 5m, 1h, 1d)',
+    ]
