@@ -1,10 +1,5 @@
-"""Delayed events survive a broker restart: on a private node the test starts, never on the
-machine's own broker.
-
-NEEDS the private-node harness (`private_node` fixture: tests/integration/nodes.py and its
-conftest fixture) that lands with branch h15. Until it is merged this test is skipped with that
-reason; once it is, it runs as it is.
-"""
+"""Delayed events survive a broker restart: on a private node the test starts
+(tests/integration/nodes.py), never on the machine's own broker."""
 
 from __future__ import annotations
 
@@ -22,11 +17,8 @@ from tests.integration.helpers import applied, make_topology
 
 
 @pytest.fixture
-def node(request: pytest.FixtureRequest) -> Any:
-    try:
-        return request.getfixturevalue("private_node")
-    except pytest.FixtureLookupError:
-        pytest.skip("needs the private-node harness (fixture `private_node`, branch h15)")
+def node(private_node: Any) -> Any:
+    return private_node
 
 
 @pytest.mark.slow
