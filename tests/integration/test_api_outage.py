@@ -14,7 +14,7 @@ import yaml
 
 from api.orders import create_app
 from api.settings import ApiSettings
-from bus.demo import demo_document
+from bus.demo_topology import demo_document
 from bus.outbox import open_outbox
 from bus.settings import Settings
 from bus.topology.model import from_dict

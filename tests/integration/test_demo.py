@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from bus.connection import connect_plain
-from bus.demo import delete, demo_document, expected_handled
+from bus.demo_topology import delete, demo_document, expected_handled
 from bus.topology import apply as applier
 from bus.topology.model import from_dict
 

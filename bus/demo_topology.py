@@ -1,0 +1,132 @@
+"""The demo's own topology: the project's file renamed under a prefix with short retries
+(pure), how many events each subscriber will see, and declaring or deleting it on the broker
+the way `bus topology apply` and `teardown` do."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiormq
+import yaml
+from aio_pika.abc import AbstractConnection
+
+from bus.errors import BusError
+from bus.routing import matches
+from bus.topology import apply as applier
+from bus.topology.model import Subscriber, Topology, from_dict
+from bus.topology.model import load as load_topology
+from bus.topology.plan import (
+    Action,
+    ExchangeDecl,
+    QueueDecl,
+    Role,
+    desired,
+    diff,
+    is_delay_object,
+)
+
+# What one order causes: the API writes `order.placed`, fulfillment publishes
+# `shipment.requested`, invoicing `invoice.rendered`, and email the delayed
+# `order.review_requested` (its "how was your order?" mail, `follow_up` later).
+FLOW = ("order.placed", "shipment.requested", "invoice.rendered", "order.review_requested")
+
+
+# -- the demo topology (pure) ----------------------------------------------------------------
+
+
+def demo_document(raw: Mapping[str, Any], prefix: str, delays: Sequence[str]) -> dict[str, Any]:
+    """*raw* (a valid topology document) with its exchanges and queues renamed under *prefix*,
+    every retry ladder replaced by *delays*, and no schedules."""
+    doc = copy.deepcopy(dict(raw))
+    renamed = {name: f"{prefix}.{name}" for name in doc.get("exchanges") or {}}
+    doc["exchanges"] = {renamed[n]: spec for n, spec in (doc.get("exchanges") or {}).items()}
+    for event in (doc.get("events") or {}).values():
+        event["exchange"] = renamed[event["exchange"]]
+    defaults = doc.setdefault("defaults", {}) or {}
+    doc["defaults"] = defaults
+    defaults["retry"] = {**(defaults.get("retry") or {}), "delays": list(delays)}
+    for name, sub in (doc.get("subscribers") or {}).items():
+        sub["queue"] = f"{prefix}.{sub.get('queue') or name}"
+        for binding in sub.get("bindings") or []:
+            binding["exchange"] = renamed[binding["exchange"]]
+        if sub.get("retry"):
+            sub["retry"]["delays"] = list(delays)
+    doc.pop("schedules", None)
+    return doc
+
+
+def write_demo_topology(source: str, workdir: Path, prefix: str, delays: Sequence[str]) -> Path:
+    """Validate *source*, derive the demo topology from it, validate that too, write it."""
+    load_topology(source)  # every problem of the real file, with its paths
+    raw = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
+    doc = demo_document(raw, prefix, delays)
+    path = workdir / "topology.yaml"
+    from_dict(doc, source=str(path))
+    header = f"# Derived by `bus demo` from {source}: names under `{prefix}.`, short retries.\n"
+    text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, allow_unicode=True)
+    path.write_text(header + text, encoding="utf-8")
+    return path
+
+
+def expected_handled(topology: Topology, orders: int) -> dict[str, int]:
+    """How many events of the demo's flow each subscriber will receive."""
+    flow = [t for t in FLOW if t in topology.events]
+    return {
+        s.name: orders * sum(_receives(topology, s, t) for t in flow)
+        for s in topology.subscribers()
+    }
+
+
+def _receives(topology: Topology, sub: Subscriber, event_type: str) -> bool:
+    exchange = topology.events[event_type].exchange
+    kind = str(topology.exchanges[exchange].type)
+    return any(
+        b.exchange == exchange
+        and (
+            kind == "fanout"
+            or (b.key == event_type if kind == "direct" else matches(b.key, event_type))
+        )
+        for b in sub.bindings
+    )
+
+
+# -- broker objects ----------------------------------------------------------------------------
+
+
+async def declare(conn: AbstractConnection, topology: Topology) -> None:
+    """Apply the demo topology the way `bus topology apply` does (its records are kept per
+    subscriber queue, so the real subscribers' records are never touched)."""
+    want = desired(topology)
+    steps = diff(want, await applier.observe(conn, want))
+    drifted = [s.line() for s in steps if s.action is Action.DRIFT]
+    if drifted:
+        raise BusError(f"demo objects differ from {topology.source}: {drifted[0]}")
+    await applier.apply(conn, steps, want)
+
+
+async def delete(conn: AbstractConnection, topology: Topology) -> None:
+    """Delete every demo queue (with what it holds), its apply record and the exchanges."""
+    names: list[tuple[str, str]] = []
+    for d in desired(topology):
+        if is_delay_object(d) and not (isinstance(d, QueueDecl) and ".out." in d.name):
+            continue  # the delay levels are the whole vhost's: only our own out queues go
+        if isinstance(d, QueueDecl):
+            names.append(("queue", d.name))
+            if d.role is Role.MAIN:
+                names.append(("queue", applier.state_queue(d.name)))
+        elif isinstance(d, ExchangeDecl):
+            names.append(("exchange", d.name))
+    for kind, name in names:
+        channel = await conn.channel(publisher_confirms=False)
+        with contextlib.suppress(aiormq.exceptions.AMQPError):
+            raw = await channel.get_underlay_channel()
+            if kind == "queue":
+                await raw.queue_delete(name)
+            else:
+                await raw.exchange_delete(name)
+        if not channel.is_closed:
+            await channel.close()
