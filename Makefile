@@ -15,8 +15,8 @@ demo: $(BIN)/bus  ## the whole flow on this machine, live
 	$(BIN)/bus demo
 
 lint: $(BIN)/bus
-	$(BIN)/ruff format --check bus subscribers api tests bench
-	$(BIN)/ruff check bus subscribers api tests bench
+	$(BIN)/ruff format --check bus demo subscribers api tests bench
+	$(BIN)/ruff check bus demo subscribers api tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

@@ -16,9 +16,9 @@ from api.progress import make_router
 from api.repository import Orders
 from api.settings import SOURCE, SUBSCRIBER, ApiSettings
 from api.supervisor import Supervisor
+from bus.consume.runtime import Runtime
 from bus.outbox import Outbox
 from bus.stores import Store, open_store
-from bus.subscriber import Runtime
 from bus.topology.model import Topology
 from bus.topology.model import load as load_topology
 

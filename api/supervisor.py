@@ -16,8 +16,8 @@ import random
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
+from bus.consume.runtime import Runtime
 from bus.errors import BusError
-from bus.subscriber import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import asyncpg
 
 from bench.common import abba, declared, fill, new_prefix, topology
 from bus import BatchContext, Context, Router
+from bus.consume.runtime import Runtime
 from bus.stores import MemoryStore
-from bus.subscriber import Runtime
 from subscribers.analytics.db import PostgresCounts
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"

@@ -27,10 +27,10 @@ import yaml
 
 from bench.common import BUS, RAW, Env, Row, abba, declared, new_prefix, percentile, topology_doc
 from bench.outbox import _postgres
-from bus.context import Context
-from bus.router import Router
+from bus.consume.context import Context
+from bus.consume.router import Router
+from bus.consume.runtime import Runtime
 from bus.stores import MemoryStore
-from bus.subscriber import Runtime
 from bus.topology.model import from_dict
 
 NAME = "api"

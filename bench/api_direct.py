@@ -16,7 +16,7 @@ import uvicorn
 from api.orders import create_app
 from api.settings import SOURCE, ApiSettings
 from bus.outbox import Outbox
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
 from bus.topology.model import Topology
 from bus.topology.model import load as load_topology
 

@@ -25,9 +25,9 @@ import aiormq
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from pydantic import BaseModel
 
+from bus.consume.router import Router
 from bus.envelope import Event, encode
-from bus.publisher import to_properties
-from bus.router import Router
+from bus.produce.publisher import to_properties
 from bus.topology.model import Topology, from_dict
 from bus.topology.plan import BindingDecl, ExchangeDecl, QueueDecl, desired, is_delay_object
 

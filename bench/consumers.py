@@ -18,10 +18,10 @@ import aiosqlite
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import BaseModel
 
-from bus.context import Context
-from bus.router import Router
+from bus.consume.context import Context
+from bus.consume.router import Router
+from bus.consume.runtime import Runtime
 from bus.stores.base import Store
-from bus.subscriber import Runtime
 from bus.topology.model import Topology
 
 OnEvent = Callable[[Any], Awaitable[None]]

@@ -39,7 +39,7 @@ from bench.common import (
 )
 from bench.consumers import bus_consuming, raw_consuming
 from bench.fs import FsPublisher, fs_consuming
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
 from bus.stores import MemoryStore
 
 NAME = "latency"

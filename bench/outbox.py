@@ -38,8 +38,8 @@ from bench.common import (
 )
 from bus.metrics import Metrics
 from bus.outbox import Outbox, open_outbox
-from bus.publisher import Publisher
-from bus.relay import Relay
+from bus.outbox.relay import Relay
+from bus.produce.publisher import Publisher
 from bus.topology.model import Topology
 
 NAME = "outbox"

@@ -3,7 +3,7 @@
 `python -m bench.process_executor [--events 3000] [--rounds 4] [--workers 2]`
 
 Both sides run `bench.process_work.work(event, ctx)` in *workers* processes, keeping twice
-that many calls in flight, for the same events: "bus" through `bus.executors.Runner` exactly
+that many calls in flight, for the same events: "bus" through `bus.consume.executors.Runner` exactly
 as dispatch calls a `@router.on(..., executor="process")` handler (a `ProcessContext` built
 and pickled per event, follow-ups returned), "plain" through `loop.run_in_executor` on a
 `concurrent.futures.ProcessPoolExecutor` with a context of the same size. Rounds go in ABBA
@@ -23,10 +23,10 @@ from typing import Any
 
 from bench.common import abba
 from bench.process_work import work
-from bus.context import Context, ProcessContext
+from bus.consume.context import Context, ProcessContext
+from bus.consume.executors import Runner
+from bus.consume.router import Router
 from bus.envelope import decode_meta
-from bus.executors import Runner
-from bus.router import Router
 from bus.topology.model import from_dict
 
 BUS, PLAIN = "bus", "plain"

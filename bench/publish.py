@@ -32,7 +32,7 @@ from bench.common import (
     topology,
 )
 from bench.fs import FsPublisher
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
 
 NAME = "publish"
 KEY = "bench.published"

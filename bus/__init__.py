@@ -4,8 +4,9 @@ from bus import Publisher, SyncPublisher, Outbox, Router, Context, Reject
 (SyncContext, ProcessContext: the ctx of thread and process handlers)
 """
 
-from bus.batches import BatchContext
-from bus.context import Context, ProcessContext, SyncContext
+from bus.consume.batches import BatchContext
+from bus.consume.context import Context, ProcessContext, SyncContext
+from bus.consume.router import Router
 from bus.errors import (
     BrokerUnavailable,
     BusError,
@@ -20,8 +21,7 @@ from bus.errors import (
     UnroutableError,
 )
 from bus.outbox import Outbox
-from bus.publisher import Publisher, SyncPublisher
-from bus.router import Router
+from bus.produce.publisher import Publisher, SyncPublisher
 
 __all__ = [
     "BatchContext",

@@ -1,4 +1,4 @@
-"""Prometheus metrics (prefix `bus_`). Definitions only; `bus.health` serves them."""
+"""Prometheus metrics (prefix `bus_`). Definitions only; `bus.ops.health` serves them."""
 
 from __future__ import annotations
 

@@ -11,16 +11,17 @@ async with TestBus(topology="topology/topology.yaml", routers={"email": email_ro
 
 What is the same as `bus run`, because it is the same code: the checks of `Publisher`
 (undeclared type, JSON Schema, not JSON-serialisable), the wire format (`bus.envelope`), the
-decisions (`bus.dispatch`: ack, retry, park, duplicate, with the same headers), idempotency
+decisions (`bus.consume.dispatch`: ack, retry, park, duplicate, with the same headers), idempotency
 (the claims over `MemoryStore`) and `ctx.publish`'s follow-up ids. What is RabbitMQ's rule,
-reimplemented: routing (`bus.routing`: `*` one word, `#` zero or more; fanout and direct too;
-one copy per queue however many of its bindings match; no queue bound = `UnroutableError`), and
-a retried message returning to its own queue only, through the default exchange.
+reimplemented: routing (`bus.topology.routing`: `*` one word, `#` zero or more; fanout and
+direct too; one copy per queue however many of its bindings match; no queue bound =
+`UnroutableError`), and a retried message returning to its own queue only, through the default
+exchange.
 
 Deliveries run one at a time, in the order they became ready, so a test reads the same every
 run; a retry waits on the virtual clock, so a ladder of hours settles in milliseconds.
 
-Handlers run where `bus run` runs them (`bus.executors`): a plain `def` in a thread with a
+Handlers run where `bus run` runs them (`bus.consume.executors`): a plain `def` in a thread with a
 blocking `ctx.publish`, `executor="process"` in a real worker process (so what cannot be
 pickled fails here as it would in production). `rate_limit` spaces handler starts on the
 virtual clock; `timeout` is measured in real seconds (a handler's own time is real). A batch
@@ -41,22 +42,22 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from bus.claims import Claims
-from bus.delays import Delay, seconds_of
-from bus.dispatch import Ack, Dispatcher, Duplicate, Outcome, Park, Retry
+from bus.consume.claims import Claims
+from bus.consume.dispatch import Ack, Dispatcher, Duplicate, Outcome, Park, Retry
+from bus.consume.executors import Runner
+from bus.consume.handlers import import_router
+from bus.consume.router import Router
 from bus.durations import parse_ms
 from bus.envelope import Wire, decode_body, encode
 from bus.errors import ConfigError, UnroutableError
-from bus.executors import Runner
-from bus.handlers import import_router
-from bus.publisher import DELAY_HEADER, Publisher
+from bus.produce.publisher import DELAY_HEADER, Publisher
 from bus.retry import attempt_of
-from bus.router import Router
-from bus.routing import matches
 from bus.stores.base import DEFAULT_LEASE
 from bus.stores.memory import MemoryStore
+from bus.topology.delays import Delay, seconds_of
 from bus.topology.model import ExchangeType, Subscriber, Topology
 from bus.topology.model import load as load_topology
+from bus.topology.routing import matches
 
 __all__ = ["Handled", "Parked", "TestBus"]
 

@@ -17,9 +17,9 @@ from rich.table import Table
 from rich.text import Text
 
 from bus.cli.common import TopologyOption, UrlOption, console, err, run_async, settings
-from bus.demo import Demo, DemoOptions, Outcome, Snapshot
 from bus.durations import normalise
 from bus.errors import ConfigError
+from demo.flow import Demo, DemoOptions, Outcome, Snapshot
 
 PLAIN_EVERY = 2.0  # seconds between progress lines without a TTY
 CHATTY = ("mail.log", "httpx", "httpcore", "bus.topology.apply")  # per-request, per-object INFO

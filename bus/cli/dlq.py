@@ -7,7 +7,7 @@ import json
 import typer
 from rich.table import Table
 
-from bus import dlq as dlq_ops
+from bus.amqp.connection import connect_plain
 from bus.cli.common import (
     IdsOption,
     TopologyOption,
@@ -20,8 +20,8 @@ from bus.cli.common import (
     settings,
     topology_of,
 )
-from bus.connection import connect_plain
 from bus.errors import ConfigError
+from bus.ops import dlq as dlq_ops
 from bus.topology.model import Subscriber
 
 app = typer.Typer(

@@ -13,9 +13,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from bus.amqp.connection import connect_plain
 from bus.cli.common import TopologyOption, UrlOption, console, run_async, settings, topology_of
-from bus.connection import connect_plain
-from bus.status import SubscriberState, collect
+from bus.ops.status import SubscriberState, collect
 from bus.topology.model import Topology
 
 

@@ -127,7 +127,7 @@ def relay(
     """Publish outbox rows to the broker with confirms, deleting each once confirmed.
 
     Any number of replicas may run at once."""
-    from bus.relay import serve
+    from bus.outbox.relay import serve
 
     s = settings(url, topology, outbox_url=outbox_url)
     t = topology_of(s)

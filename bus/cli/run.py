@@ -18,9 +18,9 @@ from bus.cli.common import (
     settings,
     topology_of,
 )
-from bus.delays import seconds_of
 from bus.errors import ConfigError
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
+from bus.topology.delays import seconds_of
 
 
 def register(app: typer.Typer) -> None:
@@ -55,7 +55,7 @@ def run(
     ),
 ) -> None:
     """Run one subscriber service until SIGTERM, then drain and exit 0."""
-    from bus.service import serve
+    from bus.consume.service import serve
 
     s = settings(url, topology, store_url, consumer_timeout=consumer_timeout)
     run_async(serve(subscriber, s, metrics_port=metrics_port, grace=grace))

@@ -31,7 +31,7 @@ def scheduler(
     ),
     count: int = typer.Option(5, "--count", "-n", min=1, help="Firings per schedule to print."),
     lock_queue: str = typer.Option(
-        "bus.scheduler.lock",
+        "bus.scheduling.leader.lock",
         "--lock-queue",
         envvar="BUS_SCHEDULER_LOCK",
         help="The exclusive queue whose holder leads (its record is <lock-queue>.state).",
@@ -61,7 +61,7 @@ def scheduler(
 
 
 def _print_next(topology: Topology, count: int, now: datetime) -> None:
-    from bus.schedule import describe, event_id, instant_text, next_firings
+    from bus.scheduling.firings import describe, event_id, instant_text, next_firings
 
     schedules = topology.schedules()
     if not schedules:
@@ -83,8 +83,8 @@ async def serve(
     s: Settings, topology: Topology, *, lock_queue: str, metrics_port: int | None
 ) -> None:
     """Run a scheduler replica until SIGTERM/SIGINT, then release leadership."""
-    from bus.health import HealthServer
-    from bus.scheduler import Scheduler
+    from bus.ops.health import HealthServer
+    from bus.scheduling.leader import Scheduler
 
     sched = Scheduler(s.url, topology, lock_queue=lock_queue)
     sched.check()

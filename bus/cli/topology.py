@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 from rich.text import Text
 
-import bus.delays as delays
+import bus.topology.delays as delays
+from bus.amqp.connection import connect_plain
 from bus.cli.common import (
     TopologyOption,
     UrlOption,
@@ -15,7 +16,6 @@ from bus.cli.common import (
     settings,
     topology_of,
 )
-from bus.connection import connect_plain
 from bus.errors import BusError, TopologyError
 from bus.settings import redact
 from bus.topology import apply as applier
@@ -36,7 +36,7 @@ def validate(
 ) -> None:
     """Check the file and import every subscriber's handlers: every problem at once, with its
     path in the file; exit code 2 when invalid."""
-    from bus.handlers import import_problems
+    from bus.consume.handlers import import_problems
 
     s = settings(topology=topology)
     t = topology_of(s)
@@ -143,7 +143,8 @@ def teardown(
     (kept while another topology's queues still use them). Asks first; refuses queues that
     hold messages unless --force."""
     s = settings(url, topology)
-    # the delay levels are shared by every topology of the vhost (bus.delays): never ours alone
+    # the delay levels are shared by every topology of the vhost (bus.topology.delays):
+    # never ours alone
     want = [d for d in desired(topology_of(s)) if not is_delay_object(d)]
 
     async def go() -> tuple[list[applier.Present], list[str]]:

@@ -19,10 +19,10 @@ from bus import tracing
 from bus.envelope import Event, dumps, new_traceparent
 from bus.errors import ConfigError
 from bus.outbox.schema import COLUMNS, Dialect, insert_sql
+from bus.produce.validation import EventChecker
 from bus.settings import Settings
 from bus.topology.model import Topology
 from bus.topology.model import load as load_topology
-from bus.validation import EventChecker
 
 
 class Outbox:

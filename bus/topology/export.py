@@ -23,7 +23,6 @@ import re
 from typing import Any
 
 from bus.envelope import H_ID, H_SOURCE, H_SPECVERSION, H_TIME, H_TYPE
-from bus.routing import matches
 from bus.topology.model import ExchangeType, Subscriber, Topology
 from bus.topology.plan import (
     BindingDecl,
@@ -34,6 +33,7 @@ from bus.topology.plan import (
     Role,
     desired,
 )
+from bus.topology.routing import matches
 
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 DEFAULT_EXCHANGE = "amq.default"  # the resource name RabbitMQ checks for publishes to ""

@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from bus.durations import normalise, normalise_rate, parse_ms, parse_rate
 from bus.errors import TopologyError
-from bus.routing import matches
+from bus.topology.routing import matches
 
 Duration = Annotated[str, AfterValidator(normalise)]
 Rate = Annotated[str, AfterValidator(normalise_rate)]  # handler starts: 10/s, 600/m, 100/h

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-import bus.delays as delays
+import bus.topology.delays as delays
 from bus.durations import parse_ms
 from bus.topology.model import QueueType, Subscriber, Topology
 
@@ -22,7 +22,7 @@ class Role(StrEnum):
     MAIN = "main"
     RETRY = "retry"
     DLQ = "dlq"
-    DELAY = "delay"  # the shared delay levels (bus.delays), owned by no subscriber
+    DELAY = "delay"  # the shared delay levels (bus.topology.delays), owned by no subscriber
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +147,7 @@ def _delay_queue_arguments(ttl_ms: int, exchange: str, routing_key: str | None) 
 
 def delay_objects(topology: Topology) -> list[Decl]:
     """The delay levels (shared by every topology of the vhost) and, per declared event type,
-    the queue that hands a delayed event to its exchange (`bus.delays`)."""
+    the queue that hands a delayed event to its exchange (`bus.topology.delays`)."""
     decls: list[Decl] = [ExchangeDecl(delays.DELIVER, "topic")]
     for level in range(delays.LEVELS):
         here = delays.level_exchange(level)

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field, model_validator
 
-from bus.dlq import Parked
+from bus.ops.dlq import Parked
 from bus.ui.backend import Backend, Selection
 from bus.ui.identity import require_bearer
 

@@ -1,7 +1,7 @@
 """Everything the pages and the API read or do, over one AMQP connection of their own.
 
-Reads go through `bus.status`, the browse cache and `bus.ui.overview`; actions through
-`bus.dlq` (confirmed republish, then ack). Every action is logged with who did it and to what.
+Reads go through `bus.ops.status`, the browse cache and `bus.ui.overview`; actions through
+`bus.ops.dlq` (confirmed republish, then ack). Every action is logged with who did it and to what.
 """
 
 from __future__ import annotations
@@ -16,19 +16,19 @@ from typing import Any
 
 from aio_pika.abc import AbstractConnection
 
-from bus import dlq
-from bus.connection import connect_plain
-from bus.dlq import Parked, group_key
+from bus.amqp.connection import connect_plain
+from bus.consume.handlers import import_router
+from bus.consume.router import Router
 from bus.errors import ConfigError
-from bus.handlers import import_router
-from bus.router import Router
-from bus.status import collect
+from bus.ops import dlq
+from bus.ops.dlq import Parked, group_key
+from bus.ops.status import collect
+from bus.produce.validation import EventChecker
 from bus.topology.model import Subscriber, Topology
 from bus.ui.browse import Browse, BrowseCache, depth, returned, scan
 from bus.ui.config import UiConfig
 from bus.ui.edit import EDITED_AT, EDITED_BY, Checked, check_edit
 from bus.ui.overview import HeadAges, OutboxProbe, scheduler_status
-from bus.validation import EventChecker
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ AMQP cannot look at messages without delivering them. `bus dlq` takes them one `
 a time; a page refreshed every few seconds over 10,000 parked messages cannot. So a browse
 *consumes* the DLQ (prefetch = the depth, no acks: one stream of deliveries, not 10,000 round
 trips) and closes the channel, which returns every message to the queue in its order (as
-`bus.dlq` and `bus.gauges` do). The result is kept per queue: reused while the depth is
+`bus.ops.dlq` and `bus.ops.gauges` do). The result is kept per queue: reused while the depth is
 unchanged (up to `max_age`), and never re-read more often than every `ttl` seconds whatever the
 clients ask, so many open tabs cost one browse. Our own replays and purges drop it at once.
 """
@@ -22,9 +22,9 @@ import aiormq
 from aio_pika.abc import AbstractConnection
 from aiormq.abc import DeliveredMessage
 
-from bus.dlq import Parked, group_key, parked
 from bus.errors import ConfigError
-from bus.gauges import failed_at
+from bus.ops.dlq import Parked, group_key, parked
+from bus.ops.gauges import failed_at
 
 SCAN_TIMEOUT = 30.0
 MAX_AGE = 60.0

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from bus.errors import ConfigError
-from bus.scheduler import DEFAULT_LOCK_QUEUE
+from bus.scheduling.leader import DEFAULT_LOCK_QUEUE
 from bus.settings import Settings
 
 DEFAULT_HOST = "127.0.0.1"

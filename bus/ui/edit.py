@@ -12,9 +12,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from bus.consume.router import Router
 from bus.errors import InvalidEvent, UnknownEventType
-from bus.router import Router
-from bus.validation import EventChecker
+from bus.produce.validation import EventChecker
 
 EDITED_AT = "bus-edited-at"
 EDITED_BY = "bus-edited-by"

@@ -15,9 +15,9 @@ import aiormq
 from aio_pika.abc import AbstractConnection
 
 from bus.errors import BusError, ConfigError
-from bus.gauges import failed_at
+from bus.ops.gauges import failed_at
 from bus.outbox import OutboxStore, open_outbox
-from bus.schedule import describe, instant_text, next_firings
+from bus.scheduling.firings import describe, instant_text, next_firings
 from bus.topology.model import Topology
 from bus.ui.browse import returned
 
@@ -35,7 +35,7 @@ class _Head:
 
 
 class HeadAges:
-    """The age of each DLQ's oldest (head) message, peeked rarely (see bus.gauges)."""
+    """The age of each DLQ's oldest (head) message, peeked rarely (see bus.ops.gauges)."""
 
     def __init__(self) -> None:
         self._heads: dict[str, _Head] = {}

@@ -1,5 +1,5 @@
 """`python -m subscribers.analytics`: the analytics service (same as `bus run analytics`)."""
 
-from bus.service import main
+from bus.consume.service import main
 
 main("analytics")

@@ -1,5 +1,5 @@
 """`python -m subscribers.email`: the email service (same as `bus run email`)."""
 
-from bus.service import main
+from bus.consume.service import main
 
 main("email")

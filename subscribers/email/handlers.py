@@ -2,7 +2,7 @@
 
 After the confirmation it schedules the "how was your order?" mail as a delayed event,
 `order.review_requested`, `EMAIL_FOLLOW_UP_DELAY` later (3d; the demo uses seconds): the
-broker holds it meanwhile (`bus.delays`), and this service sends it when it arrives.
+broker holds it meanwhile (`bus.topology.delays`), and this service sends it when it arrives.
 """
 
 from __future__ import annotations

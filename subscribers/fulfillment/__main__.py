@@ -1,5 +1,5 @@
 """`python -m subscribers.fulfillment`: the fulfillment service (same as `bus run fulfillment`)."""
 
-from bus.service import main
+from bus.consume.service import main
 
 main("fulfillment")

@@ -1,5 +1,5 @@
 """`python -m subscribers.invoicing`: the invoicing service (same as `bus run invoicing`)."""
 
-from bus.service import main
+from bus.consume.service import main
 
 main("invoicing")

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from bus import Context, Router
-from bus.delivery import Delivery
-from bus.handoff import HandOff
+from bus.amqp.delivery import Delivery
+from bus.consume.handoff import HandOff
 
 
 def _dir() -> Path:
@@ -123,7 +123,7 @@ if __name__ == "__main__":  # a subscriber whose hand-off crashes once (see Dies
     import asyncio
     import sys
 
-    from bus.service import serve
+    from bus.consume.service import serve
     from bus.settings import Settings
 
     asyncio.run(serve(sys.argv[1], Settings.from_env(), grace=10, handoff=DiesAfterHandOff))

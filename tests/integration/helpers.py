@@ -9,12 +9,12 @@ from typing import Any
 import aio_pika
 import aiormq
 
-from bus.connection import connect_plain
-from bus.delays import PREFIX
-from bus.router import Router
+from bus.amqp.connection import connect_plain
+from bus.consume.router import Router
+from bus.consume.runtime import Runtime
 from bus.stores import MemoryStore
-from bus.subscriber import Runtime
 from bus.topology import apply as applier
+from bus.topology.delays import PREFIX
 from bus.topology.model import Topology, from_dict
 from bus.topology.plan import ExchangeDecl, QueueDecl, Role, desired, diff, is_delay_object
 

@@ -21,7 +21,7 @@ import yaml
 
 from bus.metrics import Metrics
 from bus.outbox import open_outbox
-from bus.relay import Relay
+from bus.outbox.relay import Relay
 from bus.topology.model import Topology
 from tests.integration.helpers import get_all
 

@@ -477,7 +477,7 @@ async def test_python_m_api_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
 async def test_the_loop_closes_through_the_relay_and_fulfillment(
     amqp_url: str, prefix: str, database_url: str
 ) -> None:
-    from bus.relay import serve as relay
+    from bus.outbox.relay import serve as relay
 
     topology = make_topology(
         prefix,

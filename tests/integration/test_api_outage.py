@@ -14,10 +14,10 @@ import yaml
 
 from api.orders import create_app
 from api.settings import ApiSettings
-from bus.demo_topology import demo_document
 from bus.outbox import open_outbox
 from bus.settings import Settings
 from bus.topology.model import from_dict
+from demo.topology import demo_document
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, get_all
 from tests.integration.outbox_kit import relaying

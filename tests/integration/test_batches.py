@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from bus import BatchContext, Publisher, Router
+from bus.consume.runtime import Runtime
 from bus.stores import MemoryStore
-from bus.subscriber import Runtime
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology, queue_depth
 

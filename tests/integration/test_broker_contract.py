@@ -14,12 +14,12 @@ from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import CollectorRegistry
 
 from bus import Context, Publisher, Router
-from bus.connection import connect_plain
+from bus.amqp.connection import connect_plain
+from bus.consume.router import Handler
+from bus.consume.runtime import Runtime
 from bus.envelope import decode_body
 from bus.metrics import Metrics
-from bus.router import Handler
 from bus.stores import MemoryStore
-from bus.subscriber import Runtime
 from bus.testing import Handled, Parked
 from bus.topology import apply as applier
 from bus.topology.model import Topology, from_dict

@@ -13,11 +13,11 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bus.health import HealthServer
+from bus.consume.runtime import Runtime
 from bus.metrics import Metrics
-from bus.publisher import Publisher
+from bus.ops.health import HealthServer
+from bus.produce.publisher import Publisher
 from bus.stores import MemoryStore
-from bus.subscriber import Runtime
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology, queue_depth
 from tests.integration.nodes import Node

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from bus.errors import NotApplied
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
 from tests.integration.helpers import make_topology, topology_doc
 from tests.integration.outbox_kit import fresh_postgres
 

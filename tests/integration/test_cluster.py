@@ -12,12 +12,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from bus import Context, Router
-from bus.connection import connect, connect_plain
+from bus.amqp.connection import connect, connect_plain
+from bus.consume.runtime import Runtime
 from bus.errors import BrokerUnavailable
 from bus.metrics import Metrics
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
 from bus.stores import MemoryStore
-from bus.subscriber import Runtime
 from bus.topology import apply as applier
 from bus.topology.plan import Action, desired, diff
 from tests.conftest import wait_for

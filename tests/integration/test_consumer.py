@@ -1,4 +1,4 @@
-"""The runtime consumes on aiormq's channel directly (bus.consumer): it must come back by itself
+"""The runtime consumes on aiormq's channel directly (bus.consume.consumer): it must come back by itself
 after the broker cancels its consumer, and deliver aiormq frames as the handler expects."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from bus import Context, Router
-from bus.connection import connect_plain
-from bus.publisher import Publisher
+from bus.amqp.connection import connect_plain
+from bus.consume.runtime import Runtime
+from bus.produce.publisher import Publisher
 from bus.stores import MemoryStore
-from bus.subscriber import Runtime
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, apply_topology, make_topology, running
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
 from bus.topology.model import from_dict
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, get_all, queue_depth, topology_doc

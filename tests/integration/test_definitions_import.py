@@ -20,9 +20,9 @@ import aiormq
 import pytest
 
 from bus import Context, Reject, Router
-from bus.publisher import Publisher
+from bus.consume.runtime import Runtime
+from bus.produce.publisher import Publisher
 from bus.stores import MemoryStore
-from bus.subscriber import Runtime
 from bus.topology import export
 from bus.topology.model import Topology, load
 from bus.topology.plan import BindingDecl, QueueDecl, desired

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from bus import Context, Publisher, Router
+from bus.consume.runtime import Runtime
 from bus.stores import MemoryStore
-from bus.subscriber import Runtime
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology
 

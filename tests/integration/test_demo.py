@@ -13,10 +13,10 @@ from typing import Any
 
 import yaml
 
-from bus.connection import connect_plain
-from bus.demo_topology import delete, demo_document, expected_handled
+from bus.amqp.connection import connect_plain
 from bus.topology import apply as applier
 from bus.topology.model import from_dict
+from demo.topology import delete, demo_document, expected_handled
 
 REPO = Path(__file__).resolve().parents[2]
 TOPOLOGY = REPO / "topology" / "topology.yaml"

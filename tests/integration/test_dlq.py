@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from bus import Context, Router
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology, queue_depth, running, topology_doc
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from bus import ConfigError, Context, Publisher, Router
+from bus.consume.runtime import Runtime
 from bus.stores import MemoryStore
-from bus.subscriber import Runtime
 from tests.conftest import wait_for
 from tests.executor_handlers import router as jobs_router
 from tests.integration.helpers import applied, get_all, make_topology, queue_depth
@@ -204,7 +204,7 @@ async def test_a_handler_past_half_the_consumer_timeout_without_a_timeout_is_war
                      consumer_timeout=2.0)  # fmt: skip
         await rt.start()
         try:
-            with caplog.at_level(logging.WARNING, logger="bus.watchdog"):
+            with caplog.at_level(logging.WARNING, logger="bus.consume.watchdog"):
                 await pub.publish("job.ping", {})
                 await wait_for(lambda: "half of the broker's consumer_timeout (2s)" in caplog.text,
                                timeout=5, message="the watchdog's warning")  # fmt: skip

@@ -24,10 +24,10 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from bus import Context, Router
+from bus.consume.runtime import Runtime
 from bus.metrics import Metrics
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
 from bus.stores import MemoryStore, open_store
-from bus.subscriber import Runtime
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology, queue_depth, topology_doc
 from tests.integration.proxy import Proxy

@@ -10,9 +10,9 @@ import aio_pika
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bus.connection import connect_plain
-from bus.gauges import QueueGauges, failed_at
+from bus.amqp.connection import connect_plain
 from bus.metrics import Metrics
+from bus.ops.gauges import QueueGauges, failed_at
 from bus.topology.model import Subscriber
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, get_all, make_topology
@@ -151,7 +151,7 @@ async def test_the_age_follows_the_head_when_it_is_replayed_and_drops_to_zero_wh
 async def test_an_unreachable_broker_keeps_the_last_values_and_the_task_alive(
     prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="bus.gauges")
+    caplog.set_level(logging.DEBUG, logger="bus.ops.gauges")
     _, sub = subscriber(prefix)
     metrics = Metrics(CollectorRegistry())
     metrics.queue_messages.labels(sub.dlq).set(4)

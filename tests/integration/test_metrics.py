@@ -12,11 +12,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from bus import Context, Publisher, Reject, Router
-from bus.gauges import QueueGauges
-from bus.health import HealthServer
+from bus.consume.runtime import Runtime
 from bus.metrics import Metrics
+from bus.ops.gauges import QueueGauges
+from bus.ops.health import HealthServer
 from bus.stores import MemoryStore
-from bus.subscriber import Runtime
 from bus.topology.model import Topology
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology

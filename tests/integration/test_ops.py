@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from bus import Context, Router
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
 from tests.conftest import LOCAL_URL, wait_for
 from tests.integration.helpers import applied, make_topology, queue_depth, running, topology_doc
 

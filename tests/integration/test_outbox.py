@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from bus.cli import app
 from bus.outbox import Outbox, open_outbox
-from bus.relay import serve
+from bus.outbox.relay import serve
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, get_all, make_topology, queue_depth
 from tests.integration.outbox_kit import audited, outbox_db, relaying

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from bus.errors import PublishTimeout
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
 from tests.integration.helpers import applied, make_topology, queue_depth
 from tests.integration.proxy import Proxy
 

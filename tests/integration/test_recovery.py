@@ -18,7 +18,7 @@ import httpx
 import pytest
 import yaml
 
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
 from bus.topology.model import from_dict
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, topology_doc

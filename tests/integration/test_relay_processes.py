@@ -13,10 +13,10 @@ import asyncpg
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bus.consume.runtime import Runtime
 from bus.metrics import Metrics
 from bus.outbox import Outbox
 from bus.stores import MemoryStore
-from bus.subscriber import Runtime
 from bus.topology.model import from_dict
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, queue_depth, topology_doc

@@ -9,7 +9,7 @@ from typing import Any
 import aio_pika
 
 from bus import Context, Reject, Router
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, get_all, make_topology, queue_depth, running
 

@@ -8,9 +8,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from bus import Context, Publisher, Router
+from bus.consume.runtime import Runtime
 from bus.metrics import Metrics
 from bus.stores import Claim, MemoryStore
-from bus.subscriber import Runtime
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology
 from tests.integration.proxy import Proxy

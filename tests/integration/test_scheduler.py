@@ -1,7 +1,7 @@
 """`bus scheduler` replicas against a real broker: one leader, each instant fired once, failover.
 
 Each test runs real `python -m bus.cli scheduler` processes with its own topology file and its
-own lock queue (`BUS_SCHEDULER_LOCK`), so tests never fight over `bus.scheduler.lock`.
+own lock queue (`BUS_SCHEDULER_LOCK`), so tests never fight over `bus.scheduling.leader.lock`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import aiormq
 import httpx
 import yaml
 
-from bus.schedule import instant_text
+from bus.scheduling.firings import instant_text
 from bus.topology.model import from_dict
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, topology_doc

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bus.router import Router
-from bus.service import import_router
+from bus.consume.router import Router
+from bus.consume.service import import_router
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, get_all, make_topology, running, topology_doc
 from tests.integration.servers import smtp_server, warehouse_server

@@ -19,11 +19,11 @@ import pytest
 import yaml
 
 from bus import Context, Router
-from bus.connection import connect, connect_plain
+from bus.amqp.connection import connect, connect_plain
+from bus.consume.runtime import Runtime
 from bus.errors import BrokerUnavailable, ConfigError
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
 from bus.stores import MemoryStore
-from bus.subscriber import Runtime
 from tests.conftest import wait_for
 from tests.integration.certs import TlsMaterial
 from tests.integration.helpers import applied, make_topology, topology_doc

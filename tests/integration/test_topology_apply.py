@@ -15,7 +15,7 @@ import aiormq
 import pytest
 import yaml
 
-from bus.connection import connect_plain
+from bus.amqp.connection import connect_plain
 from bus.topology.model import from_dict
 from bus.topology.plan import QueueDecl, desired
 from tests.integration.helpers import delete_topology, topology_doc

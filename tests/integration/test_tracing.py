@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from bus import Context, Router
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology, running
 

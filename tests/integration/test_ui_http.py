@@ -31,7 +31,7 @@ async def test_api_reports_status_and_the_dlq_grouped_by_exception(
         assert email["retries"][0]["name"] == f"{prefix}.email.retry.100ms"
         assert 0 <= email["dlq_oldest_age_seconds"] < 60
         assert status["outbox"]["available"] is False and "no outbox" in status["outbox"]["detail"]
-        assert status["scheduler"] == {"lock_queue": "bus.scheduler.lock", "leader": None,
+        assert status["scheduler"] == {"lock_queue": "bus.scheduling.leader.lock", "leader": None,
                                        "schedules": []}  # fmt: skip
 
         dlq = (await c.get("/api/subscribers/email/dlq")).json()
@@ -141,7 +141,7 @@ async def test_overview_shows_the_outbox_lag_and_the_scheduler_leader_with_its_f
     import sqlite3
 
     from bus.outbox import Outbox, open_outbox
-    from bus.scheduler import Scheduler
+    from bus.scheduling.leader import Scheduler
     from bus.settings import Settings
     from bus.topology.model import from_dict
     from bus.ui import UiConfig, create_app

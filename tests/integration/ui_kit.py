@@ -14,9 +14,9 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from bus.publisher import Publisher
+from bus.consume.runtime import Runtime
+from bus.produce.publisher import Publisher
 from bus.settings import Settings
-from bus.subscriber import Runtime
 from bus.topology.model import Topology
 from bus.ui import UiConfig, create_app
 from tests.conftest import wait_for

@@ -6,7 +6,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from bus.acks import Acker
+from bus.consume.acks import Acker
 
 
 class FakeChannel:

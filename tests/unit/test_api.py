@@ -23,9 +23,9 @@ from api.schemas import OrderIn
 from api.settings import ApiSettings, sqlalchemy_url, sqlite_path
 from api.supervisor import Phase, Supervisor, backoff, reason
 from bus import Outbox
+from bus.consume.runtime import Runtime
+from bus.consume.service import import_router
 from bus.errors import BrokerUnavailable, ConfigError
-from bus.service import import_router
-from bus.subscriber import Runtime
 from bus.topology.model import load
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel
 
 from bus import Router
-from bus.batches import BatchContext
+from bus.consume.batches import BatchContext
 from bus.testing import TestBus
 from bus.topology.model import Topology, from_dict
 

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from bus import Context, Router
-from bus import delays as d
-from bus.routing import matches
 from bus.testing import TestBus
+from bus.topology import delays as d
 from bus.topology.model import Topology, from_dict
 from bus.topology.plan import BindingDecl, ExchangeBindingDecl, QueueDecl, delay_objects
+from bus.topology.routing import matches
 
 
 def topology() -> Topology:

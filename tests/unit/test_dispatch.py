@@ -10,8 +10,8 @@ import pytest
 from pydantic import BaseModel
 
 from bus import Context, Reject, Router
-from bus.claims import Claims
-from bus.dispatch import Ack, Dispatcher, Duplicate, Park, Requeue, Retry
+from bus.consume.claims import Claims
+from bus.consume.dispatch import Ack, Dispatcher, Duplicate, Park, Requeue, Retry
 from bus.retry import DeadReason
 from bus.stores import Claim, MemoryStore
 from bus.topology.model import Topology, from_dict

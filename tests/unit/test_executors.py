@@ -12,11 +12,11 @@ import pytest
 from pydantic import BaseModel
 
 from bus import Context, Router
-from bus.context import ProcessContext
+from bus.consume.context import ProcessContext
+from bus.consume.executors import Runner
+from bus.consume.limits import Limits
+from bus.consume.router import Executor
 from bus.errors import HandlerTimeout
-from bus.executors import Runner
-from bus.limits import Limits
-from bus.router import Executor
 from bus.testing import TestBus
 from bus.topology.model import Topology, from_dict
 from tests.executor_handlers import Job

@@ -9,7 +9,7 @@ from typing import Any
 
 from pamqp.commands import Basic
 
-from bus.handoff import HandOff
+from bus.consume.handoff import HandOff
 
 
 class FakeUnderlay:

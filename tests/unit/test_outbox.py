@@ -18,8 +18,8 @@ from bus.errors import ConfigError, InvalidEvent, PublishTimeout, UnknownEventTy
 from bus.metrics import Metrics
 from bus.outbox import Outbox
 from bus.outbox.base import Row, Status
+from bus.outbox.relay import Relay
 from bus.outbox.schema import Dialect, ddl, dialect_of, insert_sql, script
-from bus.relay import Relay
 from bus.topology.model import Topology, from_dict
 
 DOC = {
@@ -203,7 +203,7 @@ class FakePublisher:
     connected = True
 
     def __init__(self, topology: Topology, failures: dict[str, BaseException]) -> None:
-        from bus.validation import EventChecker
+        from bus.produce.validation import EventChecker
 
         self.check = EventChecker(topology).check
         self.failures = failures

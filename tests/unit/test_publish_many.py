@@ -9,7 +9,7 @@ import pytest
 
 from bus.envelope import Event
 from bus.errors import PublishTimeout
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
 from bus.topology.model import from_dict
 
 TOPOLOGY = from_dict(

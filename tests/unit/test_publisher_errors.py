@@ -10,7 +10,7 @@ from typing import Any
 import aiormq
 import pytest
 
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
 from bus.topology.model import from_dict
 
 TOPOLOGY = from_dict(

@@ -1,4 +1,4 @@
-"""bus.router: which handler an event type reaches, and how its data is parsed."""
+"""bus.consume.router: which handler an event type reaches, and how its data is parsed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from bus.router import Router
+from bus.consume.router import Router
 
 
 class OrderPlaced(BaseModel):

@@ -1,10 +1,10 @@
-"""bus.routing: RabbitMQ topic semantics (`*` exactly one word, `#` zero or more words)."""
+"""bus.topology.routing: RabbitMQ topic semantics (`*` exactly one word, `#` zero or more words)."""
 
 from __future__ import annotations
 
 import pytest
 
-from bus.routing import is_pattern, matches
+from bus.topology.routing import is_pattern, matches
 
 # Every row was checked against RabbitMQ 3.10.8 (a throwaway topic exchange, one queue per row).
 CASES = [

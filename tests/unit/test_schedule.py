@@ -1,4 +1,4 @@
-"""When schedules fire (bus.schedule) and what `bus scheduler --dry-run` prints. No network."""
+"""When schedules fire (bus.scheduling.firings) and what `bus scheduler --dry-run` prints. No network."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from bus.cli import app
-from bus.schedule import (
+from bus.scheduling.firings import (
     HANDOVER_MS,
     due,
     event_id,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bus.router import Router
+from bus.consume.router import Router
 from bus.testing import Handled, Parked, TestBus
 from bus.topology.model import from_dict
 from tests.bus_contract import BusContract, OpenBus

@@ -13,8 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from bus.cli import app as cli_app
-from bus.dlq import parked
 from bus.errors import ConfigError
+from bus.ops.dlq import parked
+from bus.produce.validation import EventChecker
 from bus.settings import Settings
 from bus.topology.model import Topology, from_dict
 from bus.ui import UiConfig, check_bind, create_app
@@ -29,7 +30,6 @@ from bus.ui.auth import (
 from bus.ui.browse import group
 from bus.ui.config import is_loopback
 from bus.ui.edit import check_edit
-from bus.validation import EventChecker
 from tests.ui_handlers import HANDLERS, Mailer
 
 TOKEN = "t0ken-for-tests"

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from bus.watchdog import Watchdog
+from bus.consume.watchdog import Watchdog
 
 
 def test_warns_once_for_a_delivery_running_past_half_the_consumer_timeout(
@@ -18,7 +18,7 @@ def test_warns_once_for_a_delivery_running_past_half_the_consumer_timeout(
     assert dog.check(0.0) == 0
     assert dog.check(899.0) == 0, "not yet half of 30m"
     running.add((1, 8))  # a second delivery starts late: it is not late yet
-    with caplog.at_level(logging.WARNING, logger="bus.watchdog"):
+    with caplog.at_level(logging.WARNING, logger="bus.consume.watchdog"):
         assert dog.check(900.0) == 1
     assert dog.check(1000.0) == 0, "warned once only"
     (record,) = caplog.records

@@ -8,7 +8,7 @@ we first saw it.
 
 AMQP 0-9-1 cannot look at a message without delivering it, so the head is *peeked*:
 `basic.get` without an ack, then the channel is closed, which returns the message to the head
-(as `bus.dlq` browses). Not `basic.nack(requeue=True)`: on RabbitMQ 3.10.8 that puts a quorum
+(as `bus.ops.dlq` browses). Not `basic.nack(requeue=True)`: on RabbitMQ 3.10.8 that puts a quorum
 queue's message at the *tail*, which would rotate the DLQ and make every peek see another
 message (checked; a classic queue keeps the position either way). On a quorum queue every peek
 adds one to the message's delivery count (`x-delivery-count`). That is harmless for `Q.dlq`,
@@ -34,9 +34,9 @@ from typing import Any, Self
 from aio_pika.abc import AbstractConnection
 from prometheus_client import Gauge
 
-from bus.connection import connect_plain
+from bus.amqp.connection import connect_plain
 from bus.metrics import Metrics
-from bus.status import QueueState, queue_state
+from bus.ops.status import QueueState, queue_state
 from bus.topology.model import Subscriber
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from typing import Any, cast
 import aiormq
 from aio_pika.abc import AbstractChannel
 
-from bus.delivery import Delivery, copy_properties
+from bus.amqp.delivery import Delivery, copy_properties
 
 HANDOFF_TIMEOUT = 30.0
 

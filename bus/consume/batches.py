@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from bus.context import Context
+from bus.consume.context import Context
 from bus.errors import Reject
 
 ItemResult = BaseException | None  # None: handled; Reject: park it; any other: retry it

@@ -17,7 +17,7 @@ from typing import Any
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
-from bus.delivery import copy_properties
+from bus.amqp.delivery import copy_properties
 from bus.errors import NotApplied
 from bus.retry import (
     ATTEMPT,
@@ -68,7 +68,7 @@ def select(
 ) -> list[Parked]:
     """The parked messages matching every filter given: a type or topic pattern, a dead
     reason, text in the exception's type or message (case-insensitive)."""
-    from bus.routing import matches
+    from bus.topology.routing import matches
 
     needle = exception.lower() if exception else None
     return [

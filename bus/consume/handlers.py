@@ -12,8 +12,8 @@ import sys
 import sysconfig
 import traceback
 
+from bus.consume.router import Router
 from bus.errors import ConfigError
-from bus.router import Router
 from bus.topology.model import Topology
 
 

@@ -15,7 +15,6 @@ import yaml
 from aio_pika.abc import AbstractConnection
 
 from bus.errors import BusError
-from bus.routing import matches
 from bus.topology import apply as applier
 from bus.topology.model import Subscriber, Topology, from_dict
 from bus.topology.model import load as load_topology
@@ -28,6 +27,7 @@ from bus.topology.plan import (
     diff,
     is_delay_object,
 )
+from bus.topology.routing import matches
 
 # What one order causes: the API writes `order.placed`, fulfillment publishes
 # `shipment.requested`, invoicing `invoice.rendered`, and email the delayed

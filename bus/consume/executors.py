@@ -20,12 +20,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bus.context import Context, ProcessContext, SyncContext
+from bus.consume.context import Context, ProcessContext, SyncContext
+from bus.consume.limits import Limits
+from bus.consume.router import Executor, Handler
+from bus.consume.workers import ProcessPool
 from bus.errors import HandlerTimeout
-from bus.limits import Limits
-from bus.router import Executor, Handler
 from bus.topology.model import Subscriber
-from bus.workers import ProcessPool
 
 
 class Runner:

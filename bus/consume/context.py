@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from bus.delays import Delay
 from bus.envelope import Meta, new_traceparent
+from bus.topology.delays import Delay
 
 _FOLLOW_UP = uuid.UUID("6b7a1c3e-1f0e-4d1e-9a55-8b5f2c0de001")
 
@@ -165,7 +165,7 @@ class ProcessContext:
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:
         return logging.LoggerAdapter(
-            logging.getLogger("bus.subscriber"),
+            logging.getLogger("bus.consume.runtime"),
             {"event_id": self.id, "event_type": self.type, "subscriber": self.subscriber,
              "attempt": self.attempt, "correlation_id": self.correlation_id},
         )  # fmt: skip
@@ -186,7 +186,7 @@ def _plain(value: Any) -> bool:
 
 def message_logger(ctx: Context) -> logging.LoggerAdapter[logging.Logger]:
     return logging.LoggerAdapter(
-        logging.getLogger("bus.subscriber"),
+        logging.getLogger("bus.consume.runtime"),
         {
             "event_id": ctx.meta.id,
             "event_type": ctx.meta.type,

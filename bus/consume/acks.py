@@ -15,7 +15,7 @@ from collections import deque
 from enum import Enum
 from typing import Any
 
-from bus.delivery import Delivery
+from bus.amqp.delivery import Delivery
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from bus.context import ProcessContext
+from bus.consume.context import ProcessContext
 from bus.errors import HandlerTimeout, WorkerLost
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ A claim is a lease in the store. While handlers run, one background task renews 
 this process holds every third of the lease, so a slow handler keeps its claim. A crashed
 process's claim is taken over as soon as the store sees its owner gone (bus.stores.owner, the
 PostgreSQL owner lock), else after one lease. `claim` returns BUSY only when another replica
-held the id throughout the wait: the caller must then leave the message alone (bus.dispatch
+held the id throughout the wait: the caller must then leave the message alone (bus.consume.dispatch
 requeues it), never run the handler without the claim.
 """
 

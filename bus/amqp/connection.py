@@ -1,6 +1,6 @@
 """The one place that opens AMQP connections. aio-pika's robust connection owns reconnects:
 it restores channels (and their qos) after the broker comes back; the subscriber's consumer
-consumes again by itself (bus.consumer).
+consumes again by itself (bus.consume.consumer).
 
 `BUS_URL` may list the nodes of one cluster (``amqp://u:p@rabbit-1,rabbit-2:5673,rabbit-3/vh``):
 a connection goes to the first node that answers, and a robust one moves on to the next node in

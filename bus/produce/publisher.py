@@ -26,10 +26,9 @@ from tenacity import (
     wait_random_exponential,
 )
 
-import bus.delays as delays
+import bus.topology.delays as delays
 from bus import tracing
-from bus.connection import connect
-from bus.delays import Delay
+from bus.amqp.connection import connect
 from bus.envelope import Event, Wire, encode, new_traceparent
 from bus.errors import (
     ConfigError,
@@ -40,10 +39,11 @@ from bus.errors import (
     UnroutableError,
 )
 from bus.metrics import Metrics
+from bus.produce.validation import EventChecker
 from bus.settings import Settings, redact
+from bus.topology.delays import Delay
 from bus.topology.model import Topology
 from bus.topology.model import load as load_topology
-from bus.validation import EventChecker
 
 log = logging.getLogger(__name__)
 DELAY_HEADER = "bus-delay-seconds"  # on a delayed event: the delay it was published with
@@ -180,7 +180,7 @@ class Publisher:
         """Publish one event and wait for the broker's confirm; returns the event id.
 
         With *delay* (``"24h"``, seconds, a timedelta) the broker holds it in its delay levels
-        (`bus.delays`) and delivers it to the event's exchange once the delay has passed.
+        (`bus.topology.delays`) and delivers it to the event's exchange once the delay has passed.
         """
         seconds = delays.seconds_of(delay) if delay is not None else None  # ValueError: at once
         event = self.event(
@@ -248,7 +248,7 @@ class Publisher:
     ) -> None:  # fmt: skip
         """Publish an already-checked event, republishing after reconnects until the deadline.
 
-        *delay*: whole seconds (`bus.delays.seconds_of`) the broker holds it first.
+        *delay*: whole seconds (`bus.topology.delays.seconds_of`) the broker holds it first.
 
         `timer=False`: no deadline on the first confirm (the caller watches for progress).
         *parent*: a `traceparent` that OpenTelemetry's publish span continues when the caller

@@ -11,7 +11,7 @@ runs the handler and says what must happen to the message:
 | `Park`      | rejected, invalid, no handler, or retries exhausted   | hands off, then acks |
 | `Requeue`   | another live replica still holds the id's claim       | nacks with requeue  |
 
-`bus.subscriber.Runtime` performs outcomes on the broker; `bus.testing.TestBus` performs them
+`bus.consume.runtime.Runtime` performs outcomes on the broker; `bus.testing.TestBus` performs them
 in memory. Neither decides anything, so both behave alike by construction.
 
 The common outcomes are cached per event type: a handled message allocates no outcome.
@@ -30,12 +30,13 @@ import jsonschema
 from pydantic import ValidationError
 
 from bus import tracing
-from bus.batches import BatchContext, Batcher
-from bus.claims import Claims
-from bus.context import Context, Publishes
+from bus.consume.batches import BatchContext, Batcher
+from bus.consume.claims import Claims
+from bus.consume.context import Context, Publishes
+from bus.consume.executors import Runner
+from bus.consume.router import Executor, Handler, Router
 from bus.envelope import Meta, decode_body, decode_meta
 from bus.errors import InvalidEvent, Reject
-from bus.executors import Runner
 from bus.retry import (
     DeadLetter,
     DeadReason,
@@ -45,7 +46,6 @@ from bus.retry import (
     dead,
     failure_headers,
 )
-from bus.router import Executor, Handler, Router
 from bus.stores.base import Claim
 from bus.topology.model import Subscriber, Topology
 
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 
 class Incoming(Protocol):
-    """What dispatch reads of a delivery (`bus.delivery.Delivery` is one)."""
+    """What dispatch reads of a delivery (`bus.amqp.delivery.Delivery` is one)."""
 
     @property
     def body(self) -> bytes: ...

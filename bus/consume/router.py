@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from bus.durations import parse_ms
-from bus.routing import is_pattern, matches
+from bus.topology.routing import is_pattern, matches
 
 HandlerFunc = Callable[[Any, Any], Any]  # async def, or a plain def (thread or process)
 _RAW = (inspect.Parameter.empty, Any, dict, object, Mapping, typing.Mapping)

@@ -10,16 +10,16 @@ import os
 import signal
 import sys
 
+from bus.consume.handlers import import_router
+from bus.consume.handoff import HandOff
+from bus.consume.runtime import HandOffFactory, Runtime, refuse_timeout_at_or_over
 from bus.errors import BusError, ConfigError, NotApplied
-from bus.gauges import QueueGauges
-from bus.handlers import import_router
-from bus.handoff import HandOff
-from bus.health import HealthServer
 from bus.metrics import Metrics
+from bus.ops.gauges import QueueGauges
+from bus.ops.health import HealthServer
 from bus.settings import Settings, seconds_from_env
 from bus.stores import open_store
 from bus.stores.base import DEFAULT_LEASE
-from bus.subscriber import HandOffFactory, Runtime, refuse_timeout_at_or_over
 from bus.topology.model import load as load_topology
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,8 @@ async def serve(
 
 async def _require_queue(url: str, name: str, queue: str) -> None:
     """Refuse to start, in one line, when `apply` has not made the subscriber's queue."""
-    from bus.connection import connect_plain
-    from bus.status import queue_state
+    from bus.amqp.connection import connect_plain
+    from bus.ops.status import queue_state
 
     conn = await connect_plain(url, f"run:{name}")
     try:

@@ -29,7 +29,7 @@ from bus.errors import (
 )
 from bus.metrics import Metrics
 from bus.outbox.base import OutboxStore, Row
-from bus.publisher import Publisher
+from bus.produce.publisher import Publisher
 from bus.settings import redact
 from bus.topology.model import Topology
 
@@ -249,7 +249,7 @@ async def serve(
 ) -> None:
     """`bus relay`: relay until SIGTERM/SIGINT (or *stop*), finishing the step in progress
     within *grace* seconds. Serves /metrics, /healthz and /readyz on *metrics_port*."""
-    from bus.health import HealthServer
+    from bus.ops.health import HealthServer
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,4 +1,4 @@
-"""The subscriber runtime: the I/O shell around `bus.dispatch`.
+"""The subscriber runtime: the I/O shell around `bus.consume.dispatch`.
 
 It consumes one queue, hands each delivery to the `Dispatcher`, which decides (and runs the
 handler), and performs the outcome on the broker: ack, hand off to a retry queue or the DLQ,
@@ -20,21 +20,21 @@ from typing import Any
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
 
-from bus.acks import Acker
-from bus.claims import Claims
-from bus.connection import connect
-from bus.consumer import Consumer
-from bus.delivery import Delivery
-from bus.dispatch import Ack, Dispatcher, Duplicate, Outcome, Park, Retry
+from bus.amqp.connection import connect
+from bus.amqp.delivery import Delivery
+from bus.consume.acks import Acker
+from bus.consume.claims import Claims
+from bus.consume.consumer import Consumer
+from bus.consume.dispatch import Ack, Dispatcher, Duplicate, Outcome, Park, Retry
+from bus.consume.handoff import HandOff
+from bus.consume.router import Router
+from bus.consume.watchdog import Watchdog
 from bus.durations import label
 from bus.errors import ConfigError
-from bus.handoff import HandOff
 from bus.metrics import Metrics
-from bus.publisher import Publisher
-from bus.router import Router
+from bus.produce.publisher import Publisher
 from bus.stores.base import DEFAULT_LEASE, Store
 from bus.topology.model import Subscriber, Topology
-from bus.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class Runtime:
         """Carry out what the dispatcher decided; only this touches the broker."""
         kind = type(outcome)
         if kind is Ack:
-            self._acks.ack(m)  # coalesced with its neighbours (bus.acks)
+            self._acks.ack(m)  # coalesced with its neighbours (bus.consume.acks)
             self._count(outcome.event_type, OK)
         elif kind is Duplicate:
             self._acks.ack(m)

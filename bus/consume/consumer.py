@@ -1,7 +1,7 @@
 """Keep one `basic.consume` alive on a robust channel, delivering aiormq frames as `Delivery`.
 
 aio-pika's `Queue.consume` would wrap every delivery in an `IncomingMessage` inside a second
-task (see bus.delivery for why we skip it). Consuming on the underlying aiormq channel means
+task (see bus.amqp.delivery for why we skip it). Consuming on the underlying aiormq channel means
 re-consuming is ours to do: after the robust channel reopens (a reconnect, a channel error)
 and after the broker cancels the consumer (queue deleted, quorum leader moved), we consume
 again, every `interval` seconds until it works or we are stopped.
@@ -25,7 +25,7 @@ from aio_pika.abc import AbstractRobustChannel
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
 
-from bus.delivery import Delivery
+from bus.amqp.delivery import Delivery
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,17 @@ from typing import Any
 import httpx
 from aio_pika.abc import AbstractConnection
 
-from bus.connection import connect_plain
-from bus.demo_peers import (
+from bus.amqp.connection import connect_plain
+from bus.ops.status import collect
+from bus.outbox import OutboxStore, open_outbox
+from bus.topology.model import Subscriber, Topology
+from bus.topology.model import load as load_topology
+from bus.topology.plan import (
+    QueueDecl,
+    desired,
+    is_delay_object,
+)
+from demo.peers import (
     FlakyWarehouse,
     MailSink,
     Service,
@@ -36,17 +45,8 @@ from bus.demo_peers import (
     stop_services,
     wait_ready,
 )
-from bus.demo_shop import Shop
-from bus.demo_topology import declare, delete, expected_handled, write_demo_topology
-from bus.outbox import OutboxStore, open_outbox
-from bus.status import collect
-from bus.topology.model import Subscriber, Topology
-from bus.topology.model import load as load_topology
-from bus.topology.plan import (
-    QueueDecl,
-    desired,
-    is_delay_object,
-)
+from demo.shop import Shop
+from demo.topology import declare, delete, expected_handled, write_demo_topology
 
 API_HANDLERS = "api."  # a subscriber whose handlers live in the API runs inside the API process
 

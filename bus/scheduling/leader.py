@@ -1,7 +1,7 @@
 """`bus scheduler`: fire the topology's `schedules:`, any number of replicas, one leader at a time.
 
 Leadership comes from RabbitMQ itself: the leader is the one connection that declared the
-exclusive classic queue `bus.scheduler.lock`. The broker deletes an exclusive queue when its
+exclusive classic queue `bus.scheduling.leader.lock`. The broker deletes an exclusive queue when its
 connection dies, so a waiting replica (retrying every ~1 s, with jitter) takes over within
 about a second of a crash. A failed declaration (405 RESOURCE_LOCKED) closes only the channel
 it was made on, so each attempt uses a fresh one.
@@ -32,17 +32,17 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
-from bus.connection import connect_plain
+from bus.amqp.connection import connect_plain
 from bus.envelope import Event, new_traceparent
 from bus.errors import BrokerUnavailable, BusError, ConfigError, PublishError, UnroutableError
 from bus.metrics import Metrics
-from bus.publisher import Publisher
-from bus.schedule import HANDOVER_MS, due, event_id, instant_text, next_firing
+from bus.produce.publisher import Publisher
+from bus.scheduling.firings import HANDOVER_MS, due, event_id, instant_text, next_firing
 from bus.topology.model import Schedule, Topology
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOCK_QUEUE = "bus.scheduler.lock"
+DEFAULT_LOCK_QUEUE = "bus.scheduling.leader.lock"
 RETRY_SECONDS = 1.0  # a non-leader tries to take the lock this often (±25 % jitter)
 MAX_SLEEP = 1.0  # the leader re-checks its lock and the clock at least this often
 HEARTBEAT = 5  # seconds: a frozen or cut-off leader is dropped by the broker after ~2 of these
