@@ -33,11 +33,8 @@ from bus.topology.plan import (
     desired,
     is_delay_object,
 )
-from demo.peers import (
-    FlakyWarehouse,
-    MailSink,
+from demo.processes import (
     Service,
-    WarehouseStats,
     scrape,
     start_api,
     start_relay,
@@ -46,6 +43,7 @@ from demo.peers import (
     wait_ready,
 )
 from demo.shop import Shop
+from demo.stubs import FlakyWarehouse, MailSink, WarehouseStats
 from demo.topology import declare, delete, expected_handled, write_demo_topology
 
 API_HANDLERS = "api."  # a subscriber whose handlers live in the API runs inside the API process

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+from demo.stubs import free_port
+
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")  # Debian's scripts, below the root-dropping wrappers
 RABBITMQ_HOME = Path("/var/lib/rabbitmq")  # the rabbitmq user's home: the Erlang cookie
 NODE_ROOT = Path(tempfile.gettempdir())
@@ -55,12 +57,6 @@ def unavailable_reason() -> str | None:
     if os.geteuid() not in (0, rabbit.pw_uid):
         return HOW_TO_GET_NODES.format(bin=RABBITMQ_BIN)
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def answers(port: int, host: str = "127.0.0.1") -> bool:

@@ -18,10 +18,10 @@ from bus.metrics import Metrics
 from bus.ops.health import HealthServer
 from bus.produce.publisher import Publisher
 from bus.stores import MemoryStore
+from demo.stubs import free_port
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology, queue_depth
 from tests.integration.nodes import Node
-from tests.integration.servers import free_port
 from tests.integration.test_faults import Effects, outcomes
 
 pytestmark = pytest.mark.timeout(300)

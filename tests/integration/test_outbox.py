@@ -335,7 +335,7 @@ async def test_the_relay_serves_readiness_and_the_outbox_metrics(
 ) -> None:
     import httpx
 
-    from tests.integration.servers import free_port
+    from demo.stubs import free_port
 
     topology = audit_topology(prefix)
     port = free_port()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +19,12 @@ import yaml
 
 from bus.produce.publisher import Publisher
 from bus.topology.model import from_dict
+from demo.stubs import free_port
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, topology_doc
 
 PG_URL = os.environ.get("BUS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PROMPT = 5.0  # seconds from the replacement consuming to the event handled
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def spawn(name: str, topo: Path, tmp: Path, url: str, store_url: str, port: int,

@@ -27,9 +27,9 @@ import yaml
 
 from bus.scheduling.firings import instant_text
 from bus.topology.model import from_dict
+from demo.stubs import free_port
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, topology_doc
-from tests.integration.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TAKEOVER_LIMIT = 5.0  # seconds; measured ~1.0-1.5 s on RabbitMQ 3.10.8 (retry 1 s ± 25 %)

@@ -14,9 +14,9 @@ import yaml
 
 from bus.consume.router import Router
 from bus.consume.service import import_router
+from demo.stubs import FlakyWarehouse, MailSink
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, get_all, make_topology, running, topology_doc
-from tests.integration.servers import smtp_server, warehouse_server
 
 SERVICES = {
     "email": {
@@ -47,9 +47,9 @@ async def test_one_published_order_reaches_all_three_services(
     topo_file.write_text(yaml.safe_dump(doc))
     topology = make_topology(prefix, SERVICES)
     db = tmp_path / "analytics.db"
-    with smtp_server() as (smtp_url, mailbox), warehouse_server() as (wh_url, warehouse):
-        monkeypatch.setenv("SMTP_URL", smtp_url)
-        monkeypatch.setenv("WAREHOUSE_URL", wh_url)
+    with MailSink() as mailbox, FlakyWarehouse() as warehouse:
+        monkeypatch.setenv("SMTP_URL", mailbox.url)
+        monkeypatch.setenv("WAREHOUSE_URL", warehouse.url)
         monkeypatch.setenv("ANALYTICS_DB_URL", f"sqlite:///{db}")
         async with applied(amqp_url, topology):
             routers = {
@@ -77,11 +77,11 @@ async def test_one_published_order_reaches_all_three_services(
 
                 await wait_for(lambda: warehouse.calls, message="the warehouse webhook call")
                 call = warehouse.calls[0]
-                assert call["body"] == {
+                assert call.body == {
                     "order_id": "o-1",
                     "items": [{"sku": "BOOK-1", "quantity": 2}],
                 }
-                assert call["headers"]["Idempotency-Key"] == "op-1"
+                assert call.headers["Idempotency-Key"] == "op-1"
 
                 from subscribers.analytics.handlers import counts
 

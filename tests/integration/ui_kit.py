@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from bus.produce.publisher import Publisher
 from bus.settings import Settings
 from bus.topology.model import Topology
 from bus.ui import UiConfig, create_app
+from demo.stubs import free_port
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology, queue_depth, running
 from tests.ui_handlers import HANDLERS, Mailer
@@ -69,12 +69,6 @@ async def ui_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
             yield c
     finally:
         await app.state.backend.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.asynccontextmanager

@@ -1,151 +1,24 @@
-"""What `bus demo` runs beside itself, on loopback: an SMTP sink and a flaky warehouse (threads
-of the demo process, so no mail server or warehouse is needed), and the services as processes.
+"""What `bus demo` runs beside itself as processes: the services, the orders API and relays;
+how it waits for them, stops them and reads their metrics. (The SMTP sink and the warehouse,
+threads of the demo process, are in `demo.stubs`.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
-import socket
 import sys
-import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
-from aiosmtpd.controller import Controller
 from prometheus_client.parser import text_string_to_metric_families
 
 from bus.errors import BusError
-
-
-def free_port() -> int:
-    """A TCP port that was free on loopback a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class MailSink:
-    """An SMTP server that accepts every mail and counts it. `start()`, then `stop()`."""
-
-    def __init__(self) -> None:
-        self.delivered = 0
-        self.follow_ups = 0  # "How was your order?" mails: the email service's delayed event
-        self._lock = threading.Lock()
-        self._controller: Any = None
-        self.url = ""
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        follow_up = b"Subject: How was your order" in bytes(envelope.content or b"")
-        with self._lock:
-            self.delivered += 1
-            self.follow_ups += follow_up
-        return "250 OK"
-
-    def start(self) -> MailSink:
-        port = free_port()
-        self._controller = Controller(self, hostname="127.0.0.1", port=port)
-        self._controller.start()
-        self.url = f"smtp://127.0.0.1:{port}"
-        return self
-
-    def stop(self) -> None:
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
-
-
-@dataclass
-class WarehouseStats:
-    calls: int = 0
-    failed: int = 0  # answered 503
-    accepted: int = 0  # answered 201
-    recovered: int = 0  # orders accepted after at least one 503: retried, then succeeded
-
-
-@dataclass
-class _Ledger:
-    fail_first: int
-    calls: int = 0
-    answers: dict[str, list[int]] = field(default_factory=dict)  # order id -> statuses
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def answer(self, order_id: str) -> int:
-        with self.lock:
-            self.calls += 1
-            status = 503 if self.calls <= self.fail_first else 201
-            self.answers.setdefault(order_id, []).append(status)
-            return status
-
-    def stats(self) -> WarehouseStats:
-        with self.lock:
-            seen = [s for statuses in self.answers.values() for s in statuses]
-            recovered = sum(
-                1 for s in self.answers.values() if 201 in s and 503 in s[: s.index(201)]
-            )
-            return WarehouseStats(self.calls, seen.count(503), seen.count(201), recovered)
-
-
-class _Backlogged(ThreadingHTTPServer):
-    # socketserver listens with a backlog of 5: a burst of fulfillment's prefetch (32 calls
-    # at once, e.g. when a backlog drains) would see connection resets instead of answers
-    request_queue_size = 128
-
-
-class FlakyWarehouse:
-    """A warehouse webhook: the first *fail_first* calls get HTTP 503, every later one 201."""
-
-    def __init__(self, fail_first: int = 3) -> None:
-        self._ledger = _Ledger(fail_first)
-        self._server: ThreadingHTTPServer | None = None
-        self.url = ""
-
-    def stats(self) -> WarehouseStats:
-        return self._ledger.stats()
-
-    def start(self) -> FlakyWarehouse:
-        ledger = self._ledger
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                try:
-                    body = json.loads(self.rfile.read(length) or b"{}")
-                except ValueError:
-                    body = {}
-                order_id = str(body.get("order_id", "?")) if isinstance(body, dict) else "?"
-                status = ledger.answer(order_id)
-                payload = json.dumps({"reference": f"WH-{ledger.calls}"}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass  # the demo's view shows the calls
-
-        self._server = _Backlogged(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(
-            target=self._server.serve_forever, name="demo-warehouse", daemon=True
-        ).start()
-        self.url = f"http://127.0.0.1:{self._server.server_port}/orders"
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
+from demo.stubs import free_port
 
 # -- the services, as processes ---------------------------------------------------------------
 
