@@ -43,7 +43,7 @@ class Meta:
     @property
     def time(self) -> datetime | None:
         """When the event happened: `cloudEvents_time`, else the AMQP timestamp."""
-        return _time(self.raw_time, self.timestamp)
+        return header_time(self.raw_time, self.timestamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +106,9 @@ def encode(event: Event) -> Wire:
     )
 
 
-def _text(value: Any) -> str | None:
+def header_text(value: Any) -> str | None:
+    """A header or property as text: str, or UTF-8 bytes (AMQP longstr); None when empty,
+    blank or not text."""
     if type(value) is str:  # the common case, first
         return value if value.strip() else None
     if isinstance(value, bytes | bytearray):
@@ -119,10 +121,12 @@ def _text(value: Any) -> str | None:
     return None
 
 
-def _time(value: Any, fallback: datetime | None) -> datetime | None:
+def header_time(value: Any, fallback: datetime | None = None) -> datetime | None:
+    """A header or property as an aware datetime: an AMQP timestamp (naive means UTC) or RFC 3339
+    text; *fallback* when it is neither."""
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
-    text = _text(value)
+    text = header_text(value)
     if text:
         try:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -147,20 +151,20 @@ def decode_meta(
     idempotency key, without a type no handler can be chosen.
     """
     h = headers or {}
-    event_id = _text(message_id) or _text(h.get(H_ID))
-    event_type = _text(type) or _text(h.get(H_TYPE))
+    event_id = header_text(message_id) or header_text(h.get(H_ID))
+    event_type = header_text(type) or header_text(h.get(H_TYPE))
     if event_id is None or event_type is None:
         missing = " and ".join(n for n, v in (("id", event_id), ("type", event_type)) if v is None)
         raise InvalidEvent(f"message has no {missing} (message_id/type or cloudEvents_* headers)")
     return Meta(
         id=event_id,
         type=event_type,
-        source=_text(app_id) or _text(h.get(H_SOURCE)) or "unknown",
+        source=header_text(app_id) or header_text(h.get(H_SOURCE)) or "unknown",
         raw_time=h.get(H_TIME),
         timestamp=timestamp,
-        correlation_id=_text(correlation_id),
-        causation_id=_text(h.get(H_CAUSATION)),
-        traceparent=_text(h.get(H_TRACEPARENT)),
+        correlation_id=header_text(correlation_id),
+        causation_id=header_text(h.get(H_CAUSATION)),
+        traceparent=header_text(h.get(H_TRACEPARENT)),
     )
 
 

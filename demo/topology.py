@@ -14,6 +14,7 @@ import aiormq
 import yaml
 from aio_pika.abc import AbstractConnection
 
+from bus.amqp.plumbing import close_quietly
 from bus.errors import BusError
 from bus.topology import apply as applier
 from bus.topology.model import Subscriber, Topology, from_dict
@@ -128,5 +129,4 @@ async def delete(conn: AbstractConnection, topology: Topology) -> None:
                 await raw.queue_delete(name)
             else:
                 await raw.exchange_delete(name)
-        if not channel.is_closed:
-            await channel.close()
+        await close_quietly(channel)

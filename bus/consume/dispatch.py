@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-import jsonschema
 from pydantic import ValidationError
 
 from bus import tracing
@@ -48,6 +47,7 @@ from bus.retry import (
 )
 from bus.stores.base import Claim
 from bus.topology.model import Subscriber, Topology
+from bus.topology.schemas import Schemas
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class Dispatcher:
         self._batchers: dict[str, Batcher] = {}
         self._acks: dict[str, Ack] = {}
         self._duplicates: dict[str, Duplicate] = {}
-        self._validators: dict[str, jsonschema.protocols.Validator | None] = {}
+        self._schemas = Schemas(topology)
 
     async def dispatch(self, m: Incoming) -> Outcome:
         """Decide what happens to *m*, running its handler when it should run.
@@ -322,25 +322,13 @@ class Dispatcher:
         return Retry(event_type, decision.queue, decision.delay, headers)
 
     def _parse(self, handler: Handler, event_type: str, body: bytes) -> Any:
-        validator = self._validator(event_type)
-        if validator is None and handler.adapter is not None:
+        checked = self._schemas.has_schema(event_type)
+        if not checked and handler.adapter is not None:
             return handler.parse_json(body)  # one pass: bytes -> model
         data = decode_body(body)
-        if validator is not None:
-            error = jsonschema.exceptions.best_match(validator.iter_errors(data))
-            if error is not None:
-                where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-                raise InvalidEvent(f"fails the {event_type} schema at {where}: {error.message}")
+        if checked and (problem := self._schemas.problem(event_type, data)) is not None:
+            raise InvalidEvent(f"fails the {event_type} schema {problem}")
         return handler.parse_data(data)
-
-    def _validator(self, event_type: str) -> jsonschema.protocols.Validator | None:
-        if event_type not in self._validators:
-            spec = self.topology.events.get(event_type)
-            schema = spec.json_schema if spec else None
-            self._validators[event_type] = (
-                jsonschema.Draft202012Validator(schema) if schema is not None else None
-            )
-        return self._validators[event_type]
 
 
 def _short(exc: BaseException) -> str:

@@ -18,6 +18,8 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from bus.amqp.delivery import copy_properties
+from bus.amqp.plumbing import close_quietly
+from bus.envelope import H_ID, H_TYPE
 from bus.errors import NotApplied
 from bus.retry import (
     ATTEMPT,
@@ -116,8 +118,8 @@ def parked(
         attempts = attempts or _text(h.get("x-delivery-count")) or _text(first.get("count"))
         failed_at = failed_at or _text(first.get("time"))
     return Parked(
-        id=message_id or _text(h.get("cloudEvents_id")) or "?",
-        type=type_ or _text(h.get("cloudEvents_type")) or "?",
+        id=message_id or _text(h.get(H_ID)) or "?",
+        type=type_ or _text(h.get(H_TYPE)) or "?",
         reason=reason,
         attempts=attempts or "?",
         exception_type=_text(h.get(EXCEPTION_TYPE)),
@@ -168,7 +170,7 @@ async def browse(
     try:
         return [describe(m) for m in await _take_all(channel, sub.dlq, limit)]
     finally:
-        await channel.close()  # unacked messages go back to the queue
+        await close_quietly(channel)  # unacked messages go back to the queue
 
 
 def group_key(p: Parked) -> str:
@@ -214,7 +216,7 @@ async def replay(
             if rate:
                 await asyncio.sleep(1.0 / rate)
     finally:
-        await channel.close()
+        await close_quietly(channel)
     return done
 
 
@@ -241,7 +243,7 @@ async def replace(
             return p
         return None
     finally:
-        await channel.close()
+        await close_quietly(channel)
 
 
 async def delete(conn: AbstractConnection, sub: Subscriber, ids: Collection[str]) -> list[Parked]:
@@ -255,7 +257,7 @@ async def delete(conn: AbstractConnection, sub: Subscriber, ids: Collection[str]
                 await m.ack()
                 done.append(p)
     finally:
-        await channel.close()  # the others are unacked: back to the queue
+        await close_quietly(channel)  # the others are unacked: back to the queue
     return done
 
 
@@ -269,5 +271,4 @@ async def purge(conn: AbstractConnection, sub: Subscriber) -> int:
     except aiormq.exceptions.ChannelNotFoundEntity:
         raise NotApplied(f"queue {sub.dlq!r} does not exist: run `bus topology apply`") from None
     finally:
-        if not channel.is_closed:
-            await channel.close()
+        await close_quietly(channel)

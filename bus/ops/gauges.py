@@ -35,6 +35,8 @@ from aio_pika.abc import AbstractConnection
 from prometheus_client import Gauge
 
 from bus.amqp.connection import connect_plain
+from bus.amqp.plumbing import close_quietly
+from bus.envelope import header_time
 from bus.metrics import Metrics
 from bus.ops.status import QueueState, queue_state
 from bus.topology.model import Subscriber
@@ -61,30 +63,12 @@ def failed_at(
     """When a parked message failed: `bus-failed-at`, else `x-death` time, else its AMQP
     timestamp, else *seen* (the moment we first saw it). Always timezone-aware."""
     h = headers or {}
-    stamp = _parse_rfc3339(h.get(FAILED_AT))
+    stamp = header_time(h.get(FAILED_AT))
     if stamp is None:
         deaths = h.get("x-death")
         if isinstance(deaths, list) and deaths and isinstance(deaths[0], Mapping):
-            stamp = _aware(deaths[0].get("time"))
-    return stamp or _aware(timestamp) or seen
-
-
-def _parse_rfc3339(value: Any) -> datetime | None:
-    if isinstance(value, bytes | bytearray):
-        value = bytes(value).decode(errors="replace")
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        return _aware(datetime.fromisoformat(value.replace("Z", "+00:00")))
-    except ValueError:
-        return None
-
-
-def _aware(value: Any) -> datetime | None:
-    if not isinstance(value, datetime):
-        return None
-    # AMQP timestamps carry no zone; aio-pika and the broker both mean UTC
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+            stamp = header_time(deaths[0].get("time"))
+    return stamp or header_time(timestamp) or seen
 
 
 class QueueGauges:
@@ -191,8 +175,7 @@ class QueueGauges:
                 failed_at(message.headers, message.timestamp, self._now()), time.monotonic()
             )
         finally:
-            if not channel.is_closed:
-                await channel.close()  # returns the unacked head to the front of the queue
+            await close_quietly(channel)  # returns the unacked head to the front of the queue
 
     async def _connection(self) -> AbstractConnection:
         if self._conn is None or self._conn.is_closed:
@@ -201,9 +184,8 @@ class QueueGauges:
 
     async def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed:
-            with contextlib.suppress(Exception):
-                await conn.close()
+        if conn is not None:
+            await close_quietly(conn)
 
 
 def _forget(gauge: Gauge, label: str) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import aiormq
 from aio_pika.abc import AbstractConnection
 
+from bus.amqp.plumbing import queue_counts
 from bus.topology.model import Topology
 
 
@@ -30,16 +30,10 @@ class SubscriberState:
 
 
 async def queue_state(conn: AbstractConnection, name: str) -> QueueState:
-    channel = await conn.channel(publisher_confirms=False)
-    try:
-        q = await channel.declare_queue(name, passive=True)
-        r = q.declaration_result
-        return QueueState(name, True, int(r.message_count or 0), int(r.consumer_count or 0))
-    except aiormq.exceptions.ChannelNotFoundEntity:
+    counts = await queue_counts(conn, name)
+    if counts is None:
         return QueueState(name, False)
-    finally:
-        if not channel.is_closed:
-            await channel.close()
+    return QueueState(name, True, counts.messages, counts.consumers)
 
 
 async def collect(conn: AbstractConnection, topology: Topology) -> list[SubscriberState]:

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import jsonschema
-
 from bus.errors import InvalidEvent, UnknownEventType
 from bus.topology.model import Topology
+from bus.topology.schemas import Schemas
 
 
 class EventChecker:
-    """Raises UnknownEventType or InvalidEvent; compiles each event's schema once."""
+    """Raises UnknownEventType or InvalidEvent; each event's schema is compiled once."""
 
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
-        self._validators: dict[str, jsonschema.protocols.Validator | None] = {}
+        self.schemas = Schemas(topology)
 
     def check(self, event_type: str, data: Any) -> None:
         if event_type not in self.topology.events:
@@ -27,19 +26,6 @@ class EventChecker:
                 f"event type {event_type!r} is not declared in {self.topology.source} "
                 "(add it under `events:`)"
             )
-        validator = self._validator(event_type)
-        if validator is not None:
-            error = jsonschema.exceptions.best_match(validator.iter_errors(data))
-            if error is not None:
-                where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-                raise InvalidEvent(
-                    f"{event_type} data fails its schema at {where}: {error.message}"
-                )
-
-    def _validator(self, event_type: str) -> jsonschema.protocols.Validator | None:
-        if event_type not in self._validators:
-            schema = self.topology.events[event_type].json_schema
-            self._validators[event_type] = (
-                jsonschema.Draft202012Validator(schema) if schema is not None else None
-            )
-        return self._validators[event_type]
+        problem = self.schemas.problem(event_type, data)
+        if problem is not None:
+            raise InvalidEvent(f"{event_type} data fails its schema {problem}")

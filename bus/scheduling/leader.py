@@ -27,12 +27,13 @@ from datetime import UTC, datetime
 from functools import cache
 from urllib.parse import urlsplit, urlunsplit
 
-import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection
+from aio_pika.abc import AbstractConnection
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
+from bus.amqp import plumbing
 from bus.amqp.connection import connect_plain
+from bus.amqp.plumbing import close_quietly
 from bus.envelope import Event, new_traceparent
 from bus.errors import BrokerUnavailable, BusError, ConfigError, PublishError, UnroutableError
 from bus.metrics import Metrics
@@ -131,7 +132,7 @@ class Scheduler:
                 self.connected = False
                 self._set_leader(False)
                 # closing deletes the exclusive lock queue: the next replica takes over at once
-                await _close(conn)
+                await close_quietly(conn)
 
     async def _campaign(
         self, conn: AbstractConnection, stop: asyncio.Event, lost: asyncio.Event
@@ -152,7 +153,7 @@ class Scheduler:
                 if not waiting_logged:
                     log.info("another replica leads (%s is locked); standing by", self.lock_queue)
                     waiting_logged = True
-                await _close(channel)  # the broker closed it already; tidy our side
+                await close_quietly(channel)  # the broker closed it already; tidy our side
             await _wait_any(RETRY_SECONDS * random.uniform(0.75, 1.25), stop, lost)
         return False
 
@@ -269,7 +270,7 @@ class Scheduler:
         except (aiormq.exceptions.ChannelNotFoundEntity, aiormq.exceptions.ChannelLockedResource):
             return False
         finally:
-            await _close(channel)
+            await close_quietly(channel)
 
     def _set_leader(self, value: bool) -> None:
         if value != self.leader:
@@ -283,22 +284,15 @@ class Scheduler:
 
 async def read_record(conn: AbstractConnection, queue: str) -> dict[str, datetime]:
     """The last fired instant per schedule, or {} when nothing was recorded."""
-    channel = await conn.channel(publisher_confirms=False)
-    try:
-        q = await channel.declare_queue(queue, passive=True)
-        message = await q.get(no_ack=False, fail=False)
-        if message is None:
-            return {}
-        await message.nack(requeue=True)
-        raw = json.loads(message.body)
-        return {str(k): datetime.fromisoformat(v) for k, v in raw["last_fired"].items()}
-    except aiormq.exceptions.ChannelNotFoundEntity:
+    body = await plumbing.read_record(conn, queue)
+    if body is None:
         return {}
+    try:
+        raw = json.loads(body)
+        return {str(k): datetime.fromisoformat(v) for k, v in raw["last_fired"].items()}
     except (ValueError, KeyError, TypeError, AttributeError):
         log.warning("ignoring an unreadable record in %s", queue)
         return {}
-    finally:
-        await _close(channel)
 
 
 async def write_record(conn: AbstractConnection, queue: str, last: dict[str, datetime]) -> None:
@@ -308,21 +302,9 @@ async def write_record(conn: AbstractConnection, queue: str, last: dict[str, dat
         "leader": f"{socket.gethostname()}:{os.getpid()}",
         "written_at": instant_text(datetime.now(UTC).replace(microsecond=0)),
     }
-    channel = await conn.channel(publisher_confirms=True)
-    try:
-        await channel.declare_queue(
-            queue, durable=True, arguments={"x-queue-type": "classic", "x-max-length": 1}
-        )
-        await channel.default_exchange.publish(
-            aio_pika.Message(
-                json.dumps(body).encode(),
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
-            routing_key=queue,
-        )
-    finally:
-        await _close(channel)
+    await plumbing.write_record(
+        conn, queue, json.dumps(body).encode(), content_type="application/json"
+    )
 
 
 def with_heartbeat(url: str, seconds: int = HEARTBEAT) -> str:
@@ -347,14 +329,6 @@ async def _wait_any(timeout: float, *events: asyncio.Event) -> None:
 def _setter(event: asyncio.Event) -> Callable[..., None]:
     """A close callback that sets *event*."""
     return lambda *_: event.set()
-
-
-async def _close(thing: AbstractChannel | AbstractConnection) -> None:
-    if not thing.is_closed:
-        try:
-            await thing.close()
-        except Exception:
-            log.debug("close failed", exc_info=True)
 
 
 def _name(exc: BaseException) -> str:

@@ -17,6 +17,8 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
+from bus.amqp import plumbing
+from bus.amqp.plumbing import close_quietly, queue_counts
 from bus.topology.plan import (
     STATE_QUEUE_PREFIX,
     Action,
@@ -65,14 +67,8 @@ async def observe(conn: AbstractConnection, want: Sequence[Decl]) -> Observed:
 
 async def queue_depth(conn: AbstractConnection, name: str) -> int | None:
     """Ready messages in queue *name*, or None when it does not exist."""
-    channel = await conn.channel(publisher_confirms=False)
-    try:
-        queue = await channel.declare_queue(name, passive=True)
-        return int(queue.declaration_result.message_count or 0)
-    except aiormq.exceptions.ChannelNotFoundEntity:
-        return None
-    finally:
-        await _close(channel)
+    counts = await queue_counts(conn, name)
+    return None if counts is None else counts.messages
 
 
 async def _exists_exchange(conn: AbstractConnection, name: str) -> bool:
@@ -83,7 +79,7 @@ async def _exists_exchange(conn: AbstractConnection, name: str) -> bool:
     except aiormq.exceptions.ChannelNotFoundEntity:
         return False
     finally:
-        await _close(channel)
+        await close_quietly(channel)
 
 
 async def _probe(conn: AbstractConnection, decl: ExchangeDecl | QueueDecl) -> str | None:
@@ -95,7 +91,7 @@ async def _probe(conn: AbstractConnection, decl: ExchangeDecl | QueueDecl) -> st
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
         return _broker_text(exc)
     finally:
-        await _close(channel)
+        await close_quietly(channel)
 
 
 async def _declare(channel: AbstractChannel, decl: ExchangeDecl | QueueDecl) -> None:
@@ -129,7 +125,7 @@ async def apply(conn: AbstractConnection, steps: Sequence[Step], want: Sequence[
             if step.action is Action.DELETE:
                 await _delete(channel, step.decl)
     finally:
-        await _close(channel)
+        await close_quietly(channel)
     owned = [d for d in want if d.key not in drifted and not is_delay_object(d)]
     owned += [s.decl for s in steps if s.action in (Action.KEEP, Action.DRIFT)]
     mains = _main_queues(want)
@@ -174,35 +170,13 @@ def state_queue(main_queue: str) -> str:
 
 
 async def read_record(conn: AbstractConnection, main_queue: str) -> list[Decl]:
-    channel = await conn.channel(publisher_confirms=False)
-    try:
-        queue = await channel.declare_queue(state_queue(main_queue), passive=True)
-        message = await queue.get(no_ack=False, fail=False)
-        if message is None:
-            return []
-        await message.nack(requeue=True)
-        return _from_json(message.body)
-    except aiormq.exceptions.ChannelNotFoundEntity:
-        return []
-    finally:
-        await _close(channel)
+    body = await plumbing.read_record(conn, state_queue(main_queue))
+    return [] if body is None else _from_json(body)
 
 
 async def write_record(conn: AbstractConnection, main_queue: str, owned: Sequence[Decl]) -> None:
-    channel = await conn.channel(publisher_confirms=True)
-    try:
-        queue = await channel.declare_queue(
-            state_queue(main_queue),
-            durable=True,
-            arguments={"x-queue-type": "classic", "x-max-length": 1},
-        )
-        body = json.dumps([_to_json(d) for d in owned]).encode()
-        await channel.default_exchange.publish(
-            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-            routing_key=queue.name,
-        )
-    finally:
-        await _close(channel)
+    body = json.dumps([_to_json(d) for d in owned]).encode()
+    await plumbing.write_record(conn, state_queue(main_queue), body)
 
 
 def _to_json(d: Decl) -> dict[str, object]:
@@ -242,14 +216,6 @@ def _from_json(body: bytes) -> list[Decl]:
 def _broker_text(exc: BaseException) -> str:
     text = str(exc.args[0] if exc.args else exc)
     return text.split(" - ", 1)[-1] if " - " in text else text
-
-
-async def _close(channel: AbstractChannel) -> None:
-    if not channel.is_closed:
-        try:
-            await channel.close()
-        except Exception:
-            log.debug("channel close failed", exc_info=True)
 
 
 # `bus topology teardown`: remove what `apply` made, queues first, then the exchanges no other
@@ -297,5 +263,5 @@ async def remove(conn: AbstractConnection, present: Sequence[Present]) -> list[s
         except aiormq.exceptions.ChannelPreconditionFailed:
             kept.append(p.name)
         finally:
-            await _close(channel)
+            await close_quietly(channel)
     return kept

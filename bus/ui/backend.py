@@ -7,7 +7,6 @@ Reads go through `bus.ops.status`, the browse cache and `bus.ui.overview`; actio
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 from aio_pika.abc import AbstractConnection
 
 from bus.amqp.connection import connect_plain
+from bus.amqp.plumbing import close_quietly
 from bus.consume.handlers import import_router
 from bus.consume.router import Router
 from bus.errors import ConfigError
@@ -72,9 +72,8 @@ class Backend:
     async def close(self) -> None:
         await self._outbox.close()
         conn, self._conn = self._conn, None
-        if conn is not None and not conn.is_closed:
-            with contextlib.suppress(Exception):
-                await conn.close()
+        if conn is not None:
+            await close_quietly(conn)
 
     def subscriber(self, name: str) -> Subscriber:
         try:

@@ -22,6 +22,7 @@ import aiormq
 from aio_pika.abc import AbstractConnection
 from aiormq.abc import DeliveredMessage
 
+from bus.amqp.plumbing import close_quietly, queue_counts
 from bus.errors import ConfigError
 from bus.ops.dlq import Parked, group_key, parked
 from bus.ops.gauges import failed_at
@@ -129,15 +130,10 @@ def group(messages: list[Parked]) -> tuple[Group, ...]:
 
 
 async def depth(conn: AbstractConnection, queue: str) -> int:
-    channel = await conn.channel(publisher_confirms=False)
-    try:
-        q = await channel.declare_queue(queue, passive=True)
-        return int(q.declaration_result.message_count or 0)
-    except aiormq.exceptions.ChannelNotFoundEntity:
-        raise ConfigError(f"queue {queue!r} does not exist: run `bus topology apply`") from None
-    finally:
-        if not channel.is_closed:
-            await channel.close()
+    counts = await queue_counts(conn, queue)
+    if counts is None:
+        raise ConfigError(f"queue {queue!r} does not exist: run `bus topology apply`")
+    return counts.messages
 
 
 async def scan(
@@ -171,8 +167,7 @@ async def scan(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), SCAN_TIMEOUT)
     finally:
-        if not channel.is_closed:
-            await channel.close()  # every unacked delivery returns to the queue, in order
+        await close_quietly(channel)  # every unacked delivery returns to the queue, in order
     if got:
         await returned(conn, queue, count)
     return count, got

@@ -14,6 +14,7 @@ from typing import Any
 import aiormq
 from aio_pika.abc import AbstractConnection
 
+from bus.amqp.plumbing import close_quietly
 from bus.errors import BusError, ConfigError
 from bus.ops.gauges import failed_at
 from bus.outbox import OutboxStore, open_outbox
@@ -66,8 +67,7 @@ async def _peek(conn: AbstractConnection, queue: str) -> datetime | None:
     except aiormq.exceptions.ChannelNotFoundEntity:
         return None
     finally:
-        if not channel.is_closed:
-            await channel.close()  # the head returns to the front
+        await close_quietly(channel)  # the head returns to the front
     if stamp is not None:
         await returned(conn, queue, count)  # before anyone counts or browses the DLQ again
     return stamp
@@ -111,8 +111,7 @@ async def _lock_held(conn: AbstractConnection, lock_queue: str) -> bool:
     except aiormq.exceptions.ChannelNotFoundEntity:
         return False
     finally:
-        if not channel.is_closed:
-            await channel.close()
+        await close_quietly(channel)
 
 
 async def _record(conn: AbstractConnection, state_queue: str) -> dict[str, Any]:
@@ -130,8 +129,7 @@ async def _record(conn: AbstractConnection, state_queue: str) -> dict[str, Any]:
         log.warning("ignoring an unreadable record in %s", state_queue)
         return {}
     finally:
-        if not channel.is_closed:
-            await channel.close()  # the record stays
+        await close_quietly(channel)  # the record stays
 
 
 async def scheduler_status(
