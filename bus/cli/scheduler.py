@@ -31,7 +31,7 @@ def scheduler(
     ),
     count: int = typer.Option(5, "--count", "-n", min=1, help="Firings per schedule to print."),
     lock_queue: str = typer.Option(
-        "bus.scheduling.leader.lock",
+        "bus.scheduler.lock",
         "--lock-queue",
         envvar="BUS_SCHEDULER_LOCK",
         help="The exclusive queue whose holder leads (its record is <lock-queue>.state).",

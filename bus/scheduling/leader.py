@@ -1,7 +1,7 @@
 """`bus scheduler`: fire the topology's `schedules:`, any number of replicas, one leader at a time.
 
 Leadership comes from RabbitMQ itself: the leader is the one connection that declared the
-exclusive classic queue `bus.scheduling.leader.lock`. The broker deletes an exclusive queue when its
+exclusive classic queue `bus.scheduler.lock`. The broker deletes an exclusive queue when its
 connection dies, so a waiting replica (retrying every ~1 s, with jitter) takes over within
 about a second of a crash. A failed declaration (405 RESOURCE_LOCKED) closes only the channel
 it was made on, so each attempt uses a fresh one.
@@ -43,7 +43,7 @@ from bus.topology.model import Schedule, Topology
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOCK_QUEUE = "bus.scheduling.leader.lock"
+DEFAULT_LOCK_QUEUE = "bus.scheduler.lock"
 RETRY_SECONDS = 1.0  # a non-leader tries to take the lock this often (±25 % jitter)
 MAX_SLEEP = 1.0  # the leader re-checks its lock and the clock at least this often
 HEARTBEAT = 5  # seconds: a frozen or cut-off leader is dropped by the broker after ~2 of these

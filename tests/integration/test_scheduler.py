@@ -1,7 +1,7 @@
 """`bus scheduler` replicas against a real broker: one leader, each instant fired once, failover.
 
 Each test runs real `python -m bus.cli scheduler` processes with its own topology file and its
-own lock queue (`BUS_SCHEDULER_LOCK`), so tests never fight over `bus.scheduling.leader.lock`.
+own lock queue (`BUS_SCHEDULER_LOCK`), so tests never fight over `bus.scheduler.lock`.
 """
 
 from __future__ import annotations

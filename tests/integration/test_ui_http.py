@@ -31,7 +31,7 @@ async def test_api_reports_status_and_the_dlq_grouped_by_exception(
         assert email["retries"][0]["name"] == f"{prefix}.email.retry.100ms"
         assert 0 <= email["dlq_oldest_age_seconds"] < 60
         assert status["outbox"]["available"] is False and "no outbox" in status["outbox"]["detail"]
-        assert status["scheduler"] == {"lock_queue": "bus.scheduling.leader.lock", "leader": None,
+        assert status["scheduler"] == {"lock_queue": "bus.scheduler.lock", "leader": None,
                                        "schedules": []}  # fmt: skip
 
         dlq = (await c.get("/api/subscribers/email/dlq")).json()
