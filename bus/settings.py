@@ -18,10 +18,38 @@ DEFAULT_STORE_URL = "sqlite:///.bus/processed.db"  # relative to the topology fi
 DEFAULT_OUTBOX_URL = "sqlite:///.bus/outbox.db"
 # RabbitMQ's default consumer_timeout; a broker that declares another says so here
 DEFAULT_CONSUMER_TIMEOUT = "30m"
+DEFAULT_RECONNECT_INTERVAL = 1.0  # aio-pika's 5 s is too long for a dropped connection
+DEFAULT_GRACE_PERIOD = 25.0  # below Kubernetes' default terminationGracePeriodSeconds (30)
+DEFAULT_CLAIM_LEASE = 30.0
+DEFAULT_STORE_RETENTION = 7 * 86400.0
+DEFAULT_GAUGE_INTERVAL = 5.0
+DEFAULT_SCHEDULER_LOCK = "bus.scheduler.lock"
+
+# Every BUS_* variable, and the Settings field it fills; `Settings.from_env` is the one reader.
+SECONDS = {
+    "BUS_RECONNECT_INTERVAL": ("reconnect_interval", DEFAULT_RECONNECT_INTERVAL),
+    "BUS_GRACE_PERIOD": ("grace_period", DEFAULT_GRACE_PERIOD),
+    "BUS_CLAIM_LEASE_SECONDS": ("claim_lease", DEFAULT_CLAIM_LEASE),
+    "BUS_STORE_RETENTION_SECONDS": ("store_retention", DEFAULT_STORE_RETENTION),
+    "BUS_GAUGE_INTERVAL": ("gauge_interval", DEFAULT_GAUGE_INTERVAL),
+}
+TEXT = {
+    "BUS_URL": ("url", DEFAULT_URL),
+    "BUS_TOPOLOGY": ("topology", DEFAULT_TOPOLOGY),
+    "BUS_STORE_URL": ("store_url", ""),
+    "BUS_OUTBOX_URL": ("outbox_url", DEFAULT_OUTBOX_URL),
+    "BUS_CONSUMER_TIMEOUT": ("consumer_timeout", DEFAULT_CONSUMER_TIMEOUT),
+    "BUS_LOG_FORMAT": ("log_format", "text"),
+    "BUS_LOG_LEVEL": ("log_level", "INFO"),
+    "BUS_METRICS_PORT": ("metrics_port", ""),
+    "BUS_UI_TOKEN": ("ui_token", ""),
+    "BUS_SCHEDULER_LOCK": ("scheduler_lock", DEFAULT_SCHEDULER_LOCK),
+}
 
 
 class Settings(BaseModel):
-    """Where the broker, the topology file and the idempotency store are."""
+    """Where the broker, the topology file and the stores are, and the process's knobs: every
+    `BUS_*` variable (the README's Configuration table), read once by `from_env`."""
 
     model_config = ConfigDict(frozen=True, hide_input_in_errors=True)  # URLs hold passwords
 
@@ -30,6 +58,34 @@ class Settings(BaseModel):
     store_url: str = ""  # empty: the default store beside the topology file (store_beside)
     outbox_url: str = DEFAULT_OUTBOX_URL
     consumer_timeout: str = DEFAULT_CONSUMER_TIMEOUT  # BUS_CONSUMER_TIMEOUT, the broker's
+    reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL
+    grace_period: float = DEFAULT_GRACE_PERIOD
+    claim_lease: float = DEFAULT_CLAIM_LEASE
+    store_retention: float = DEFAULT_STORE_RETENTION
+    gauge_interval: float = DEFAULT_GAUGE_INTERVAL
+    log_format: str = "text"
+    log_level: str = "INFO"
+    metrics_port: int | None = None
+    ui_token: str | None = None  # None: `bus ui` is read-only
+    scheduler_lock: str = DEFAULT_SCHEDULER_LOCK
+
+    @field_validator("metrics_port", mode="before")
+    @classmethod
+    def _port(cls, value: Any) -> Any:
+        if value in ("", None):
+            return None
+        try:
+            port = int(value)
+        except (TypeError, ValueError):
+            port = -1
+        if not 0 <= port <= 65535:
+            raise ValueError(f"BUS_METRICS_PORT={value!r}: give a port number, e.g. 9100")
+        return port
+
+    @field_validator("ui_token", mode="before")
+    @classmethod
+    def _token(cls, value: Any) -> Any:
+        return value or None  # empty means unset
 
     @field_validator("consumer_timeout")
     @classmethod
@@ -59,16 +115,14 @@ class Settings(BaseModel):
         return value
 
     @classmethod
-    def from_env(cls, **overrides: str | None) -> Settings:
-        """`BUS_URL`, `BUS_TOPOLOGY`, `BUS_STORE_URL`, `BUS_OUTBOX_URL`,
-        `BUS_CONSUMER_TIMEOUT`; non-None *overrides* win."""
-        values = {
-            "url": os.environ.get("BUS_URL", DEFAULT_URL),
-            "topology": os.environ.get("BUS_TOPOLOGY", DEFAULT_TOPOLOGY),
-            "store_url": os.environ.get("BUS_STORE_URL", ""),
-            "outbox_url": os.environ.get("BUS_OUTBOX_URL", DEFAULT_OUTBOX_URL),
-            "consumer_timeout": os.environ.get("BUS_CONSUMER_TIMEOUT", DEFAULT_CONSUMER_TIMEOUT),
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Every `BUS_*` variable (see TEXT and SECONDS); non-None *overrides* (field names)
+        win. ConfigError (exit 2) names a variable that does not parse."""
+        values: dict[str, Any] = {
+            field: os.environ.get(name, default) for name, (field, default) in TEXT.items()
         }
+        for name, (field, default) in SECONDS.items():
+            values[field] = seconds_from_env(name, default)
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls(**values)

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
 import signal
 import sys
 
@@ -17,16 +16,15 @@ from bus.errors import BusError, ConfigError, NotApplied
 from bus.metrics import Metrics
 from bus.ops.gauges import QueueGauges
 from bus.ops.health import HealthServer
-from bus.settings import Settings, seconds_from_env
+from bus.settings import DEFAULT_GRACE_PERIOD, Settings
 from bus.stores import open_store
-from bus.stores.base import DEFAULT_LEASE
 from bus.topology.model import load as load_topology
 
 log = logging.getLogger(__name__)
 
 # Kubernetes sends SIGTERM, waits terminationGracePeriodSeconds (30 by default), then SIGKILLs.
 # Our drain must end before that: keep BUS_GRACE_PERIOD below the pod's grace period.
-DEFAULT_GRACE = 25.0
+DEFAULT_GRACE = DEFAULT_GRACE_PERIOD
 
 
 async def serve(
@@ -49,7 +47,7 @@ async def serve(
     consumer_timeout = settings.consumer_timeout_seconds
     refuse_timeout_at_or_over(sub, consumer_timeout)  # before anything connects: exit 2
     router = import_router(sub.handlers)
-    lease = seconds_from_env("BUS_CLAIM_LEASE_SECONDS", DEFAULT_LEASE)  # before connecting
+    lease = settings.claim_lease
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -78,9 +76,10 @@ async def serve(
         await runtime.start()
         if metrics_port is not None:
             http = HealthServer(metrics_port, metrics.registry, loop, lambda: runtime.ready).start()
-            interval = seconds_from_env("BUS_GAUGE_INTERVAL", 5)
-            gauges = await QueueGauges(sub, settings.url, metrics, interval=interval).start()
-        pruner = asyncio.create_task(_prune_forever(store))
+            gauges = await QueueGauges(
+                sub, settings.url, metrics, interval=settings.gauge_interval
+            ).start()
+        pruner = asyncio.create_task(_prune_forever(store, settings.store_retention))
         await stop.wait()
         log.info("stopping %s: draining in-flight handlers (grace %.0fs)", name, grace)
         pruner.cancel()
@@ -115,8 +114,7 @@ async def _require_queue(url: str, name: str, queue: str) -> None:
         )
 
 
-async def _prune_forever(store: object, every: float = 3600.0) -> None:
-    retention = seconds_from_env("BUS_STORE_RETENTION_SECONDS", 7 * 86400)
+async def _prune_forever(store: object, retention: float, every: float = 3600.0) -> None:
     while True:
         try:
             removed = await store.prune(retention)  # type: ignore[attr-defined]
@@ -131,16 +129,11 @@ def main(name: str) -> None:
     """Entry point of `python -m subscribers.<name>`."""
     from bus.logs import configure
 
-    configure(os.environ.get("BUS_LOG_FORMAT", "text"), os.environ.get("BUS_LOG_LEVEL", "INFO"))
-    port = os.environ.get("BUS_METRICS_PORT")
     try:
+        settings = Settings.from_env()
+        configure(settings.log_format, settings.log_level)
         asyncio.run(
-            serve(
-                name,
-                Settings.from_env(),
-                metrics_port=int(port) if port else None,
-                grace=seconds_from_env("BUS_GRACE_PERIOD", DEFAULT_GRACE),
-            )
+            serve(name, settings, metrics_port=settings.metrics_port, grace=settings.grace_period)
         )
     except BusError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -39,11 +39,12 @@ from bus.errors import BrokerUnavailable, BusError, ConfigError, PublishError, U
 from bus.metrics import Metrics
 from bus.produce.publisher import Publisher
 from bus.scheduling.firings import HANDOVER_MS, due, event_id, instant_text, next_firing
+from bus.settings import DEFAULT_SCHEDULER_LOCK
 from bus.topology.model import Schedule, Topology
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LOCK_QUEUE = "bus.scheduler.lock"
+DEFAULT_LOCK_QUEUE = DEFAULT_SCHEDULER_LOCK
 RETRY_SECONDS = 1.0  # a non-leader tries to take the lock this often (±25 % jitter)
 MAX_SLEEP = 1.0  # the leader re-checks its lock and the clock at least this often
 HEARTBEAT = 5  # seconds: a frozen or cut-off leader is dropped by the broker after ~2 of these

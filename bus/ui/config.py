@@ -7,7 +7,6 @@ the port can read every parked message, so reaching it must already mean being o
 from __future__ import annotations
 
 import ipaddress
-import os
 from dataclasses import dataclass
 
 from bus.errors import ConfigError
@@ -32,11 +31,11 @@ class UiConfig:
 
     @classmethod
     def from_env(cls, settings: Settings) -> UiConfig:
-        """`BUS_UI_TOKEN` (empty means unset) and `BUS_SCHEDULER_LOCK` beside *settings*."""
+        """`BUS_UI_TOKEN` (empty means unset) and `BUS_SCHEDULER_LOCK`, from *settings*."""
         return cls(
             settings=settings,
-            token=os.environ.get("BUS_UI_TOKEN") or None,
-            lock_queue=os.environ.get("BUS_SCHEDULER_LOCK", DEFAULT_LOCK_QUEUE),
+            token=settings.ui_token,
+            lock_queue=settings.scheduler_lock,
         )
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,49 @@ def test_a_multi_host_url_with_an_unusable_host_is_a_config_error(url: str) -> N
     with pytest.raises(ValidationError, match="unusable host") as caught:
         Settings(url=url)
     assert "p@" not in str(caught.value)
+
+
+def test_settings_hold_every_bus_variable_the_library_reads() -> None:
+    """Settings.from_env is the one reader: a BUS_* name anywhere in bus/ is one of its variables
+    (or a CLI option's envvar of `bus ui`), and the README's configuration table lists each."""
+    import re
+
+    from bus.settings import SECONDS, TEXT
+
+    root = Path(__file__).resolve().parents[2]
+    known = set(TEXT) | set(SECONDS)
+    cli_only = {"BUS_UI_PORT", "BUS_UI_HOST"}  # options of `bus ui`, read by typer
+    used = {
+        name
+        for path in (root / "bus").rglob("*.py")
+        for name in re.findall(r"\bBUS_[A-Z_]+\b", path.read_text())
+    }
+    assert used - known - cli_only == set()
+    readme = (root / "README.md").read_text()
+    assert {name for name in known | cli_only if f"`{name}`" not in readme} == set()
+
+
+def test_from_env_reads_the_process_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUS_CLAIM_LEASE_SECONDS", "2.5")
+    monkeypatch.setenv("BUS_METRICS_PORT", "9100")
+    monkeypatch.setenv("BUS_UI_TOKEN", "")
+    monkeypatch.setenv("BUS_SCHEDULER_LOCK", "my.lock")
+    s = Settings.from_env()
+    assert (s.claim_lease, s.metrics_port, s.ui_token, s.scheduler_lock) == (
+        2.5, 9100, None, "my.lock"
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("BUS_GRACE_PERIOD", "soon", "BUS_GRACE_PERIOD='soon': give a number of seconds"),
+        ("BUS_METRICS_PORT", "http", "BUS_METRICS_PORT='http': give a port number"),
+    ],
+)
+def test_a_knob_that_does_not_parse_is_one_config_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        Settings.from_env()
