@@ -38,6 +38,12 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=r,
         )
+        self.broker_blocked = Gauge(
+            "bus_broker_blocked",
+            "1 while the broker blocks this process's publishing (connection.blocked: a memory "
+            "or disk alarm); the number of blocked connections if several",
+            registry=r,
+        )
         self.ready = Gauge(
             "bus_ready", "1 while connected and consuming", ["subscriber"], registry=r
         )

@@ -29,6 +29,7 @@ import aiormq
 from aio_pika.abc import AbstractConnection, AbstractRobustConnection, UnderlayConnection
 from yarl import URL
 
+from bus.amqp.flow import Flow
 from bus.errors import BrokerUnavailable, BusError, ConfigError
 from bus.settings import broker_urls, redact
 
@@ -55,6 +56,8 @@ class ClusterConnection(aio_pika.RobustConnection):
         self._index = self._nodes.index(url) if url in self._nodes else 0
         self._counting = False
         self._attempts = 0
+        name = kwargs.get("client_properties", {}).get("connection_name", "bus")
+        self.flow = Flow(name)  # connection.blocked / unblocked, across reconnects (bus.amqp.flow)
         super().__init__(url, **kwargs)
         self._counting = True
 
@@ -83,6 +86,8 @@ class ClusterConnection(aio_pika.RobustConnection):
         self._nodes[self._index] = value
 
     async def _on_connected(self) -> None:
+        if self.transport is not None:
+            self.flow.attach(self.transport.connection, redact(str(self.url)))
         await super()._on_connected()
         # which node matters once there are several, or after a loss; a one-node first connect
         # is what BUS_URL says, and a CLI command's single stderr line stays single

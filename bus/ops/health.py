@@ -41,10 +41,12 @@ class HealthServer:
         loop: asyncio.AbstractEventLoop,
         ready: Callable[[], bool],
         host: str = "0.0.0.0",
+        why_not: Callable[[], str] | None = None,
     ) -> None:
         self._metrics = make_wsgi_app(registry)
         self._loop = loop
         self._ready = ready
+        self._why_not = why_not  # a reason for a 503 of /readyz, e.g. the broker's block
         self._server = make_server(
             host, port, self._app, server_class=_Server, handler_class=_Quiet
         )
@@ -76,7 +78,9 @@ class HealthServer:
         if path == "/healthz":
             return _answer(start_response, self._loop_alive(), b"alive\n", b"event loop stuck\n")
         if path == "/readyz":
-            return _answer(start_response, self._ready(), b"ready\n", b"not ready\n")
+            why = self._why_not() if self._why_not is not None else ""
+            no = f"not ready: {why}\n".encode() if why else b"not ready\n"
+            return _answer(start_response, self._ready(), b"ready\n", no)
         if path in ("/metrics", "/"):
             result: Iterable[bytes] = self._metrics(environ, start_response)
             return result

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from bus.envelope import Event, decode_body, new_traceparent
@@ -63,9 +63,12 @@ class Relay:
         self.batch = batch
         self.window = window
         self.idle = idle
+        # an alarm on the broker (connection.blocked) is waited out, not timed out: rows wait
+        # in the outbox, and a confirm that only the block delays is never published twice
         self.publisher = Publisher(
-            url, topology, source="bus-relay", deadline=deadline, metrics=self.metrics
-        )
+            url, topology, source="bus-relay", deadline=deadline, metrics=self.metrics,
+            wait_out_blocks=True,
+        )  # fmt: skip
         self._outbox_ok = False
         self._connected_once = False
         self._trouble: str | None = None
@@ -73,8 +76,22 @@ class Relay:
 
     @property
     def ready(self) -> bool:
-        """The last claim reached the outbox and the broker connection is up."""
-        return self._outbox_ok and self.publisher.connected
+        """The last claim reached the outbox, the broker connection is up and not blocked."""
+        return self._outbox_ok and self.publisher.connected and not self.blocked
+
+    @property
+    def blocked(self) -> str:
+        """The broker's reason while it blocks publishing (``low on memory``), else ""."""
+        flow = self.publisher.flow
+        return (flow.reason or "") if flow is not None else ""
+
+    def why_not_ready(self) -> str:
+        """What `/readyz` says with its 503 ("" when ready, or when nothing more is known)."""
+        if self.blocked:
+            return f"broker blocked publishing: {self.blocked}"
+        if not self.publisher.connected:
+            return "no broker connection"
+        return "" if self._outbox_ok else "the outbox is not reachable"
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until *stop*; a step in progress finishes (its confirms and deletes) first."""
@@ -82,12 +99,16 @@ class Relay:
         backoff = 0.5
         try:
             while not stop.is_set():
+                if self.blocked:  # an alarm on the broker: rows wait where they are, unclaimed
+                    await self._while_blocked(stop)
+                    continue
                 try:
                     moved = await self.step()
                 except Exception as exc:  # broker or database away: wait, then try again
                     self._troubled(exc)
-                    await _sleep_unless(stop, backoff)
-                    backoff = min(BACKOFF_MAX, backoff * 2)
+                    if not self.blocked:
+                        await _sleep_unless(stop, backoff)
+                        backoff = min(BACKOFF_MAX, backoff * 2)
                     continue
                 backoff = 0.5
                 self._recovered()
@@ -174,14 +195,16 @@ class Relay:
             child = self._counters[event_type] = self.metrics.relay_published.labels(event_type)
         child.inc()
 
+    async def _while_blocked(self, stop: asyncio.Event) -> None:
+        """Until the broker unblocks publishing (or *stop*): said once, no claims meanwhile."""
+        self._troubled(None)
+        flow = self.publisher.flow
+        if flow is not None:
+            await _until(stop, flow.wait())
+
     async def _idle(self, stop: asyncio.Event) -> None:
         """Until rows may have arrived (NOTIFY or a poll), or until *stop*."""
-        waiter = asyncio.create_task(self.outbox.wait(self.idle))
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (waiter, stopper):
-            task.cancel()
-        await asyncio.gather(waiter, stopper, return_exceptions=True)
+        await _until(stop, self.outbox.wait(self.idle))
 
     async def _report_forever(self) -> None:
         while True:
@@ -193,9 +216,12 @@ class Relay:
             self.metrics.relay_ready.set(1 if self.ready else 0)
             await asyncio.sleep(REPORT_EVERY)
 
-    def _troubled(self, exc: BaseException) -> None:
-        what = f"{type(exc).__name__}: {exc}"
-        self._outbox_ok = self._outbox_ok and not _is_outbox_error(exc)
+    def _troubled(self, exc: BaseException | None) -> None:
+        """Say once what keeps rows waiting (*exc*, or the broker's block, which outranks the
+        PublishTimeout it causes, so a long alarm is one line, not one per step)."""
+        what = f"broker blocked publishing: {self.blocked}" if self.blocked else ""
+        what = what or f"{type(exc).__name__}: {exc}"
+        self._outbox_ok = self._outbox_ok and not (exc and _is_outbox_error(exc))
         if what != self._trouble:
             log.warning("relay cannot move rows now (%s); rows wait in the outbox", what)
             self._trouble = what
@@ -232,6 +258,17 @@ async def _open_when_ready(url: str, stop: asyncio.Event) -> OutboxStore | None:
     return None
 
 
+async def _until(stop: asyncio.Event, awaitable: Coroutine[Any, Any, Any]) -> None:
+    """Until *awaitable* is done or *stop* is set, whichever comes first (the other is
+    cancelled; what *awaitable* raised is dropped: the caller only waits on it)."""
+    waiter = asyncio.create_task(awaitable)
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (waiter, stopper):
+        task.cancel()
+    await asyncio.gather(waiter, stopper, return_exceptions=True)
+
+
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
@@ -261,7 +298,8 @@ async def serve(
     http = None
     if metrics_port is not None:
         ready = lambda: bool(running) and running[0].ready  # noqa: E731
-        http = HealthServer(metrics_port, metrics.registry, loop, ready).start()
+        why = lambda: running[0].why_not_ready() if running else "the outbox is not open yet"  # noqa: E731
+        http = HealthServer(metrics_port, metrics.registry, loop, ready, why_not=why).start()
     try:
         outbox = await _open_when_ready(outbox_url, stop)
         if outbox is None:

@@ -29,6 +29,7 @@ from tenacity import (
 import bus.topology.delays as delays
 from bus import tracing
 from bus.amqp.connection import connect
+from bus.amqp.flow import Flow, flow_of
 from bus.envelope import Event, Wire, encode, new_traceparent
 from bus.errors import (
     ConfigError,
@@ -95,8 +96,12 @@ class Publisher:
         deadline: float = 30.0,
         metrics: Metrics | None = None,
         connection: AbstractRobustConnection | None = None,
+        wait_out_blocks: bool = False,
     ) -> None:
         self.url = url
+        # True: seconds the broker blocks publishing (a memory or disk alarm) do not count
+        # toward *deadline*; for the relay, whose rows wait in the outbox anyway
+        self.wait_out_blocks = wait_out_blocks
         self.topology = topology
         self.source = source
         self.deadline = deadline
@@ -107,6 +112,7 @@ class Publisher:
         self._aiormq: aiormq.Channel | None = None  # the robust channel's current one
         self._checker = EventChecker(topology)
         self._published: dict[str, Any] = {}
+        self._flow: Flow | None = None  # the broker's connection.blocked, if it says
 
     @classmethod
     def from_env(cls, *, source: str = "bus", **settings: str | None) -> Publisher:
@@ -117,6 +123,9 @@ class Publisher:
     async def connect(self) -> Self:
         if self._connection is None:
             self._connection = await connect(self.url, f"publisher:{self.source}")
+        self._flow = flow_of(self._connection)
+        if self._flow is not None:
+            self._flow.report_to(self.metrics.broker_blocked)
         self._channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
@@ -129,6 +138,11 @@ class Publisher:
         if self._owns_connection and self._connection is not None:
             await self._connection.close()
         self._channel = None
+
+    @property
+    def flow(self) -> Flow | None:
+        """Whether the broker blocks publishing now (`bus.amqp.flow`); None before `connect()`."""
+        return self._flow
 
     @property
     def connected(self) -> bool:
@@ -227,7 +241,8 @@ class Publisher:
                 await asyncio.wait([batch], timeout=min(1.0, self.deadline))
                 if not batch.done() and time.monotonic() - progress > self.deadline:
                     raise PublishTimeout(
-                        f"no answer from the broker for {self.deadline:.0f}s: {confirmed} of "
+                        f"no answer from the broker for {self.deadline:.0f}s"
+                        f"{self._blocking()}: {confirmed} of "
                         f"{len(checked)} events confirmed; the others may or may not have been "
                         "published (send them again: same ids)"
                     )
@@ -295,9 +310,9 @@ class Publisher:
         except Exception as exc:
             if not self._transient(exc):
                 raise
+            why = self._blocking() or f": {type(exc).__name__}: {exc}"
             raise PublishTimeout(
-                f"{event.type} ({event.id}) not confirmed within {self.deadline:.0f}s: "
-                f"{type(exc).__name__}: {exc}"
+                f"{event.type} ({event.id}) not confirmed within {self.deadline:.0f}s{why}"
             ) from exc
         counter = self._published.get(event.type)
         if counter is None:
@@ -311,9 +326,14 @@ class Publisher:
         try:  # the common case: one publish, one confirm
             await self._publish(wire, exchange, routing_key, timeout)
         except Exception as exc:
-            if not self._transient(exc):
-                raise
+            if not self._transient(exc) or (isinstance(exc, TimeoutError) and self._blocking()):
+                raise  # a block outlasted the deadline: sending again will not help
             await self._send_again(wire, exchange, routing_key, started)
+
+    def _blocking(self) -> str:
+        """``: broker blocked publishing (low on memory) for 30 s`` while it does, else ""."""
+        flow = self._flow
+        return f": {flow.describe()}" if flow is not None and flow.blocked else ""
 
     def _transient(self, exc: BaseException) -> bool:
         """May a publish that raised *exc* succeed when sent again (same id)?
@@ -366,7 +386,21 @@ class Publisher:
         another's socket writes; the confirm is what we wait for, and with at most *window*
         confirms outstanding (`publish_many`) nothing grows without bound.
         """
+        flow = self._flow
+        if flow is not None and flow.blocked:  # the broker reads nothing from us: wait here
+            waited = time.monotonic()
+            # TimeoutError when the block outlasts *timeout* (unless we wait blocks out)
+            await flow.wait(None if self.wait_out_blocks else timeout)
+            if timeout is not None and not self.wait_out_blocks:
+                timeout = max(0.1, timeout - (time.monotonic() - waited))
         channel = await self._underlay()
+        if self.wait_out_blocks and flow is not None:  # a deadline that stops while blocked
+            async with flow.deadline(timeout):
+                await channel.basic_publish(
+                    wire.body, exchange=exchange, routing_key=routing_key,
+                    properties=to_properties(wire), mandatory=True, wait=False,
+                )  # fmt: skip
+            return
         await channel.basic_publish(
             wire.body, exchange=exchange, routing_key=routing_key,
             properties=to_properties(wire),

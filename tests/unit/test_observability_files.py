@@ -305,6 +305,37 @@ RULE_TESTS: list[dict[str, Any]] = [
 ]
 
 
+RULE_TESTS.append(
+    {
+        "interval": "1m",
+        # relay-1 blocked from 2m to 6m; relay-2 only for one scrape, at 3m
+        "input_series": [
+            {"series": 'bus_broker_blocked{instance="relay-1"}', "values": "0x1 1x4 0x5"},
+            {"series": 'bus_broker_blocked{instance="relay-2"}', "values": "0x2 1 0x7"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "2m", "alertname": "BusBrokerBlocked", "exp_alerts": []},
+            {
+                "eval_time": "5m",
+                "alertname": "BusBrokerBlocked",
+                "exp_alerts": [
+                    firing(
+                        {"severity": "warning", "instance": "relay-1"},
+                        "RabbitMQ has blocked publishing from relay-1 for over a minute",
+                        "The broker sent connection.blocked: a memory or disk alarm is in effect "
+                        "(the process's WARNING line gives the node and the reason). Publishes "
+                        "wait, nothing is lost: relays keep rows in the outbox, subscribers that "
+                        "publish stall. Free memory or disk on the node, or raise its watermark; "
+                        "publishing resumes by itself.",
+                    )
+                ],
+            },
+            {"eval_time": "9m", "alertname": "BusBrokerBlocked", "exp_alerts": []},
+        ],
+    }
+)
+
+
 def test_alerts_fire_on_trouble_and_stay_quiet_otherwise(tmp_path: Path) -> None:
     """`promtool test rules` on synthetic series: steady DLQs, one replica down and a 2% error
     rate raise nothing; growth, all replicas down, 10% errors, old DLQ heads do."""
