@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import ssl
 from collections.abc import Sequence
@@ -31,12 +30,12 @@ from yarl import URL
 
 from bus.amqp.flow import Flow
 from bus.errors import BrokerUnavailable, BusError, ConfigError
-from bus.settings import broker_urls, redact
+from bus.settings import DEFAULT_RECONNECT_INTERVAL, broker_urls, redact
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 10.0
-RECONNECT_INTERVAL = 1.0
+RECONNECT_INTERVAL = DEFAULT_RECONNECT_INTERVAL
 
 
 def _properties(name: str) -> dict[str, Any]:
@@ -101,29 +100,23 @@ def _node(url: URL | str) -> str:
     return f"{parts.hostname}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}"
 
 
-def _reconnect_interval() -> float:
-    # aio-pika waits 5 s between attempts by default: too long for a dropped connection
-    text = os.environ.get("BUS_RECONNECT_INTERVAL", str(RECONNECT_INTERVAL))
-    try:
-        return float(text)
-    except ValueError:
-        raise ConfigError(
-            f"BUS_RECONNECT_INTERVAL: give a number of seconds, not {text!r}"
-        ) from None
-
-
 async def connect(
-    url: str, name: str = "bus", *, timeout: float = CONNECT_TIMEOUT
+    url: str,
+    name: str = "bus",
+    *,
+    timeout: float = CONNECT_TIMEOUT,
+    reconnect_interval: float = RECONNECT_INTERVAL,
 ) -> AbstractRobustConnection:
     """A robust connection to the first node of *url* that answers (reconnects by itself once
-    established, moving through the listed nodes)."""
+    established, moving through the listed nodes, *reconnect_interval* seconds apart:
+    `Settings.reconnect_interval`, BUS_RECONNECT_INTERVAL)."""
     urls = _urls(url)
     nodes = [URL(u) for u in urls]
     failures: list[tuple[str, BaseException]] = []
     for node in nodes:
         conn = ClusterConnection(
             node, nodes=nodes, client_properties=_properties(name),
-            reconnect_interval=_reconnect_interval(),
+            reconnect_interval=reconnect_interval,
         )  # fmt: skip
         try:
             await conn.connect(timeout=timeout)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import time
 
 import typer
@@ -16,6 +15,7 @@ from rich.text import Text
 from bus.amqp.connection import connect_plain
 from bus.cli.common import TopologyOption, UrlOption, console, run_async, settings, topology_of
 from bus.ops.status import SubscriberState, collect
+from bus.signals import stop_on_signals
 from bus.topology.model import Topology
 
 
@@ -61,10 +61,7 @@ def status(
 async def _watch(url: str, t: Topology, interval: float, as_json: bool) -> None:
     """The table again every *interval* seconds on one connection, in place on a terminal;
     Ctrl-C (or SIGTERM) ends it with exit 0."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     conn = await connect_plain(url, "status")
     live = (
         Live(console=console, auto_refresh=False) if console.is_terminal and not as_json else None

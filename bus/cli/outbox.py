@@ -131,7 +131,17 @@ def relay(
 
     s = settings(url, topology, outbox_url=outbox_url)
     t = topology_of(s)
-    run_async(serve(s.url, s.outbox_url, t, metrics_port=metrics_port, grace=grace, batch=batch))
+    run_async(
+        serve(
+            s.url,
+            s.outbox_url,
+            t,
+            metrics_port=metrics_port,
+            grace=grace,
+            batch=batch,
+            reconnect_interval=s.reconnect_interval,
+        )
+    )
 
 
 async def _status(url: str) -> Status:

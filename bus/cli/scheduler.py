@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 from datetime import UTC, datetime
 
 import typer
@@ -15,6 +13,7 @@ from bus.cli.common import TopologyOption, UrlOption, console, run_async, settin
 from bus.durations import label
 from bus.errors import ConfigError
 from bus.settings import Settings
+from bus.signals import stop_on_signals
 from bus.topology.model import Topology
 
 log = logging.getLogger(__name__)
@@ -90,11 +89,8 @@ async def serve(
     sched.check()
     if not topology.schedules():
         raise ConfigError(f"no schedules in {topology.source}: nothing to fire")
-    stop = asyncio.Event()
+    stop = stop_on_signals()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     http = None
     if metrics_port is not None:
         http = HealthServer(metrics_port, sched.registry, loop, lambda: sched.connected).start()

@@ -33,6 +33,7 @@ from bus.durations import label
 from bus.errors import ConfigError
 from bus.metrics import Metrics
 from bus.produce.publisher import Publisher
+from bus.settings import DEFAULT_RECONNECT_INTERVAL
 from bus.stores.base import DEFAULT_LEASE, Store
 from bus.topology.model import Subscriber, Topology
 
@@ -74,6 +75,7 @@ class Runtime:
         lease: float = DEFAULT_LEASE,
         handoff: HandOffFactory = HandOff,
         consumer_timeout: float = 1800.0,
+        reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL,
     ) -> None:
         """*consumer_timeout*: the broker's, in seconds; a `timeout` not below it is refused
         (ConfigError), and without a `timeout` a handler past half of it is warned about."""
@@ -86,6 +88,7 @@ class Runtime:
         self.store = store
         self.metrics = metrics or Metrics.default()
         self.lease = lease
+        self.reconnect_interval = reconnect_interval
         self._make_handoff = handoff
         self._connection: AbstractRobustConnection | None = None
         self._handoff: HandOff | None = None
@@ -105,7 +108,9 @@ class Runtime:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._connection = await connect(self.url, f"subscriber:{self.sub.name}")
+        self._connection = await connect(
+            self.url, f"subscriber:{self.sub.name}", reconnect_interval=self.reconnect_interval
+        )
         self._publisher = Publisher(
             self.url, self.topology, source=self.sub.name, metrics=self.metrics,
             connection=self._connection,

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
-import signal
 import sys
 
 from bus.consume.handlers import import_router
@@ -17,6 +15,7 @@ from bus.metrics import Metrics
 from bus.ops.gauges import QueueGauges
 from bus.ops.health import HealthServer
 from bus.settings import DEFAULT_GRACE_PERIOD, Settings
+from bus.signals import stop_on_signals
 from bus.stores import open_store
 from bus.topology.model import load as load_topology
 
@@ -48,11 +47,8 @@ async def serve(
     refuse_timeout_at_or_over(sub, consumer_timeout)  # before anything connects: exit 2
     router = import_router(sub.handlers)
     lease = settings.claim_lease
-    stop = stop or asyncio.Event()
+    stop = stop_on_signals(stop)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     metrics = Metrics.default()
     store = await open_store(settings.store_url)
     try:
@@ -63,6 +59,7 @@ async def serve(
     runtime = Runtime(
         topology, name, router, url=settings.url, store=store, metrics=metrics, lease=lease,
         handoff=handoff, consumer_timeout=consumer_timeout,
+        reconnect_interval=settings.reconnect_interval,
     )  # fmt: skip
     http = None
     gauges = None

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -30,7 +29,8 @@ from bus.errors import (
 from bus.metrics import Metrics
 from bus.outbox.base import OutboxStore, Row
 from bus.produce.publisher import Publisher
-from bus.settings import redact
+from bus.settings import DEFAULT_RECONNECT_INTERVAL, redact
+from bus.signals import stop_on_signals
 from bus.topology.model import Topology
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class Relay:
         window: int = WINDOW,
         deadline: float = DEADLINE,
         idle: float = IDLE,
+        reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL,
     ) -> None:
         self.outbox = outbox
         self.metrics = metrics or Metrics.default()
@@ -67,7 +68,7 @@ class Relay:
         # in the outbox, and a confirm that only the block delays is never published twice
         self.publisher = Publisher(
             url, topology, source="bus-relay", deadline=deadline, metrics=self.metrics,
-            wait_out_blocks=True,
+            wait_out_blocks=True, reconnect_interval=reconnect_interval,
         )  # fmt: skip
         self._outbox_ok = False
         self._connected_once = False
@@ -283,16 +284,14 @@ async def serve(
     grace: float = 25.0,
     batch: int = BATCH,
     stop: asyncio.Event | None = None,
+    reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL,
 ) -> None:
     """`bus relay`: relay until SIGTERM/SIGINT (or *stop*), finishing the step in progress
     within *grace* seconds. Serves /metrics, /healthz and /readyz on *metrics_port*."""
     from bus.ops.health import HealthServer
 
-    stop = stop or asyncio.Event()
+    stop = stop_on_signals(stop)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     metrics = Metrics.default()
     running: list[Relay] = []  # the relay, once the outbox is there: /readyz follows it
     http = None
@@ -304,7 +303,10 @@ async def serve(
         outbox = await _open_when_ready(outbox_url, stop)
         if outbox is None:
             return
-        relay = Relay(outbox, topology, url, metrics=metrics, batch=batch)
+        relay = Relay(
+            outbox, topology, url, metrics=metrics, batch=batch,
+            reconnect_interval=reconnect_interval,
+        )  # fmt: skip
         running.append(relay)
         log.info("relay %s -> %s", redact(outbox_url), redact(url))
         task = asyncio.create_task(relay.run(stop))

@@ -41,7 +41,7 @@ from bus.errors import (
 )
 from bus.metrics import Metrics
 from bus.produce.validation import EventChecker
-from bus.settings import Settings, redact
+from bus.settings import DEFAULT_RECONNECT_INTERVAL, Settings, redact
 from bus.topology.delays import Delay
 from bus.topology.model import Topology
 from bus.topology.model import load as load_topology
@@ -97,8 +97,10 @@ class Publisher:
         metrics: Metrics | None = None,
         connection: AbstractRobustConnection | None = None,
         wait_out_blocks: bool = False,
+        reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL,
     ) -> None:
         self.url = url
+        self.reconnect_interval = reconnect_interval
         # True: seconds the broker blocks publishing (a memory or disk alarm) do not count
         # toward *deadline*; for the relay, whose rows wait in the outbox anyway
         self.wait_out_blocks = wait_out_blocks
@@ -118,11 +120,16 @@ class Publisher:
     def from_env(cls, *, source: str = "bus", **settings: str | None) -> Publisher:
         """Broker and topology from `BUS_URL` and `BUS_TOPOLOGY` (keyword overrides win)."""
         s = Settings.from_env(**settings)
-        return cls(s.url, load_topology(s.topology), source=source)
+        return cls(
+            s.url, load_topology(s.topology), source=source,
+            reconnect_interval=s.reconnect_interval,
+        )  # fmt: skip
 
     async def connect(self) -> Self:
         if self._connection is None:
-            self._connection = await connect(self.url, f"publisher:{self.source}")
+            self._connection = await connect(
+                self.url, f"publisher:{self.source}", reconnect_interval=self.reconnect_interval
+            )
         self._flow = flow_of(self._connection)
         if self._flow is not None:
             self._flow.report_to(self.metrics.broker_blocked)
