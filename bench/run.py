@@ -48,6 +48,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-faststream", action="store_true",
         help="skip FastStream even when the `bench` extra is installed",
     )  # fmt: skip
+    p.add_argument(
+        "--plot", action="store_true",
+        help="after the run, draw the charts (PNG) into --plot-dir",
+    )  # fmt: skip
+    p.add_argument(
+        "--plot-only", type=Path, metavar="JSON",
+        help="run nothing: draw the charts of this results file (e.g. bench/results/latest.json)",
+    )  # fmt: skip
+    p.add_argument(
+        "--plot-dir", type=Path, default=None, help="where the PNGs go (default docs/bench/)"
+    )
     counts = p.add_argument_group("counts (defaults: the full run; --smoke lowers them)")
     for f in dataclasses.fields(Counts):
         counts.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
@@ -185,10 +196,20 @@ def write_json(
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
+def plot(doc: dict[str, object], out_dir: Path | None) -> int:
+    from bench import plot as charts
+
+    for path in charts.write(doc, out_dir or charts.DEFAULT_DIR):
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.common import Env
 
     args = parse_args(argv)
+    if args.plot_only is not None:
+        return plot(json.loads(args.plot_only.read_text()), args.plot_dir)
     # The bus logs a warning per failed handler; the retry scenario fails thousands on purpose.
     logging.basicConfig(level=logging.ERROR)
     from bench import fs
@@ -203,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     write_json(args.out, env, args, results, errors)
     print(f"wrote {args.out}")
+    if args.plot:
+        plot(json.loads(args.out.read_text()), args.plot_dir)
     for name, error in errors.items():
         print(f"scenario {name} failed: {error}", file=sys.stderr)
     return 1 if errors else 0
