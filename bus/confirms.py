@@ -8,9 +8,10 @@ channel rejects when it closes, the message id for matching a return) and append
 (`bus.frames`) to a buffer that goes to the connection's writer once the current loop turn ends.
 
 Delivery tags must reach the broker in the order they were taken. So nothing else may publish on
-the channel while frames wait in the buffer: `flush()` first (the publisher does so before any
-`basic_publish` of its own), and `bus.publisher` sends nothing through this while such a
-`basic_publish` is under way.
+the channel while frames wait in the buffer: `await drained()` first (the publisher does so
+before any `basic_publish` of its own), and `bus.publisher` sends nothing through this while
+such a `basic_publish` is under way. aiormq's write queue is bounded (10 frames): when it is
+full, the frames wait in a task, and later ones queue behind it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class ConfirmWriter:
         self._frames: PublishFrames | None = None
         self._pending: list[bytes] = []
         self._scheduled = False
+        self._putting: asyncio.Task[None] | None = None  # frames waiting for room in the queue
 
     def start(
         self, channel: aiormq.Channel, wire: Wire, exchange: str, routing_key: str
@@ -76,4 +78,27 @@ class ConfirmWriter:
         self._pending = []
         if channel.is_closed:
             return
-        channel.write_queue.put_nowait(ChannelFrame(payload=b"".join(pending), should_close=False))
+        frame = ChannelFrame(payload=b"".join(pending), should_close=False)
+        previous = self._putting
+        if previous is None or previous.done():
+            try:
+                channel.write_queue.put_nowait(frame)
+                return
+            except asyncio.QueueFull:
+                previous = None
+        self._putting = asyncio.get_running_loop().create_task(self._put(channel, frame, previous))
+
+    @staticmethod
+    async def _put(
+        channel: aiormq.Channel, frame: ChannelFrame, previous: asyncio.Task[None] | None
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])  # frames go out in order
+        if not channel.is_closed:
+            await channel.write_queue.put(frame)
+
+    async def drained(self) -> None:
+        """Until every publish started so far is in the connection's write queue."""
+        self.flush()
+        while self._putting is not None and not self._putting.done():
+            await asyncio.wait([self._putting])

@@ -375,9 +375,9 @@ class Publisher:
             finally:
                 self._writer.forget(channel, wire.message_id, tag)
             return
-        self._writer.flush()  # delivery tags reach the broker in the order they were taken
-        self._direct += 1
+        self._direct += 1  # from here on, publishes take this way too
         try:
+            await self._writer.drained()  # delivery tags reach the broker in the order taken
             await channel.basic_publish(
                 wire.body, exchange=exchange, routing_key=routing_key,
                 properties=to_properties(wire),
