@@ -62,6 +62,8 @@ SMOKE = Counts(
 )  # fmt: skip
 
 BUS, RAW, FASTSTREAM = "bus", "raw", "faststream"
+# what a user writes from aio-pika's docs (bench.naive): with the bus's envelope, and bare
+NAIVE, NAIVE_BARE = "naive", "naive_bare"
 
 
 def abba(rounds: int, sides: Sequence[str] = (RAW, BUS)) -> list[tuple[str, ...]]:
@@ -98,7 +100,8 @@ class Env:
 
 @dataclass
 class Row:
-    """One line of the results table: the same work done by the bus and by raw aio-pika."""
+    """One line of the results table: the same work done by the bus, by tuned raw aio-pika and
+    (where measured) by the naive aio-pika user's code."""
 
     scenario: str
     metric: str
@@ -106,27 +109,45 @@ class Row:
     bus: float
     raw: float
     higher_is_better: bool
-    target: str = ""  # e.g. "ratio >= 1.0"; empty: no target
+    target: str = ""  # e.g. "bus/raw >= 1.0"; empty: no target
     passed: bool | None = None
     faststream: float | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    naive: float | None = None  # bench.naive with the bus's envelope
+    naive_bare: float | None = None  # bench.naive with bare messages
+    # the metric of each side in each round (events/s of that round's share): the spread
+    rounds: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
         """bus / raw of the metric as measured (events/s, ms, %)."""
         return self.bus / self.raw if self.raw else float("nan")
 
+    @property
+    def naive_ratio(self) -> float | None:
+        """bus / naive (full envelope), when the naive side was measured."""
+        return self.bus / self.naive if self.naive else None
+
     def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "ratio": round(self.ratio, 4)}
+        naive = self.naive_ratio
+        return {**asdict(self), "ratio": round(self.ratio, 4),
+                "naive_ratio": None if naive is None else round(naive, 4)}  # fmt: skip
+
+    def judge(self, vs: str, limit: float, *, at_least: bool) -> None:
+        """Set the target: bus/<vs> >= limit (or <= with at_least=False)."""
+        ref = self.naive if vs == NAIVE else self.raw
+        self.target = f"bus/{vs} {'>=' if at_least else '<='} {limit:g}"
+        ratio = self.bus / ref if ref else float("nan")
+        self.passed = bool(ref) and (ratio >= limit if at_least else ratio <= limit)
 
 
 def min_ratio(bus: float, raw: float, limit: float) -> tuple[str, bool]:
-    return f"ratio >= {limit:g}", raw > 0 and bus / raw >= limit
+    return f"bus/raw >= {limit:g}", raw > 0 and bus / raw >= limit
 
 
 def max_ratio(bus: float, raw: float, limit: float) -> tuple[str, bool]:
-    return f"ratio <= {limit:g}", raw > 0 and bus / raw <= limit
+    return f"bus/raw <= {limit:g}", raw > 0 and bus / raw <= limit
 
 
 def rate_row(
@@ -136,6 +157,21 @@ def rate_row(
     bus, raw = n / bus_s, n / raw_s
     text, ok = min_ratio(bus, raw, target) if target is not None else ("", None)
     return Row(scenario, metric, "events/s", bus, raw, True, text, ok)
+
+
+def side_rates(
+    scenario: str, metric: str, n: int, seconds: dict[str, float], per_round: dict[str, list[float]]
+) -> Row:
+    """A throughput row from each side's seconds for *n* events (sides not measured: None),
+    with each round's rate (*per_round*: events of the round / its seconds) for the spread."""
+
+    def rate(side: str) -> float | None:
+        return n / seconds[side] if seconds.get(side) else None
+
+    row = Row(scenario, metric, "events/s", rate(BUS) or 0.0, rate(RAW) or 0.0, True,
+              faststream=rate(FASTSTREAM), naive=rate(NAIVE), naive_bare=rate(NAIVE_BARE),
+              rounds=per_round)  # fmt: skip
+    return row
 
 
 def percentile(values: Sequence[float], p: float) -> float:

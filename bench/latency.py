@@ -4,7 +4,9 @@ A ticker starts one publish every 1/rate seconds (each awaiting its own confirm,
 confirm never delays the next send); the body carries `perf_counter()` at the call; the handler
 records the difference. Publisher and consumer share one process, so the clocks agree. bus:
 `Publisher.publish` + `Runtime` (memory store); raw: confirm-channel publish + aio-pika consumer;
-FastStream (when installed): `RabbitBroker.publish` + a subscriber.
+naive: `bench.naive` (an `aio_pika.Message` with the envelope, `exchange.publish`, the naive
+consumer); FastStream (when installed): `RabbitBroker.publish` + a subscriber. The first row
+keeps each side's distribution for the CDF chart (`extra["cdf"]`: the 0.1 % … 100 % quantiles).
 Both sides stay connected throughout and take turns in ABBA rounds, so a slow spell of the
 machine (a p99 is the 50th-worst of 5,000) falls on both; a short warm-up of each is dropped.
 """
@@ -24,6 +26,7 @@ from pydantic import BaseModel
 from bench.common import (
     BUS,
     FASTSTREAM,
+    NAIVE,
     RAW,
     Counter,
     Env,
@@ -39,11 +42,13 @@ from bench.common import (
 )
 from bench.consumers import bus_consuming, raw_consuming
 from bench.fs import FsPublisher, fs_consuming
+from bench.naive import NaivePublisher, naive_consuming
 from bus.produce.publisher import Publisher
 from bus.stores import MemoryStore
 
 NAME = "latency"
-KEYS = {BUS: "bench.lat_bus", RAW: "bench.lat_raw", FASTSTREAM: "bench.lat_fs"}
+KEYS = {BUS: "bench.lat_bus", RAW: "bench.lat_raw", NAIVE: "bench.lat_naive",
+        FASTSTREAM: "bench.lat_fs"}  # fmt: skip
 
 Send = Callable[[dict[str, Any]], Coroutine[Any, Any, Any]]
 
@@ -56,7 +61,8 @@ class Tick(BaseModel):
 async def run(env: Env) -> list[Row]:
     rate, seconds, rounds = env.counts.rate, env.counts.seconds, env.counts.rounds
     n = max(rounds, int(rate * seconds))
-    keys = {side: KEYS[side] for side in env.sides}
+    sides = (RAW, NAIVE, BUS, FASTSTREAM) if env.faststream else (RAW, NAIVE, BUS)
+    keys = {side: KEYS[side] for side in sides}
     topo = topology(
         new_prefix(), {side: [key] for side, key in keys.items()}, list(keys.values()),
         queue_type=env.queue_type, prefetch=env.prefetch,
@@ -83,6 +89,13 @@ async def run(env: Env) -> list[Row]:
                 raw = await stack.enter_async_context(RawPublisher(env.url, exchange))
                 send[side] = functools.partial(raw.publish, keys[side])
                 continue
+            if side == NAIVE:
+                await stack.enter_async_context(
+                    naive_consuming(env.url, queue, Tick, on_event, prefetch=env.prefetch)
+                )
+                naive = await stack.enter_async_context(NaivePublisher(env.url, exchange))
+                send[side] = functools.partial(naive.publish, keys[side])
+                continue
             await stack.enter_async_context(
                 fs_consuming(env.url, queue, Tick, on_event, prefetch=env.prefetch)
             )
@@ -96,8 +109,8 @@ async def run(env: Env) -> list[Row]:
             await counters[side].until(warm, 30)
             latencies[side].clear()
         expected = dict.fromkeys(keys, warm)
-        for size, sides in zip(split(n, rounds), abba(rounds, env.sides), strict=True):
-            for side in sides:
+        for size, turn in zip(split(n, rounds), abba(rounds, sides), strict=True):
+            for side in turn:
                 await _tick(size, rate, send[side])
                 expected[side] += size
                 await counters[side].until(expected[side], 30)
@@ -108,8 +121,20 @@ async def run(env: Env) -> list[Row]:
         row = Row(NAME, f"publish -> handler {label} at {rate}/s, {n} events", "ms", at[BUS],
                   at[RAW], False, target, ok)  # fmt: skip
         row.faststream = at.get(FASTSTREAM)
+        row.naive = at.get(NAIVE)
         rows.append(row)
+    rows[0].extra["cdf"] = {side: quantiles(ms) for side, ms in latencies.items()}
     return rows
+
+
+def quantiles(ms: list[float], points: int = 1000) -> list[float]:
+    """The 1/points … points/points quantiles of *ms* (rounded to µs): enough for a CDF."""
+    if not ms:
+        return []
+    ordered = sorted(ms)
+    last = len(ordered) - 1
+    return [round(ordered[min(last, max(0, round(k * len(ordered) / points) - 1))], 3)
+            for k in range(1, points + 1)]  # fmt: skip
 
 
 def _record(latencies: list[float], counter: Counter) -> Callable[[Tick], Awaitable[None]]:

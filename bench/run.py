@@ -16,6 +16,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +48,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-faststream", action="store_true",
         help="skip FastStream even when the `bench` extra is installed",
     )  # fmt: skip
+    p.add_argument(
+        "--plot", action="store_true",
+        help="after the run, draw the charts (PNG) into --plot-dir",
+    )  # fmt: skip
+    p.add_argument(
+        "--plot-only", type=Path, metavar="JSON",
+        help="run nothing: draw the charts of this results file (e.g. bench/results/latest.json)",
+    )  # fmt: skip
+    p.add_argument(
+        "--plot-dir", type=Path, default=None, help="where the PNGs go (default docs/bench/)"
+    )
     counts = p.add_argument_group("counts (defaults: the full run; --smoke lowers them)")
     for f in dataclasses.fields(Counts):
         counts.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
@@ -89,27 +101,48 @@ def fmt(value: float | None) -> str:
     return f"{value:.3f}"
 
 
+def _columns(rows: list[Row]) -> list[tuple[str, Callable[[Row], str]]]:
+    """The table's columns (naive bare and FastStream only when some row has them)."""
+
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    def verdict(r: Row) -> str:
+        return r.target + ("" if r.passed is None else (" ✓" if r.passed else " ✗"))
+
+    cols: list[tuple[str, Callable[[Row], str]]] = [
+        ("scenario", lambda r: r.scenario),
+        ("metric", lambda r: r.metric),
+        ("unit", lambda r: r.unit),
+        ("bus", lambda r: fmt(r.bus)),
+        ("naive", lambda r: fmt(r.naive)),
+        ("tuned raw", lambda r: fmt(r.raw)),
+        ("bus/naive", lambda r: ratio(r.naive_ratio)),
+        ("bus/raw", lambda r: ratio(r.ratio)),
+        ("target", verdict),
+    ]
+    if any(r.naive_bare is not None for r in rows):
+        cols.append(("naive, bare", lambda r: fmt(r.naive_bare)))
+    if any(r.faststream is not None for r in rows):
+        cols.append(("FastStream", lambda r: fmt(r.faststream)))
+    return cols
+
+
+NUMERIC = {"bus", "naive", "tuned raw", "bus/naive", "bus/raw", "naive, bare", "FastStream"}
+
+
 def print_table(results: dict[str, list[Row]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     rows = [r for rs in results.values() for r in rs]
-    has_fs = any(r.faststream is not None for r in rows)
-    table = Table(title="bus vs raw aio-pika (ratio = bus / raw)")
-    for col in ("scenario", "metric", "unit", "bus", "raw aio-pika", "ratio", "target"):
-        table.add_column(
-            col, justify="right" if col in ("bus", "raw aio-pika", "ratio") else "left"
-        )
-    if has_fs:
-        table.add_column("FastStream", justify="right")
+    cols = _columns(rows)
+    table = Table(title="bus vs naive and tuned raw aio-pika (ratio = bus / reference)")
+    for name, _ in cols:
+        table.add_column(name, justify="right" if name in NUMERIC else "left")
     for r in rows:
-        verdict = "" if r.passed is None else (" ✓" if r.passed else " ✗")
-        cells = [r.scenario, r.metric, r.unit, fmt(r.bus), fmt(r.raw), f"{r.ratio:.2f}",
-                 r.target + verdict]  # fmt: skip
-        if has_fs:
-            cells.append(fmt(r.faststream))
-        table.add_row(*cells)
-    Console(width=max(140, Console().width)).print(table)
+        table.add_row(*(cell(r) for _, cell in cols))
+    Console(width=max(160, Console().width)).print(table)
     for r in rows:
         if r.note:
             print(f"note ({r.scenario}, {r.metric}): {r.note}")
@@ -118,15 +151,11 @@ def print_table(results: dict[str, list[Row]]) -> None:
 def markdown(results: dict[str, list[Row]]) -> str:
     """The table as markdown, for the README."""
     rows = [r for rs in results.values() for r in rs]
-    fs = any(r.faststream is not None for r in rows)
-    lines = ["| scenario | metric | unit | bus | raw aio-pika | bus/raw | target |"
-             + (" FastStream |" if fs else ""),
-             "|---|---|---|---:|---:|---:|---|" + ("---:|" if fs else "")]  # fmt: skip
-    for r in rows:
-        verdict = "" if r.passed is None else (" ✓" if r.passed else " ✗")
-        lines.append(f"| {r.scenario} | {r.metric} | {r.unit} | {fmt(r.bus)} | "
-                     f"{fmt(r.raw)} | {r.ratio:.2f} | {r.target}{verdict} |"
-                     + (f" {fmt(r.faststream)} |" if fs else ""))  # fmt: skip
+    cols = _columns(rows)
+    head = "| " + " | ".join(name for name, _ in cols) + " |"
+    rule = "|" + "|".join("---:" if name in NUMERIC else "---" for name, _ in cols) + "|"
+    lines = [head, rule]
+    lines += ["| " + " | ".join(cell(r) for _, cell in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -167,10 +196,20 @@ def write_json(
     path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
+def plot(doc: dict[str, object], out_dir: Path | None) -> int:
+    from bench import plot as charts
+
+    for path in charts.write(doc, out_dir or charts.DEFAULT_DIR):
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.common import Env
 
     args = parse_args(argv)
+    if args.plot_only is not None:
+        return plot(json.loads(args.plot_only.read_text()), args.plot_dir)
     # The bus logs a warning per failed handler; the retry scenario fails thousands on purpose.
     logging.basicConfig(level=logging.ERROR)
     from bench import fs
@@ -185,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     write_json(args.out, env, args, results, errors)
     print(f"wrote {args.out}")
+    if args.plot:
+        plot(json.loads(args.out.read_text()), args.plot_dir)
     for name, error in errors.items():
         print(f"scenario {name} failed: {error}", file=sys.stderr)
     return 1 if errors else 0

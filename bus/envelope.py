@@ -7,6 +7,7 @@ message; the subscriber turns the fields of a delivery back into `Meta` and a bo
 from __future__ import annotations
 
 import json
+import os
 import random
 import uuid
 from collections.abc import Mapping
@@ -74,10 +75,14 @@ class Event:
     traceparent: str | None = None
 
 
+# built once: `json.dumps` with options builds an encoder per call (a quarter of its cost here)
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(data: Any) -> bytes:
     """JSON of *data*, UTF-8, compact. Raises InvalidEvent when it is not JSON-serialisable."""
     try:
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        return _JSON.encode(data).encode()
     except (TypeError, ValueError) as exc:
         raise InvalidEvent(f"event data is not JSON-serialisable: {exc}") from None
 
@@ -176,6 +181,18 @@ def decode_body(body: bytes) -> Any:
         raise InvalidEvent("body is not UTF-8") from None
     except ValueError as exc:
         raise InvalidEvent(f"body is not JSON: {exc}") from None
+
+
+def new_ids(n: int) -> list[str]:
+    """*n* random event ids, UUID version 4 as `str(uuid.uuid4())` writes them, from one read of
+    the system's randomness (`uuid4` reads it once per id: a system call each)."""
+    raw = os.urandom(16 * n).hex()
+    ids = []
+    for at in range(0, 32 * n, 32):
+        h = raw[at : at + 32]
+        variant = "89ab"[int(h[16], 16) & 3]
+        ids.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}")
+    return ids
 
 
 def new_traceparent(parent: str | None = None) -> str:

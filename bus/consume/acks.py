@@ -112,12 +112,14 @@ class Acker:
             tag = ch.order.popleft()
             if ch.state.pop(tag) is _State.ACK:
                 last_ack = tag
+        # wait=False: the frame is in the connection's (ordered) write queue; awaiting the
+        # socket's drain only held back the next turn's acks, and with them the prefetch window
         if last_ack is not None:
-            await ch.channel.basic_ack(delivery_tag=last_ack, multiple=True)
+            await ch.channel.basic_ack(delivery_tag=last_ack, multiple=True, wait=False)
         stragglers = [t for t, s in ch.state.items() if s is _State.ACK]
         for tag in stragglers:
             ch.state[tag] = _State.SETTLED
-            await ch.channel.basic_ack(delivery_tag=tag)
+            await ch.channel.basic_ack(delivery_tag=tag, wait=False)
 
     async def drain(self) -> None:
         """Wait until every ack asked for so far has been written."""

@@ -30,7 +30,7 @@ import bus.topology.delays as delays
 from bus import tracing
 from bus.amqp.connection import connect
 from bus.amqp.flow import Flow, flow_of
-from bus.envelope import Event, Wire, encode, new_traceparent
+from bus.envelope import Event, Wire, encode, new_ids, new_traceparent
 from bus.errors import (
     ConfigError,
     InvalidEvent,
@@ -40,7 +40,9 @@ from bus.errors import (
     UnroutableError,
 )
 from bus.metrics import Metrics
+from bus.produce.confirms import ConfirmWriter
 from bus.produce.validation import EventChecker
+from bus.produce.window import Window
 from bus.settings import DEFAULT_RECONNECT_INTERVAL, Settings, redact
 from bus.topology.delays import Delay
 from bus.topology.model import Topology
@@ -112,6 +114,8 @@ class Publisher:
         self._owns_connection = connection is None
         self._channel: AbstractChannel | None = None
         self._aiormq: aiormq.Channel | None = None  # the robust channel's current one
+        self._writer = ConfirmWriter()  # a batch's publishes: one write per loop turn
+        self._direct = 0  # `basic_publish` calls under way, which the writer must not overtake
         self._checker = EventChecker(topology)
         self._published: dict[str, Any] = {}
         self._flow: Flow | None = None  # the broker's connection.blocked, if it says
@@ -223,33 +227,27 @@ class Publisher:
                 self.check(e.type, e.data)
             else:
                 self.check(e[0], e[1])
-        ids = [e.id if isinstance(e, Event) else "" for e in checked]
-        gate = asyncio.Semaphore(window)
-        progress = time.monotonic()
-        confirmed = 0
+        fresh = iter(new_ids(sum(not isinstance(e, Event) for e in checked)))
+        ids = [e.id if isinstance(e, Event) else next(fresh) for e in checked]
 
-        async def one(i: int, e: EventLike) -> None:
-            nonlocal progress, confirmed
-            async with gate:
-                if not isinstance(e, Event):  # built here, while earlier ones are in flight
-                    e = self._build(e[0], e[1])
-                    ids[i] = e.id
-                # no timer per publish: scheduling and cancelling one per event cost ~5 % of
-                # the CPU; the watchdog below catches a broker that stopped answering
-                try:
-                    await self.send(e, timer=False)
-                    confirmed += 1
-                finally:
-                    progress = time.monotonic()
+        async def one(i: int) -> None:
+            e = checked[i]
+            if not isinstance(e, Event):  # built here, while earlier ones are in flight
+                e = Event(type=e[0], data=e[1], id=ids[i], source=self.source,
+                          traceparent=new_traceparent())  # fmt: skip
+            # no timer per publish: scheduling and cancelling one per event cost ~5 % of the
+            # CPU; the watchdog below catches a broker that stopped answering
+            await self.send(e, timer=False)
 
-        batch = asyncio.gather(*(one(i, e) for i, e in enumerate(checked)), return_exceptions=True)
+        window_ = Window(window, one, len(checked))
+        batch = asyncio.create_task(window_.run())
         try:
             while not batch.done():
                 await asyncio.wait([batch], timeout=min(1.0, self.deadline))
-                if not batch.done() and time.monotonic() - progress > self.deadline:
+                if not batch.done() and time.monotonic() - window_.progress > self.deadline:
                     raise PublishTimeout(
                         f"no answer from the broker for {self.deadline:.0f}s"
-                        f"{self._blocking()}: {confirmed} of "
+                        f"{self._blocking()}: {window_.done} of "
                         f"{len(checked)} events confirmed; the others may or may not have been "
                         "published (send them again: same ids)"
                     )
@@ -257,7 +255,8 @@ class Publisher:
             batch.cancel()
             await asyncio.wait([batch])
             raise
-        failures = [r for r in batch.result() if isinstance(r, BaseException)]
+        batch.result()
+        failures = window_.failures
         if failures:
             raise PublishError(
                 f"{len(failures)} of {len(checked)} events were not confirmed; first: {failures[0]}"
@@ -272,7 +271,8 @@ class Publisher:
 
         *delay*: whole seconds (`bus.topology.delays.seconds_of`) the broker holds it first.
 
-        `timer=False`: no deadline on the first confirm (the caller watches for progress).
+        `timer=False`: a batch's publish: no deadline on the first confirm (the caller watches
+        for progress), and one write with the other publishes started in the same loop turn.
         *parent*: a `traceparent` that OpenTelemetry's publish span continues when the caller
         is in no span of its own (the relay, for the trace an outbox writer began).
         """
@@ -388,10 +388,11 @@ class Publisher:
     ) -> None:
         """One `basic.publish` on the confirm channel, awaiting the broker's confirm.
 
-        Straight to aiormq with `wait=False`: aio-pika's `Exchange.publish` holds the channel
-        lock until the writer has flushed each frame, so concurrent publishes queue behind one
-        another's socket writes; the confirm is what we wait for, and with at most *window*
-        confirms outstanding (`publish_many`) nothing grows without bound.
+        Without *timeout* (a batch's publish: `publish_many` watches for progress itself) the
+        frames go through `bus.produce.confirms`, in one write with the others started in the same
+        loop turn. Otherwise straight to aiormq with `wait=False`: aio-pika's `Exchange.publish`
+        holds the channel lock until the writer has flushed each frame, so concurrent publishes
+        would queue behind one another's socket writes; the confirm is what we wait for.
         """
         flow = self._flow
         if flow is not None and flow.blocked:  # the broker reads nothing from us: wait here
@@ -401,18 +402,30 @@ class Publisher:
             if timeout is not None and not self.wait_out_blocks:
                 timeout = max(0.1, timeout - (time.monotonic() - waited))
         channel = await self._underlay()
-        if self.wait_out_blocks and flow is not None:  # a deadline that stops while blocked
-            async with flow.deadline(timeout):
-                await channel.basic_publish(
-                    wire.body, exchange=exchange, routing_key=routing_key,
-                    properties=to_properties(wire), mandatory=True, wait=False,
-                )  # fmt: skip
+        if timeout is None and not self._direct:
+            confirmation, tag = self._writer.start(channel, wire, exchange, routing_key)
+            try:
+                await confirmation
+            finally:
+                self._writer.forget(channel, wire.message_id, tag)
             return
-        await channel.basic_publish(
-            wire.body, exchange=exchange, routing_key=routing_key,
-            properties=to_properties(wire),
-            mandatory=True, timeout=timeout, wait=False,
-        )  # fmt: skip
+        self._direct += 1  # from here on, publishes take this way too
+        try:
+            await self._writer.drained()  # delivery tags reach the broker in the order taken
+            if self.wait_out_blocks and flow is not None:  # a deadline that stops while blocked
+                async with flow.deadline(timeout):
+                    await channel.basic_publish(
+                        wire.body, exchange=exchange, routing_key=routing_key,
+                        properties=to_properties(wire), mandatory=True, wait=False,
+                    )  # fmt: skip
+                return
+            await channel.basic_publish(
+                wire.body, exchange=exchange, routing_key=routing_key,
+                properties=to_properties(wire),
+                mandatory=True, timeout=timeout, wait=False,
+            )  # fmt: skip
+        finally:
+            self._direct -= 1
 
     async def _underlay(self) -> aiormq.Channel:
         current = self._aiormq

@@ -14,7 +14,7 @@ class FakeChannel:
         self.is_closed = False
         self.acks: list[tuple[int, bool]] = []
 
-    async def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False, wait: bool = True) -> None:
         if self.is_closed:
             raise RuntimeError("channel closed")
         self.acks.append((delivery_tag, multiple))

@@ -14,6 +14,7 @@ from bus.envelope import (
     decode_meta,
     dumps,
     encode,
+    new_ids,
     new_traceparent,
 )
 from bus.errors import InvalidEvent
@@ -182,3 +183,15 @@ def test_new_traceparent_keeps_the_trace_id_of_its_parent() -> None:
 
 def test_new_traceparent_ignores_a_malformed_parent() -> None:
     assert new_traceparent("garbage").split("-")[1] != "garbage"
+
+
+def test_new_ids_are_distinct_uuid4_strings_as_uuid4_writes_them() -> None:
+    import uuid
+
+    ids = new_ids(2_000)
+    assert len(set(ids)) == 2_000
+    for event_id in ids:
+        parsed = uuid.UUID(event_id)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122, event_id
+        assert str(parsed) == event_id
+    assert new_ids(0) == []
