@@ -47,6 +47,7 @@ from bus.topology.model import Topology
 from bus.topology.model import load as load_topology
 
 log = logging.getLogger(__name__)
+STALL_SECONDS = 5.0  # Publisher(stall=): no confirm for this long, publishes outstanding
 DELAY_HEADER = "bus-delay-seconds"  # on a delayed event: the delay it was published with
 T = TypeVar("T")
 
@@ -97,8 +98,14 @@ class Publisher:
         metrics: Metrics | None = None,
         connection: AbstractRobustConnection | None = None,
         wait_out_blocks: bool = False,
+        stall: float | None = STALL_SECONDS,
     ) -> None:
         self.url = url
+        # seconds without any confirm (or nack) while publishes are outstanding, the connection
+        # is up and the broker says it blocks nothing, after which the connection is dropped and
+        # made again (the next node of a cluster) and the outstanding events are sent again
+        # (same ids); None: never (`_watch`)
+        self.stall = stall
         # True: seconds the broker blocks publishing (a memory or disk alarm) do not count
         # toward *deadline*; for the relay, whose rows wait in the outbox anyway
         self.wait_out_blocks = wait_out_blocks
@@ -113,6 +120,10 @@ class Publisher:
         self._checker = EventChecker(topology)
         self._published: dict[str, Any] = {}
         self._flow: Flow | None = None  # the broker's connection.blocked, if it says
+        self._outstanding = 0  # basic.publish calls awaiting their confirm
+        self._answered = time.monotonic()  # the last confirm or nack, or since when we wait
+        self._watchdog: asyncio.Task[None] | None = None
+        self.stalls = 0  # connections dropped because confirms stopped (`_watch`)
 
     @classmethod
     def from_env(cls, *, source: str = "bus", **settings: str | None) -> Publisher:
@@ -129,9 +140,15 @@ class Publisher:
         self._channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
+        if self.stall is not None and self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch(), name="bus-publisher-stall")
         return self
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
         self._aiormq = None
@@ -394,18 +411,71 @@ class Publisher:
             if timeout is not None and not self.wait_out_blocks:
                 timeout = max(0.1, timeout - (time.monotonic() - waited))
         channel = await self._underlay()
-        if self.wait_out_blocks and flow is not None:  # a deadline that stops while blocked
-            async with flow.deadline(timeout):
+        if not self._outstanding:
+            self._answered = time.monotonic()  # the stall clock starts with the first one
+        self._outstanding += 1
+        try:
+            if self.wait_out_blocks and flow is not None:  # a deadline that stops while blocked
+                async with flow.deadline(timeout):
+                    await channel.basic_publish(
+                        wire.body, exchange=exchange, routing_key=routing_key,
+                        properties=to_properties(wire), mandatory=True, wait=False,
+                    )  # fmt: skip
+            else:
                 await channel.basic_publish(
                     wire.body, exchange=exchange, routing_key=routing_key,
-                    properties=to_properties(wire), mandatory=True, wait=False,
+                    properties=to_properties(wire),
+                    mandatory=True, timeout=timeout, wait=False,
                 )  # fmt: skip
-            return
-        await channel.basic_publish(
-            wire.body, exchange=exchange, routing_key=routing_key,
-            properties=to_properties(wire),
-            mandatory=True, timeout=timeout, wait=False,
-        )  # fmt: skip
+            self._answered = time.monotonic()
+        except aio_pika.exceptions.DeliveryError:
+            self._answered = time.monotonic()  # a nack is an answer too
+            raise
+        finally:
+            self._outstanding -= 1
+
+    async def _watch(self) -> None:
+        """Drop a connection on which the broker stopped confirming, so that the robust
+        connection makes a new one (to the next node of a cluster) and the outstanding events
+        are republished there (same ids: a copy is absorbed downstream).
+
+        Seen on RabbitMQ 3.10 (tests/integration/test_cluster.py): after the node holding a
+        quorum queue's leader is killed, a connection made to another node within the second
+        or so before the queue's record names the new leader sends its publishes to the dead
+        leader. Nobody answers them: once 32 are pending the channel holds the connection in
+        credit `flow` and no confirm ever comes (nor is any later frame read, so a new channel
+        on it would not help), while a new connection, made later, is confirmed at once. A
+        broker alarm (`connection.blocked`) is not a stall: it is waited out (`bus.amqp.flow`).
+        """
+        assert self.stall is not None
+        period = min(1.0, self.stall / 4)
+        while True:
+            await asyncio.sleep(period)
+            flow = self._flow
+            if (
+                not self._outstanding or self._connection_down()
+                or (flow is not None and flow.blocked)
+            ):  # fmt: skip
+                self._answered = time.monotonic()
+                continue
+            quiet = time.monotonic() - self._answered
+            if quiet < self.stall:
+                continue
+            conn = self._connection
+            transport = getattr(conn, "transport", None)
+            if transport is None:
+                continue
+            self.stalls += 1
+            log.warning(
+                "no confirm from RabbitMQ for %.0f s with %d publishes outstanding on connection "
+                "%s: reconnecting and sending them again (same ids)",
+                quiet, self._outstanding, self._flow.node if self._flow else redact(self.url),
+            )  # fmt: skip
+            self._answered = time.monotonic()
+            self._aiormq = None
+            await transport.connection.close(
+                ConnectionResetError(f"no confirm for {quiet:.0f} s: reconnecting")
+            )
 
     async def _underlay(self) -> aiormq.Channel:
         current = self._aiormq
