@@ -410,11 +410,11 @@ class Publisher:
             await flow.wait(None if self.wait_out_blocks else timeout)
             if timeout is not None and not self.wait_out_blocks:
                 timeout = max(0.1, timeout - (time.monotonic() - waited))
-        channel = await self._underlay()
         if not self._outstanding:
             self._answered = time.monotonic()  # the stall clock starts with the first one
-        self._outstanding += 1
+        self._outstanding += 1  # from here: also while the robust channel is being restored
         try:
+            channel = await self._underlay()
             if self.wait_out_blocks and flow is not None:  # a deadline that stops while blocked
                 async with flow.deadline(timeout):
                     await channel.basic_publish(
@@ -435,47 +435,56 @@ class Publisher:
             self._outstanding -= 1
 
     async def _watch(self) -> None:
-        """Drop a connection on which the broker stopped confirming, so that the robust
+        """Drop a connection on which the broker stopped answering, so that the robust
         connection makes a new one (to the next node of a cluster) and the outstanding events
-        are republished there (same ids: a copy is absorbed downstream).
+        are published there again (same ids: a copy is absorbed downstream).
 
-        Seen on RabbitMQ 3.10 (tests/integration/test_cluster.py): after the node holding a
-        quorum queue's leader is killed, a connection made to another node within the second
-        or so before the queue's record names the new leader sends its publishes to the dead
-        leader. Nobody answers them: once 32 are pending the channel holds the connection in
-        credit `flow` and no confirm ever comes (nor is any later frame read, so a new channel
-        on it would not help), while a new connection, made later, is confirmed at once. A
-        broker alarm (`connection.blocked`) is not a stall: it is waited out (`bus.amqp.flow`).
+        Seen on RabbitMQ 3.10.8 (tests/integration/test_cluster.py): after a kill -9 of the node
+        a publisher was connected to, its reconnection to the next node sometimes got no confirm
+        again (the broker listed it in credit `flow`), while a new connection to that node was
+        confirmed at once. The clock runs while publishes are outstanding, a socket is open
+        (connected, or still restoring its channels: a publish waits for that without a
+        timeout of its own) and the broker blocks nothing: a broker alarm
+        (`connection.blocked`) is waited out instead (`bus.amqp.flow`).
         """
         assert self.stall is not None
         period = min(1.0, self.stall / 4)
         while True:
             await asyncio.sleep(period)
-            flow = self._flow
-            if (
-                not self._outstanding or self._connection_down()
-                or (flow is not None and flow.blocked)
-            ):  # fmt: skip
-                self._answered = time.monotonic()
-                continue
-            quiet = time.monotonic() - self._answered
-            if quiet < self.stall:
-                continue
-            conn = self._connection
-            transport = getattr(conn, "transport", None)
-            if transport is None:
-                continue
-            self.stalls += 1
-            log.warning(
-                "no confirm from RabbitMQ for %.0f s with %d publishes outstanding on connection "
-                "%s: reconnecting and sending them again (same ids)",
-                quiet, self._outstanding, self._flow.node if self._flow else redact(self.url),
-            )  # fmt: skip
+            try:
+                await self._check_stall()
+            except Exception:  # the watchdog must outlive whatever went wrong once
+                log.exception("publisher stall watchdog")
+
+    async def _check_stall(self) -> None:
+        assert self.stall is not None
+        flow = self._flow
+        conn = self._connection
+        transport = None if conn is None or conn.is_closed else conn.transport
+        # the clock runs while a socket is open (restoring channels, or connected): between
+        # reconnect attempts the robust connection keeps its own time
+        if (
+            not self._outstanding or transport is None or transport.connection.is_closed
+            or (flow is not None and flow.blocked)
+        ):  # fmt: skip
             self._answered = time.monotonic()
-            self._aiormq = None
-            await transport.connection.close(
-                ConnectionResetError(f"no confirm for {quiet:.0f} s: reconnecting")
-            )
+            return
+        quiet = time.monotonic() - self._answered
+        if quiet < self.stall:
+            return
+        self.stalls += 1
+        restoring = conn is not None and not conn.connected.is_set()
+        log.warning(
+            "no confirm from RabbitMQ for %.0f s with %d publishes outstanding on connection "
+            "%s%s: reconnecting and sending them again (same ids)",
+            quiet, self._outstanding, self._flow.node if self._flow else redact(self.url),
+            " (its channels were never restored)" if restoring else "",
+        )  # fmt: skip
+        self._answered = time.monotonic()
+        self._aiormq = None
+        await transport.connection.close(
+            ConnectionResetError(f"no confirm for {quiet:.0f} s: reconnecting")
+        )
 
     async def _underlay(self) -> aiormq.Channel:
         current = self._aiormq
