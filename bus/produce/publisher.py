@@ -49,6 +49,7 @@ from bus.topology.model import Topology
 from bus.topology.model import load as load_topology
 
 log = logging.getLogger(__name__)
+STALL_SECONDS = 5.0  # Publisher(stall=): no confirm for this long, publishes outstanding
 DELAY_HEADER = "bus-delay-seconds"  # on a delayed event: the delay it was published with
 T = TypeVar("T")
 
@@ -100,9 +101,15 @@ class Publisher:
         connection: AbstractRobustConnection | None = None,
         wait_out_blocks: bool = False,
         reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL,
+        stall: float | None = STALL_SECONDS,
     ) -> None:
         self.url = url
         self.reconnect_interval = reconnect_interval
+        # seconds without any confirm (nacks do not count) while publishes are outstanding, the
+        # connection is up and the broker says it blocks nothing, after which the connection is
+        # dropped and made again (the next node of a cluster) and the outstanding events are
+        # sent again (same ids); None: never (`_watch`)
+        self.stall = stall
         # True: seconds the broker blocks publishing (a memory or disk alarm) do not count
         # toward *deadline*; for the relay, whose rows wait in the outbox anyway
         self.wait_out_blocks = wait_out_blocks
@@ -119,6 +126,10 @@ class Publisher:
         self._checker = EventChecker(topology)
         self._published: dict[str, Any] = {}
         self._flow: Flow | None = None  # the broker's connection.blocked, if it says
+        self._outstanding = 0  # basic.publish calls awaiting their confirm
+        self._answered = time.monotonic()  # the last confirm or nack, or since when we wait
+        self._watchdog: asyncio.Task[None] | None = None
+        self.stalls = 0  # connections dropped because confirms stopped (`_watch`)
 
     @classmethod
     def from_env(cls, *, source: str = "bus", **settings: str | None) -> Publisher:
@@ -140,9 +151,15 @@ class Publisher:
         self._channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
+        if self.stall is not None and self._watchdog is None:
+            self._watchdog = asyncio.create_task(self._watch(), name="bus-publisher-stall")
         return self
 
     async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
         self._aiormq = None
@@ -401,14 +418,27 @@ class Publisher:
             await flow.wait(None if self.wait_out_blocks else timeout)
             if timeout is not None and not self.wait_out_blocks:
                 timeout = max(0.1, timeout - (time.monotonic() - waited))
-        channel = await self._underlay()
-        if timeout is None and not self._direct:
-            confirmation, tag = self._writer.start(channel, wire, exchange, routing_key)
-            try:
-                await confirmation
-            finally:
-                self._writer.forget(channel, wire.message_id, tag)
-            return
+        if not self._outstanding:
+            self._answered = time.monotonic()  # the stall clock starts with the first one
+        self._outstanding += 1  # from here: also while the robust channel is being restored
+        try:
+            channel = await self._underlay()
+            if timeout is None and not self._direct:
+                confirmation, tag = self._writer.start(channel, wire, exchange, routing_key)
+                try:
+                    await confirmation
+                finally:
+                    self._writer.forget(channel, wire.message_id, tag)
+            else:
+                await self._publish_direct(channel, wire, exchange, routing_key, timeout, flow)
+            self._answered = time.monotonic()  # a confirm; a nack is no progress (`_watch`)
+        finally:
+            self._outstanding -= 1
+
+    async def _publish_direct(
+        self, channel: aiormq.Channel, wire: Wire, exchange: str, routing_key: str,
+        timeout: float | None, flow: Flow | None,
+    ) -> None:  # fmt: skip
         self._direct += 1  # from here on, publishes take this way too
         try:
             await self._writer.drained()  # delivery tags reach the broker in the order taken
@@ -426,6 +456,60 @@ class Publisher:
             )  # fmt: skip
         finally:
             self._direct -= 1
+
+    async def _watch(self) -> None:
+        """Drop a connection on which the broker stopped answering, so that the robust
+        connection makes a new one (to the next node of a cluster) and the outstanding events
+        are published there again (same ids: a copy is absorbed downstream).
+
+        Seen on RabbitMQ 3.10.8 (tests/integration/test_cluster.py): after a kill -9 of the node
+        a publisher was connected to (the quorum queue's leader), its reconnection to the next
+        node went on nacking every publish, each sent again and nacked again for as long as the
+        test waited (~3,300 outstanding, a nack every few ms, no confirm), while a new
+        connection to that node was confirmed at once. So only a confirm counts as progress: a
+        stream of nacks is a stall too. The clock runs while publishes are outstanding, a
+        socket is open (connected, or still restoring its channels: a publish waits for that
+        without a timeout of its own) and the broker blocks nothing: a broker alarm
+        (`connection.blocked`) is waited out instead (`bus.amqp.flow`).
+        """
+        assert self.stall is not None
+        period = min(1.0, self.stall / 4)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self._check_stall()
+            except Exception:  # the watchdog must outlive whatever went wrong once
+                log.exception("publisher stall watchdog")
+
+    async def _check_stall(self) -> None:
+        assert self.stall is not None
+        flow = self._flow
+        conn = self._connection
+        transport = None if conn is None or conn.is_closed else conn.transport
+        # the clock runs while a socket is open (restoring channels, or connected): between
+        # reconnect attempts the robust connection keeps its own time
+        if (
+            not self._outstanding or transport is None or transport.connection.is_closed
+            or (flow is not None and flow.blocked)
+        ):  # fmt: skip
+            self._answered = time.monotonic()
+            return
+        quiet = time.monotonic() - self._answered
+        if quiet < self.stall:
+            return
+        self.stalls += 1
+        restoring = conn is not None and not conn.connected.is_set()
+        log.warning(
+            "no confirm from RabbitMQ for %.0f s with %d publishes outstanding on connection "
+            "%s%s: reconnecting and sending them again (same ids)",
+            quiet, self._outstanding, self._flow.node if self._flow else redact(self.url),
+            " (its channels were never restored)" if restoring else "",
+        )  # fmt: skip
+        self._answered = time.monotonic()
+        self._aiormq = None
+        await transport.connection.close(
+            ConnectionResetError(f"no confirm for {quiet:.0f} s: reconnecting")
+        )
 
     async def _underlay(self) -> aiormq.Channel:
         current = self._aiormq

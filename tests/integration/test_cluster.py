@@ -106,9 +106,10 @@ class Clocked:
 @pytest.mark.timeout(300)
 @pytest.mark.xfail(
     strict=False,
-    reason="open: after kill -9 of the connected node the publisher's reconnected connection "
-    "to the next node often gets no confirm again (RabbitMQ shows it in `flow`), while a new "
-    "connection to the same node is confirmed at once; the nack half is fixed (publisher)",
+    reason="intermittent (passed 5 of 6 runs on 2026-12-01, the failure after tests/unit in the "
+    "same process): once the publisher's stall watchdog has dropped the connection that kept "
+    "being nacked, a publish can still fail with an aiormq channel exception instead of being "
+    "sent again; nothing was reported confirmed that was not",
 )
 async def test_killing_the_connected_node_mid_stream_then_stopping_another_loses_nothing(
     cluster: list[Node], prefix: str, fault_report: Any
@@ -116,7 +117,12 @@ async def test_killing_the_connected_node_mid_stream_then_stopping_another_loses
     """5,000 events stream through a publisher and a subscriber, both connected to node A (the
     first in BUS_URL, also the leader of every queue they use). A is killed -9; both move to B;
     A comes back; later B is stopped (graceful) and started; they move to C. Every confirmed
-    event is handled, each effect once."""
+    event is handled, each effect once.
+
+    On RabbitMQ 3.10.8 the publisher's new connection to B often has every publish nacked (sent
+    again, nacked again: ~3,300 outstanding and no confirm for 45 s), while a new connection to
+    B is confirmed at once; the publisher drops a connection without a confirm for `stall`
+    seconds (5) and sends the outstanding events again on the next (test_publisher.py)."""
     a, b, c = cluster
     url, n = cluster_url(a, b, c), 5000
     topology = make_topology(prefix, {"svc": {"keys": ["order.placed"], "replicas": 3}})
