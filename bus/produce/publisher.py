@@ -373,6 +373,8 @@ class Publisher:
             return False
         if isinstance(exc, (*_TRANSIENT, aio_pika.exceptions.DeliveryError)):
             return True
+        if type(exc) is Exception:  # aiormq rejects a pending confirm with a bare Exception
+            return True  # when its channel closes without a reason (a reconnect in progress)
         return isinstance(exc, RuntimeError) and self._connection_down()
 
     def _connection_down(self) -> bool:

@@ -70,3 +70,14 @@ async def test_a_runtime_error_while_the_connection_is_down_is_retried() -> None
     pub._connection = reconnecting  # type: ignore[assignment]
     assert await asyncio.wait_for(pub.publish("order.placed", {}, id="e-2"), 5) == "e-2"
     assert underlay.calls == 2
+
+
+async def test_a_confirm_rejected_with_a_bare_exception_by_a_closing_channel_is_retried() -> None:
+    """aiormq's FutureStore rejects pending confirms with a bare `Exception` when their channel
+    closes with no reason (seen after the stall watchdog's reconnect, test_cluster.py)."""
+    underlay = FakeUnderlay(Exception())
+    assert (
+        await asyncio.wait_for(publisher_on(underlay).publish("order.placed", {}, id="e-3"), 5)
+        == "e-3"
+    )
+    assert underlay.calls == 2
