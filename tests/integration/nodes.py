@@ -360,9 +360,14 @@ def _alive(pid: int) -> bool:
 
 
 def _is_node_of(pid: int, base: Path) -> bool:
-    """Whether *pid* is still the VM whose folder is *base* (pids get reused)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return str(base).encode() in cmdline
+    """Whether *pid* is still the VM whose folder is *base* (pids get reused). The VM's command
+    line does not name the folder: its environment does (RABBITMQ_MNESIA_BASE and the others),
+    so a check of the command line alone let every orphan VM live on."""
+    folder = str(base).encode()
+    for part in ("cmdline", "environ"):
+        try:
+            if folder in Path(f"/proc/{pid}/{part}").read_bytes():
+                return True
+        except OSError:
+            return False
+    return False

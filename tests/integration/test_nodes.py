@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+from pathlib import Path
 
 import aio_pika
+import pytest
 
 from tests.conftest import wait_for
 from tests.integration.nodes import Node
@@ -50,3 +55,29 @@ async def test_the_witness_notices_a_broker_that_was_stopped(private_node: Node)
         finally:
             await asyncio.to_thread(private_node.ctl, "start_app")
         assert "closed" in (witness.problem() or "")
+
+
+def test_reaping_kills_an_orphan_vm_that_names_its_folder_only_in_its_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed run's node outlives it; its VM's command line does not name the folder (the
+    environment does), and a reaper that looked at the command line only left it running."""
+    from tests.integration import nodes
+
+    base = tmp_path / f"{nodes.FOLDER_PREFIX}orphan"
+    base.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (base / "owner.pid").write_text(str(gone.pid))  # the run that started it is dead
+    vm = subprocess.Popen(
+        ["sleep", "60"], env={**os.environ, "RABBITMQ_MNESIA_BASE": str(base / "mnesia")}
+    )
+    try:
+        (base / "node.pid").write_text(str(vm.pid))
+        monkeypatch.setattr(nodes, "NODE_ROOT", tmp_path)
+        assert nodes.reap_orphans() == [base.name]
+        assert vm.wait(timeout=5) == -signal.SIGKILL
+        assert not base.exists()
+    finally:
+        vm.kill()
+        vm.wait()
