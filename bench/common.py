@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from bus.consume.router import Router
 from bus.envelope import Event, encode
-from bus.produce.publisher import to_properties
+from bus.produce.frames import to_properties
 from bus.topology.model import Topology, from_dict
 from bus.topology.plan import BindingDecl, ExchangeDecl, QueueDecl, desired, is_delay_object
 

@@ -21,7 +21,8 @@ from bus.errors import (
     UnroutableError,
 )
 from bus.outbox import Outbox
-from bus.produce.publisher import Publisher, SyncPublisher
+from bus.produce.publisher import Publisher
+from bus.produce.sync import SyncPublisher
 
 __all__ = [
     "BatchContext",

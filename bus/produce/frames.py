@@ -81,7 +81,7 @@ class PublishFrames:
 
     def _properties(self, wire: Wire, body_size: int) -> bytes:
         """The content header's payload: what pamqp's `Basic.Properties.marshal` writes for
-        `bus.produce.publisher.to_properties(wire)` (a property that is None or '' is left out)."""
+        `to_properties(wire)` (below) (a property that is None or '' is left out)."""
         flags = F_DELIVERY_MODE | F_HEADERS
         parts: list[bytes] = []
         if wire.content_type:
@@ -131,3 +131,18 @@ class PublishFrames:
                 parts.append(name + pamqp.encode.encode_table_value(value))
         table = b"".join(parts)
         return _LONG.pack(len(table)) + table
+
+
+def to_properties(wire: Wire) -> Basic.Properties:
+    """The AMQP properties of a wire form (persistent, JSON), built straight for aiormq:
+    an `aio_pika.Message` costs ten times more to build and is only converted to these."""
+    return Basic.Properties(
+        content_type=wire.content_type,
+        delivery_mode=2,
+        headers=wire.headers,
+        message_id=wire.message_id,
+        timestamp=wire.timestamp,
+        message_type=wire.type,
+        app_id=wire.app_id,
+        correlation_id=wire.correlation_id,
+    )

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from collections.abc import Coroutine, Iterable
-from concurrent.futures import Future
+from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Self, TypeVar, cast
+from typing import Any, Self, cast
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
-from pamqp.commands import Basic
 from tenacity import (
     AsyncRetrying,
     retry_if_exception,
@@ -41,6 +38,7 @@ from bus.errors import (
 )
 from bus.metrics import Metrics
 from bus.produce.confirms import ConfirmWriter
+from bus.produce.frames import to_properties
 from bus.produce.validation import EventChecker
 from bus.produce.window import Window
 from bus.settings import DEFAULT_RECONNECT_INTERVAL, Settings, redact
@@ -51,7 +49,6 @@ from bus.topology.model import load as load_topology
 log = logging.getLogger(__name__)
 STALL_SECONDS = 5.0  # Publisher(stall=): no confirm for this long, publishes outstanding
 DELAY_HEADER = "bus-delay-seconds"  # on a delayed event: the delay it was published with
-T = TypeVar("T")
 
 # Errors after which the message may not have reached the broker: publish it again once the
 # robust connection is back. A duplicate is possible and harmless (the event id is the same).
@@ -64,21 +61,6 @@ _TRANSIENT = (
 )
 
 EventLike = Event | tuple[str, Any]
-
-
-def to_properties(wire: Wire) -> Basic.Properties:
-    """The AMQP properties of a wire form (persistent, JSON), built straight for aiormq:
-    an `aio_pika.Message` costs ten times more to build and is only converted to these."""
-    return Basic.Properties(
-        content_type=wire.content_type,
-        delivery_mode=2,
-        headers=wire.headers,
-        message_id=wire.message_id,
-        timestamp=wire.timestamp,
-        message_type=wire.type,
-        app_id=wire.app_id,
-        correlation_id=wire.correlation_id,
-    )
 
 
 def check_id(event_id: str | None) -> None:
@@ -524,55 +506,3 @@ class Publisher:
             await self._channel.reopen()  # robust channels reopen by themselves, a plain one here
         self._aiormq = cast(aiormq.Channel, await self._channel.get_underlay_channel())
         return self._aiormq
-
-
-class SyncPublisher:
-    """`Publisher` for synchronous code: an event loop on a background thread.
-
-    Thread-safe; one instance per process is enough. `with SyncPublisher.from_env() as pub:`.
-    """
-
-    def __init__(self, publisher: Publisher) -> None:
-        self._publisher = publisher
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="bus-publisher", daemon=True
-        )
-        self._started = False
-
-    @classmethod
-    def from_env(cls, *, source: str = "bus", **settings: str | None) -> SyncPublisher:
-        return cls(Publisher.from_env(source=source, **settings))
-
-    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return fut.result(timeout)
-
-    def connect(self) -> SyncPublisher:
-        if not self._started:
-            self._thread.start()
-            self._started = True
-            self._run(self._publisher.connect())
-        return self
-
-    def publish(self, event_type: str, data: Any, **kw: Any) -> str:
-        """Same as `Publisher.publish`, blocking until the broker confirmed."""
-        self._publisher.check(event_type, data)
-        return self._run(self._publisher.publish(event_type, data, **kw))
-
-    def publish_many(self, events: Iterable[EventLike], **kw: Any) -> list[str]:
-        return self._run(self._publisher.publish_many(list(events), **kw))
-
-    def close(self) -> None:
-        if self._started:
-            self._run(self._publisher.close())
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
-            self._loop.close()
-            self._started = False
-
-    def __enter__(self) -> SyncPublisher:
-        return self.connect()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -13,8 +13,7 @@ from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
 from bus.envelope import Event, Wire, encode, new_traceparent
-from bus.produce.frames import FRAME_OVERHEAD, PublishFrames
-from bus.produce.publisher import to_properties
+from bus.produce.frames import FRAME_OVERHEAD, PublishFrames, to_properties
 
 CHANNEL = 7
 FRAME_MAX = 131_072
