@@ -4,12 +4,13 @@ Spans follow the OpenTelemetry messaging conventions for RabbitMQ: `publish <exc
 PRODUCER) around each publish, whose context is written as the message's `traceparent`, and
 `process <queue>` (kind CONSUMER) around each handler, continuing the producer's trace. Without
 OpenTelemetry (or without an SDK configured) the bus still writes and continues W3C
-`traceparent` headers itself, and this module costs one check per message.
+`traceparent` headers itself, and this module costs a clock read per message.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,11 +23,28 @@ except ImportError:  # the extra is not installed
 _SYSTEM: dict[str, Any] = {"messaging.system": "rabbitmq"}
 
 
+_RECHECK = 1.0  # seconds between looks while no SDK provider is installed
+_installed = False
+_next_look = 0.0
+
+
 def active() -> bool:
-    """True once the application installed an OpenTelemetry SDK tracer provider."""
-    return trace is not None and not isinstance(
-        trace.get_tracer_provider(), trace.ProxyTracerProvider
-    )
+    """True once the application installed an OpenTelemetry SDK tracer provider.
+
+    Asked for every message, so it looks at OpenTelemetry (a global and an environment lookup)
+    at most once a second until a provider is there; OpenTelemetry lets a provider be set only
+    once, so from then on the answer is cached for good. A provider installed after the first
+    message is seen within a second.
+    """
+    global _installed, _next_look
+    if _installed or trace is None:
+        return _installed
+    now = time.monotonic()
+    if now < _next_look:
+        return False
+    _next_look = now + _RECHECK
+    _installed = not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    return _installed
 
 
 def current_traceparent() -> str | None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
-from bus import Context, Router
+from bus import Context, Router, tracing
 from bus.produce.publisher import Publisher
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology, running
@@ -27,6 +28,10 @@ def spans() -> Any:
         provider = sdk_trace.TracerProvider()
         trace.set_tracer_provider(provider)
     provider.add_span_processor(export.SimpleSpanProcessor(exporter))
+    deadline = time.monotonic() + 3  # the bus looks for a new provider once a second
+    while not tracing.active():
+        assert time.monotonic() < deadline, "the bus never saw the SDK tracer provider"
+        time.sleep(0.05)
     return exporter
 
 

@@ -1,0 +1,111 @@
+"""Where consuming's time goes: CPU µs per event for `Runtime` beside the naive aio-pika consumer.
+
+`python -m bench.profile_consume [--events 20000] [--rounds 4] [--cprofile]` fills one queue per
+side with the same events (untimed), then drains them in ABBA rounds: the bus side is a `Runtime`
+with a pydantic-annotated handler and the memory store, the naive side `bench.naive`'s consumer
+(json + `model_validate` + one ack). It prints wall events/s (first handler call to last) and
+this process's CPU µs per event for each, and with `--cprofile` the functions taking the bus
+side's time. CPU per event tells whether the client is the bottleneck: when both sides spend
+well under the wall time per event on the CPU, the broker sets the pace. For a sampling profile:
+`py-spy record -o consume.svg -- python -m bench.profile_consume --only bus`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import os
+import pstats
+import time
+from contextlib import AbstractAsyncContextManager
+
+from bench.common import (
+    BUS,
+    NAIVE,
+    Counter,
+    Order,
+    abba,
+    deadline_for,
+    declared,
+    fill,
+    new_prefix,
+    split,
+    topology,
+)
+from bench.consumers import bus_consuming
+from bench.naive import naive_consuming
+from bus.stores import MemoryStore
+
+KEY = "bench.profiled"
+
+
+async def main(args: argparse.Namespace) -> None:
+    sides = [s for s in (NAIVE, BUS) if args.only in (None, s)]
+    topo = topology(
+        new_prefix(), {s: [KEY] for s in sides}, [KEY],
+        queue_type=args.queue_type, prefetch=args.prefetch,
+    )  # fmt: skip
+    exchange = topo.subscriber(sides[0]).bindings[0].exchange
+    wall = dict.fromkeys(sides, 0.0)
+    cpu = dict.fromkeys(sides, 0.0)
+    handled = 0
+    profiler = cProfile.Profile() if args.cprofile else None
+    async with declared(args.url, topo):
+        for r, chunk in enumerate(split(args.events, args.rounds)):
+            await fill(args.url, exchange, KEY, chunk)  # each side's queue gets the chunk
+            for side in abba(args.rounds, sides)[r]:
+                counter = Counter(chunk)
+
+                async def on_event(event: Order, counter: Counter = counter) -> None:
+                    counter.hit()
+
+                consuming: AbstractAsyncContextManager[object]
+                if side == BUS:
+                    consuming = bus_consuming(args.url, topo, BUS, Order, on_event, MemoryStore())
+                else:
+                    queue = topo.subscriber(NAIVE).queue
+                    consuming = naive_consuming(
+                        args.url, queue, Order, on_event, prefetch=args.prefetch
+                    )
+                async with consuming:
+                    c = time.process_time()
+                    if profiler is not None and side == BUS:
+                        profiler.enable()
+                    await counter.wait(deadline_for(chunk))
+                    if profiler is not None and side == BUS:
+                        profiler.disable()
+                    cpu[side] += time.process_time() - c
+                wall[side] += counter.busy_seconds
+            handled += chunk - 1  # first call to last: chunk - 1 intervals
+    for side in sides:
+        print(
+            f"{side:6} {handled / wall[side]:8,.0f} events/s  "
+            f"{wall[side] / handled * 1e6:6.1f} µs wall/event  "
+            f"{cpu[side] / args.events * 1e6:6.1f} µs CPU/event"
+        )
+    if len(sides) == 2:
+        print(f"bus/naive (events/s): {wall[NAIVE] / wall[BUS]:.2f}")
+    if profiler is not None:
+        for key in ("tottime", "cumulative"):
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats(key).print_stats(args.top)
+            print(out.getvalue())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.profile_consume", description=__doc__)
+    p.add_argument("--url", default=os.environ.get("BUS_URL", "amqp://guest:guest@localhost:5672/"))
+    p.add_argument("--events", type=int, default=20_000)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--prefetch", type=int, default=32)
+    p.add_argument("--queue-type", choices=("quorum", "classic"), default="quorum")
+    p.add_argument("--only", choices=(BUS, NAIVE), default=None)
+    p.add_argument("--cprofile", action="store_true", help="profile the bus side")
+    p.add_argument("--top", type=int, default=30, help="functions listed per ordering")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))
