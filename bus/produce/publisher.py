@@ -39,6 +39,7 @@ from bus.errors import (
 from bus.metrics import Metrics
 from bus.produce.confirms import ConfirmWriter
 from bus.produce.frames import to_properties
+from bus.produce.stall import STALL_SECONDS, StallWatch
 from bus.produce.validation import EventChecker
 from bus.produce.window import Window
 from bus.settings import DEFAULT_RECONNECT_INTERVAL, Settings, redact
@@ -47,7 +48,6 @@ from bus.topology.model import Topology
 from bus.topology.model import load as load_topology
 
 log = logging.getLogger(__name__)
-STALL_SECONDS = 5.0  # Publisher(stall=): no confirm for this long, publishes outstanding
 DELAY_HEADER = "bus-delay-seconds"  # on a delayed event: the delay it was published with
 
 # Errors after which the message may not have reached the broker: publish it again once the
@@ -87,11 +87,6 @@ class Publisher:
     ) -> None:
         self.url = url
         self.reconnect_interval = reconnect_interval
-        # seconds without any confirm (nacks do not count) while publishes are outstanding, the
-        # connection is up and the broker says it blocks nothing, after which the connection is
-        # dropped and made again (the next node of a cluster) and the outstanding events are
-        # sent again (same ids); None: never (`_watch`)
-        self.stall = stall
         # True: seconds the broker blocks publishing (a memory or disk alarm) do not count
         # toward *deadline*; for the relay, whose rows wait in the outbox anyway
         self.wait_out_blocks = wait_out_blocks
@@ -108,10 +103,13 @@ class Publisher:
         self._checker = EventChecker(topology)
         self._published: dict[str, Any] = {}
         self._flow: Flow | None = None  # the broker's connection.blocked, if it says
-        self._outstanding = 0  # basic.publish calls awaiting their confirm
-        self._answered = time.monotonic()  # the last confirm or nack, or since when we wait
-        self._watchdog: asyncio.Task[None] | None = None
-        self.stalls = 0  # connections dropped because confirms stopped (`_watch`)
+        # *stall*: seconds without a confirm (nacks do not count) while publishes are
+        # outstanding, after which the connection is dropped and made again (the next node of
+        # a cluster) and the outstanding events sent again (same ids); None: never
+        self._stall = StallWatch(
+            stall, lambda: self._connection, lambda: self._flow,
+            on_drop=self._forget_channel, where=self._where,
+        )  # fmt: skip
 
     @classmethod
     def from_env(cls, *, source: str = "bus", **settings: str | None) -> Publisher:
@@ -133,21 +131,22 @@ class Publisher:
         self._channel = await self._connection.channel(
             publisher_confirms=True, on_return_raises=True
         )
-        if self.stall is not None and self._watchdog is None:
-            self._watchdog = asyncio.create_task(self._watch(), name="bus-publisher-stall")
+        self._stall.start()
         return self
 
     async def close(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            await asyncio.gather(self._watchdog, return_exceptions=True)
-            self._watchdog = None
+        await self._stall.stop()
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
         self._aiormq = None
         if self._owns_connection and self._connection is not None:
             await self._connection.close()
         self._channel = None
+
+    @property
+    def stalls(self) -> int:
+        """Connections dropped because the broker stopped confirming (`bus.produce.stall`)."""
+        return self._stall.stalls
 
     @property
     def flow(self) -> Flow | None:
@@ -402,9 +401,7 @@ class Publisher:
             await flow.wait(None if self.wait_out_blocks else timeout)
             if timeout is not None and not self.wait_out_blocks:
                 timeout = max(0.1, timeout - (time.monotonic() - waited))
-        if not self._outstanding:
-            self._answered = time.monotonic()  # the stall clock starts with the first one
-        self._outstanding += 1  # from here: also while the robust channel is being restored
+        self._stall.sent()  # from here: also while the robust channel is being restored
         try:
             channel = await self._underlay()
             if timeout is None and not self._direct:
@@ -415,9 +412,9 @@ class Publisher:
                     self._writer.forget(channel, wire.message_id, tag)
             else:
                 await self._publish_direct(channel, wire, exchange, routing_key, timeout, flow)
-            self._answered = time.monotonic()  # a confirm; a nack is no progress (`_watch`)
+            self._stall.confirmed()
         finally:
-            self._outstanding -= 1
+            self._stall.settled()
 
     async def _publish_direct(
         self, channel: aiormq.Channel, wire: Wire, exchange: str, routing_key: str,
@@ -441,59 +438,11 @@ class Publisher:
         finally:
             self._direct -= 1
 
-    async def _watch(self) -> None:
-        """Drop a connection on which the broker stopped answering, so that the robust
-        connection makes a new one (to the next node of a cluster) and the outstanding events
-        are published there again (same ids: a copy is absorbed downstream).
-
-        Seen on RabbitMQ 3.10.8 (tests/integration/test_cluster.py): after a kill -9 of the node
-        a publisher was connected to (the quorum queue's leader), its reconnection to the next
-        node went on nacking every publish, each sent again and nacked again for as long as the
-        test waited (~3,300 outstanding, a nack every few ms, no confirm), while a new
-        connection to that node was confirmed at once. So only a confirm counts as progress: a
-        stream of nacks is a stall too. The clock runs while publishes are outstanding, a
-        socket is open (connected, or still restoring its channels: a publish waits for that
-        without a timeout of its own) and the broker blocks nothing: a broker alarm
-        (`connection.blocked`) is waited out instead (`bus.amqp.flow`).
-        """
-        assert self.stall is not None
-        period = min(1.0, self.stall / 4)
-        while True:
-            await asyncio.sleep(period)
-            try:
-                await self._check_stall()
-            except Exception:  # the watchdog must outlive whatever went wrong once
-                log.exception("publisher stall watchdog")
-
-    async def _check_stall(self) -> None:
-        assert self.stall is not None
-        flow = self._flow
-        conn = self._connection
-        transport = None if conn is None or conn.is_closed else conn.transport
-        # the clock runs while a socket is open (restoring channels, or connected): between
-        # reconnect attempts the robust connection keeps its own time
-        if (
-            not self._outstanding or transport is None or transport.connection.is_closed
-            or (flow is not None and flow.blocked)
-        ):  # fmt: skip
-            self._answered = time.monotonic()
-            return
-        quiet = time.monotonic() - self._answered
-        if quiet < self.stall:
-            return
-        self.stalls += 1
-        restoring = conn is not None and not conn.connected.is_set()
-        log.warning(
-            "no confirm from RabbitMQ for %.0f s with %d publishes outstanding on connection "
-            "%s%s: reconnecting and sending them again (same ids)",
-            quiet, self._outstanding, self._flow.node if self._flow else redact(self.url),
-            " (its channels were never restored)" if restoring else "",
-        )  # fmt: skip
-        self._answered = time.monotonic()
+    def _forget_channel(self) -> None:
         self._aiormq = None
-        await transport.connection.close(
-            ConnectionResetError(f"no confirm for {quiet:.0f} s: reconnecting")
-        )
+
+    def _where(self) -> str:
+        return self._flow.node if self._flow else redact(self.url)
 
     async def _underlay(self) -> aiormq.Channel:
         current = self._aiormq
