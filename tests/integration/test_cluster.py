@@ -104,12 +104,6 @@ class Clocked:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(
-    strict=False,
-    reason="intermittent until shown otherwise: 1 of 6 runs on 2026-12-01 failed after the "
-    "stall watchdog's reconnect with aiormq's bare Exception for a pending confirm, which the "
-    "publisher now sends again (test_publisher_errors.py); the next 4 runs passed",
-)
 async def test_killing_the_connected_node_mid_stream_then_stopping_another_loses_nothing(
     cluster: list[Node], prefix: str, fault_report: Any
 ) -> None:
