@@ -1,4 +1,9 @@
-"""Republish a delivery to a retry queue or the DLQ: confirmed, `mandatory`, body intact."""
+"""Republish a delivery to a retry queue or the DLQ: confirmed, `mandatory`, body intact.
+
+Under a broker alarm (`connection.blocked`) the hand-off waits: its deadline stops while the
+broker blocks publishing, so a failed event is retried or parked when the alarm clears, rather
+than given up on after 30 s and rejected into the DLQ without its failure story.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel
 
 from bus.amqp.delivery import Delivery, copy_properties
+from bus.amqp.flow import Flow
 
 HANDOFF_TIMEOUT = 30.0
 
@@ -17,8 +23,10 @@ class HandOff:
     """Publishes copies through the default exchange (routing key = queue name) on a confirm
     channel with `on_return_raises`, so an unroutable copy raises instead of vanishing."""
 
-    def __init__(self, channel: AbstractChannel) -> None:
+    def __init__(self, channel: AbstractChannel, flow: Flow | None = None) -> None:
+        """*flow*: the broker's blocks of *channel*'s connection (`bus.amqp.flow`), waited out."""
         self.channel = channel
+        self.flow = flow
         # message id -> (its lock, how many hand-offs hold or wait for it). Dropped when the
         # count reaches 0: `lock.locked()` is False while a woken waiter has not resumed yet,
         # so deleting on that would let a newcomer take a fresh lock beside the waiter.
@@ -32,10 +40,18 @@ class HandOff:
         try:
             async with lock:
                 channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
-                await channel.basic_publish(
-                    m.body, routing_key=queue, properties=copy_properties(m.properties, headers),
-                    mandatory=True, timeout=HANDOFF_TIMEOUT, wait=False,
-                )  # fmt: skip
+                properties = copy_properties(m.properties, headers)
+                if self.flow is None:
+                    await channel.basic_publish(
+                        m.body, routing_key=queue, properties=properties,
+                        mandatory=True, timeout=HANDOFF_TIMEOUT, wait=False,
+                    )  # fmt: skip
+                    return
+                async with self.flow.deadline(HANDOFF_TIMEOUT):  # stops while blocked
+                    await channel.basic_publish(
+                        m.body, routing_key=queue, properties=properties,
+                        mandatory=True, wait=False,
+                    )  # fmt: skip
         finally:
             lock, users = self._locks[key]
             if users == 1:

@@ -22,6 +22,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustC
 
 from bus.amqp.connection import connect
 from bus.amqp.delivery import Delivery
+from bus.amqp.flow import Flow
 from bus.consume.acks import Acker
 from bus.consume.claims import Claims
 from bus.consume.consumer import Consumer
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 OK, RETRIED, DEAD, DUPLICATE = "ok", "retried", "dead", "duplicate"
 
-HandOffFactory = Callable[[AbstractChannel], HandOff]
+HandOffFactory = Callable[[AbstractChannel, Flow | None], HandOff]
 
 
 def refuse_timeout_at_or_over(sub: Subscriber, consumer_timeout: float) -> None:
@@ -60,7 +61,8 @@ def refuse_timeout_at_or_over(sub: Subscriber, consumer_timeout: float) -> None:
 class Runtime:
     """Runs one subscriber of the topology: `await rt.start()`, later `await rt.stop()`.
 
-    *handoff* builds the hand-off from its confirm channel (a seam for fault injection).
+    *handoff* builds the hand-off from its confirm channel and that connection's flow (a
+    seam for fault injection).
     """
 
     def __init__(
@@ -90,14 +92,17 @@ class Runtime:
         self.lease = lease
         self.reconnect_interval = reconnect_interval
         self._make_handoff = handoff
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: AbstractRobustConnection | None = None  # consuming and acks
+        # follow-ups and retry hand-offs: under a broker alarm RabbitMQ stops reading a
+        # connection that publishes, acks and all, so publishing has a connection of its own
+        self._publishing: AbstractRobustConnection | None = None
         self._handoff: HandOff | None = None
         self._acks = Acker()
         self._claims = Claims(store, self.sub.name, lease)
         self._counters: dict[tuple[str, str], Any] = {}
         self._timers: dict[str, Any] = {}
         self._consumer: Consumer | None = None
-        self._publisher: Publisher | None = None  # these two from start(), on our connection
+        self._publisher: Publisher | None = None  # these two from start()
         self._dispatcher: Dispatcher | None = None
         self._inflight = 0
         self._idle = asyncio.Event()
@@ -111,9 +116,13 @@ class Runtime:
         self._connection = await connect(
             self.url, f"subscriber:{self.sub.name}", reconnect_interval=self.reconnect_interval
         )
+        self._publishing = await connect(
+            self.url, f"subscriber:{self.sub.name}:publish",
+            reconnect_interval=self.reconnect_interval,
+        )  # fmt: skip
         self._publisher = Publisher(
             self.url, self.topology, source=self.sub.name, metrics=self.metrics,
-            connection=self._connection,
+            connection=self._publishing,
         )  # fmt: skip
         await self._publisher.connect()
         self._dispatcher = Dispatcher(
@@ -122,7 +131,8 @@ class Runtime:
         )  # fmt: skip
         await self._dispatcher.start()
         self._handoff = self._make_handoff(
-            await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            await self._publishing.channel(publisher_confirms=True, on_return_raises=True),
+            self._publisher.flow,
         )
         channel = await self._connection.channel(publisher_confirms=False)
         assert isinstance(channel, AbstractRobustChannel)
@@ -196,8 +206,9 @@ class Runtime:
         await self._claims.stop()
         if self._publisher is not None:
             await self._publisher.close()
-        if self._connection is not None and not self._connection.is_closed:
-            await self._connection.close()
+        for connection in (self._connection, self._publishing):
+            if connection is not None and not connection.is_closed:
+                await connection.close()
         return drained
 
     # -- one delivery ------------------------------------------------------------------------

@@ -22,13 +22,15 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bus import Context, Router
+from bus.consume import handoff
 from bus.metrics import Metrics
 from bus.outbox import Outbox, open_outbox
 from bus.outbox.relay import serve
 from bus.produce.publisher import Publisher
 from demo.stubs import free_port
 from tests.conftest import wait_for
-from tests.integration.helpers import applied, get_all, make_topology, queue_depth
+from tests.integration.helpers import applied, get_all, make_topology, queue_depth, running
 from tests.integration.nodes import Node
 from tests.integration.outbox_kit import outbox_db, relaying
 
@@ -237,3 +239,79 @@ async def _is(answer: Any, status: int) -> bool:
 
 async def _zero(count: Any) -> bool:
     return bool(await count == 0)
+
+
+async def test_a_subscriber_under_a_memory_alarm_goes_on_acking_what_publishes_nothing(
+    private_node: Node, prefix: str, fault_report: Any
+) -> None:
+    """RabbitMQ blocks a connection once it publishes under an alarm, and stops reading it
+    whole: a subscriber whose follow-ups shared the consuming connection stopped acking too,
+    and stalled after its prefetch (~64 of 200 handled in a 4 s alarm). Its publishes have a
+    connection of their own: the handlers that publish wait, the others go on."""
+    url, n, every = private_node.url(), 200, 20  # every 20th handler publishes a follow-up
+    topology = make_topology(prefix, {"svc": {"keys": ["order.placed"]},
+                                      "audit": {"keys": ["order.shipped"]}})  # fmt: skip
+    handled: list[str] = []
+    followed: list[str] = []
+    router = Router()
+
+    @router.on("order.placed")
+    async def placed(event: dict[str, Any], ctx: Context) -> None:
+        if int(event["order_id"]) % every == 0:
+            await ctx.publish("order.shipped", {"order_id": event["order_id"]})
+            followed.append(event["order_id"])
+        handled.append(event["order_id"])
+
+    async with applied(url, topology):
+        async with Publisher(url, topology) as pub:
+            await pub.publish_many(
+                [("order.placed", {"order_id": str(i)}) for i in range(1, n + 1)]
+            )
+        async with memory_alarm(private_node) as times, running(url, topology, "svc", router):
+            # 190 publish nothing; 10 wait for the alarm, holding 10 of the prefetch (16)
+            await wait_for(lambda: len(handled) >= n - n // every, timeout=20,
+                           message=f"{n - n // every} handled under the alarm")  # fmt: skip
+            under_alarm = len(handled)
+            assert not followed, "a follow-up was confirmed under a memory alarm"
+            await clear_alarm(private_node, times)
+            await wait_for(lambda: len(handled) == n, timeout=20, message="all handled")
+            resumed = time.monotonic() - times["cleared"]
+        left = await queue_depth(url, f"{prefix}.svc")  # stopped: an unacked one is back
+        shipped = await get_all(url, f"{prefix}.audit")
+    fault_report(scenario="memory alarm while a subscriber handles 200 (private node): "
+                 f"{under_alarm} handled under it", sent=n, confirmed=n, handled=len(handled),
+                 duplicates=len(handled) - len(set(handled)), lost=n - len(set(handled)),
+                 seconds=round(resumed, 2))  # fmt: skip
+    assert len(set(handled)) == n and len(shipped) == n // every
+    assert left == 0, f"{left} deliveries were never acked"
+
+
+async def test_a_handler_failing_under_a_memory_alarm_is_retried_after_it_not_parked(
+    private_node: Node, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry hand-off is a publish: under an alarm it waits. It used to time out (30 s,
+    1 s here) and reject the event into the DLQ without its failure story, for a failure that
+    had nothing to do with the broker."""
+    monkeypatch.setattr(handoff, "HANDOFF_TIMEOUT", 1.0)
+    url = private_node.url()
+    topology = make_topology(prefix, {"svc": {"keys": ["order.placed"]}})
+    attempts: list[int] = []
+    router = Router()
+
+    @router.on("order.placed")
+    async def placed(event: dict[str, Any], ctx: Context) -> None:
+        attempts.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise ConnectionError("warehouse down")
+
+    async with applied(url, topology):
+        async with Publisher(url, topology) as pub:
+            await pub.publish("order.placed", {"order_id": "1"}, id=f"{prefix}-1")
+        async with memory_alarm(private_node) as times, running(url, topology, "svc", router):
+            await wait_for(lambda: attempts == [1], timeout=10, message="the first attempt")
+            await asyncio.sleep(3 * handoff.HANDOFF_TIMEOUT)  # the hand-off's deadline, thrice
+            assert attempts == [1]
+            await clear_alarm(private_node, times)
+            await wait_for(lambda: attempts == [1, 2], timeout=10, message="the retry")
+        parked = await queue_depth(url, f"{prefix}.svc.dlq")
+    assert parked == 0, "the event was parked under the alarm instead of retried"
