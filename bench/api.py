@@ -32,6 +32,7 @@ from bus.consume.router import Router
 from bus.consume.runtime import Runtime
 from bus.stores import MemoryStore
 from bus.topology.model import from_dict
+from demo.stubs import free_port
 
 NAME = "api"
 KEY = "order.placed"
@@ -76,7 +77,7 @@ async def _processes(
         **os.environ, "BUS_URL": env.url, "BUS_TOPOLOGY": str(topology_file),
         "API_SUBSCRIBE": "0", "BUS_LOG_LEVEL": "WARNING",
     }  # fmt: skip
-    ports = {BUS: _free_port(), RAW: _free_port()}
+    ports = {BUS: free_port(), RAW: free_port()}
     commands = {
         "api": ([sys.executable, "-m", "api", "--port", str(ports[BUS])], db),
         "relay": ([sys.executable, "-m", "bus.cli", "relay"], db),
@@ -200,11 +201,3 @@ def _rows(env: Env, samples: dict[str, tuple[list[float], list[float]]]) -> list
 
 def _tails(folder: Path) -> str:
     return "; ".join(f"{p.name}: {p.read_text()[-300:]}" for p in sorted(folder.glob("*.log")))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import socket
 import threading
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -22,11 +24,39 @@ from aiosmtpd.controller import Controller
 FOLLOW_UP_SUBJECT = b"Subject: How was your order"
 
 
+_PORT_SPAN = 10_000  # how far below the ephemeral range free_port looks
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port that was free on loopback a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port that was free on loopback a moment ago, for a server started a moment later.
+
+    Below the kernel's ephemeral range, never in it: the port that binding port 0 gives comes
+    from that range, from which every outgoing connection also takes its local port, so one
+    could take it before the server bound it (`Address already in use`). The demo met that
+    once its subscribers held two connections each. Never the same port twice per process.
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - _PORT_SPAN), low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port on loopback below {low}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default, and below macOS's 49152
 
 
 class _Started:
