@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from bus.errors import (
     BrokerUnavailable,
     ConfigError,
     InvalidEvent,
+    PublishTimeout,
     UnknownEventType,
     UnroutableError,
 )
@@ -156,14 +158,7 @@ class Relay:
                 events.append((row.seq, self._event(row)))
             except (InvalidEvent, UnknownEventType) as exc:
                 aside.append((row.seq, f"not an event: {exc}"))
-        gate = asyncio.Semaphore(self.window)
-
-        async def one(event: Event) -> None:
-            async with gate:  # tasks start in row order, and so do their publishes
-                # the row's trace goes on (OpenTelemetry: the publish span's parent)
-                await self.publisher.send(event, parent=event.traceparent)
-
-        results = await asyncio.gather(*(one(e) for _, e in events), return_exceptions=True)
+        results = await self._send_all([e for _, e in events])
         done: list[int] = []
         failed: list[BaseException] = []
         for (seq, event), result in zip(events, results, strict=True):
@@ -177,6 +172,44 @@ class Relay:
             else:
                 raise result  # cancelled
         return done, aside, failed
+
+    async def _send_all(self, events: list[Event]) -> list[BaseException | None]:
+        """Publish *events* in order, up to `window` unconfirmed; each one's error, or None.
+
+        The publishes are a batch's (`send(timer=False)`: one write per loop turn, no timer per
+        event, as `publish_many`), so the deadline is watched here instead: when no confirm
+        came for `deadline` seconds while the broker blocks nothing, the unconfirmed ones are
+        given up (PublishTimeout) and their rows wait for the next step.
+        """
+        gate = asyncio.Semaphore(self.window)
+        deadline = self.publisher.deadline
+        progress = time.monotonic()
+
+        async def one(event: Event) -> None:
+            nonlocal progress
+            async with gate:  # tasks start in row order, and so do their publishes
+                try:  # the row's trace goes on (OpenTelemetry: the publish span's parent)
+                    await self.publisher.send(event, parent=event.traceparent, timer=False)
+                finally:
+                    progress = time.monotonic()  # the broker answered (a return counts)
+
+        tasks = [asyncio.create_task(one(e)) for e in events]
+        pending: set[asyncio.Task[None]] = set(tasks)
+        try:
+            while pending:
+                _, pending = await asyncio.wait(pending, timeout=min(1.0, deadline))
+                flow = self.publisher.flow
+                if flow is not None and flow.blocked:  # waited out: the rows keep
+                    progress = time.monotonic()
+                elif pending and time.monotonic() - progress > deadline:
+                    break
+        finally:  # the deadline passed, or the relay is stopping: give up the rest
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        timeout = PublishTimeout(f"no confirm from the broker for {deadline:.0f}s")
+        return [timeout if t.cancelled() else t.exception() for t in tasks]
 
     def _event(self, row: Row) -> Event:
         """The event a `Publisher` would have sent for *row*: same id, source, time, ids."""

@@ -8,6 +8,7 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -198,19 +199,30 @@ class FakeOutbox:
 
 
 class FakePublisher:
-    """Answers each event id with a canned failure, or a confirm."""
+    """Answers each event id with a canned failure, or a confirm; ids in *silent* get no
+    answer at all (a broker that stopped confirming)."""
 
     connected = True
+    deadline = 10.0
 
-    def __init__(self, topology: Topology, failures: dict[str, BaseException]) -> None:
+    def __init__(
+        self, topology: Topology, failures: dict[str, BaseException], silent: Sequence[str] = ()
+    ) -> None:
         from bus.produce.validation import EventChecker
 
         self.check = EventChecker(topology).check
         self.failures = failures
+        self.silent = set(silent)
+        self.answer: asyncio.Event | None = None  # set: the silent ones are confirmed
+        self.flow: Any = None
         self.sent: list[Event] = []
 
-    async def send(self, event: Event, parent: str | None = None) -> None:
+    async def send(self, event: Event, parent: str | None = None, timer: bool = True) -> None:
+        assert not timer, "the relay watches the deadline itself: no timer per event"
         self.sent.append(event)
+        if event.id in self.silent:
+            self.answer = self.answer or asyncio.Event()
+            await self.answer.wait()
         if event.id in self.failures:
             raise self.failures[event.id]
 
@@ -222,11 +234,12 @@ def row(seq: int, id: str, type: str = "order.shipped", data: str = "{}") -> Row
 
 
 def relay_with(
-    topology: Topology, rows: list[Row], failures: dict[str, BaseException]
-) -> tuple[Relay, FakeOutbox, FakePublisher]:
+    topology: Topology, rows: list[Row], failures: dict[str, BaseException],
+    silent: Sequence[str] = (),
+) -> tuple[Relay, FakeOutbox, FakePublisher]:  # fmt: skip
     outbox = FakeOutbox(rows)
     relay = Relay(outbox, topology, "amqp://x", metrics=Metrics(CollectorRegistry()))
-    publisher = FakePublisher(topology, failures)
+    publisher = FakePublisher(topology, failures, silent)
     relay.publisher = publisher  # type: ignore[assignment]
     relay._connected_once = True
     return relay, outbox, publisher
@@ -267,6 +280,36 @@ def test_an_unconfirmed_row_stays_for_the_next_try_and_the_step_reports_it(
     with pytest.raises(PublishTimeout):
         asyncio.run(relay.step())
     assert outbox.claims[0].finished == ([1, 2], []), "confirmed rows are deleted all the same"
+
+
+def test_a_row_without_any_answer_is_given_up_after_the_deadline_and_the_rest_deleted(
+    topology: Topology,
+) -> None:
+    relay, outbox, publisher = relay_with(
+        topology, [row(1, "a"), row(2, "b"), row(3, "c")], {}, silent=["b"]
+    )
+    publisher.deadline = 0.2
+    with pytest.raises(PublishTimeout, match="no confirm from the broker"):
+        asyncio.run(relay.step())
+    assert outbox.claims[0].finished == ([1, 3], [])
+
+
+def test_a_broker_block_is_waited_out_past_the_deadline(topology: Topology) -> None:
+    relay, outbox, publisher = relay_with(topology, [row(1, "a"), row(2, "b")], {}, silent=["b"])
+    publisher.deadline = 0.1
+    publisher.flow = SimpleNamespace(blocked=True)
+
+    async def block_then_confirm() -> int:
+        step = asyncio.create_task(relay.step())
+        await asyncio.sleep(0.5)  # five deadlines of block
+        assert not step.done(), "a blocked broker is no reason to give rows up"
+        publisher.flow.blocked = False
+        assert publisher.answer is not None
+        publisher.answer.set()  # the broker reads again and confirms
+        return await step
+
+    assert asyncio.run(block_then_confirm()) == 2
+    assert outbox.claims[0].finished == ([1, 2], [])
 
 
 def test_an_empty_claim_is_given_back(topology: Topology) -> None:
