@@ -14,6 +14,12 @@ PASSWORD``, so no secret ever lives in the exported file.
 RabbitMQ lets a user without topic permissions on an exchange publish any routing key, so every
 user gets one per topic exchange (``^$`` where it may publish nothing). Topic permissions apply
 to topic exchanges only; on fanout and direct exchanges the `write` permission is the limit.
+
+Delayed events (`bus.topology.delays`) are published to a delay level, a topic exchange whose
+routing keys are the delay's bits, then the event's exchange and type: every user gets a topic
+permission on each level too, for the same event types. Nobody may write to the level below
+the last, `bus.delay.deliver`: a client never publishes there, and a key written there would
+reach the event's exchange without its type being checked.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import json
 import re
 from typing import Any
 
+import bus.topology.delays as delays
 from bus.envelope import H_ID, H_SOURCE, H_SPECVERSION, H_TIME, H_TYPE
 from bus.topology.model import ExchangeType, Subscriber, Topology
 from bus.topology.plan import (
@@ -57,7 +64,10 @@ def definitions(topology: Topology, *, vhost: str = "/", users: bool = False) ->
     doc: dict[str, Any] = {"vhosts": [{"name": vhost}]}
     if users:
         subs = topology.subscribers()
-        exchanges = [d.name for d in decls if isinstance(d, ExchangeDecl)]
+        # every exchange a client may publish to: not the delay levels' last hop (see above)
+        exchanges = [
+            d.name for d in decls if isinstance(d, ExchangeDecl) and d.name != delays.DELIVER
+        ]
         doc["users"] = [_user(s.name) for s in subs] + [_user(PRODUCER_USER)]
         doc["permissions"] = [_permission(s, vhost, exchanges) for s in subs]
         doc["permissions"].append(_producer_permission(topology, vhost))
@@ -142,6 +152,7 @@ def _producer_permission(topology: Topology, vhost: str) -> dict[str, Any]:
     """The producer writes to the exchanges of the declared events: no queue, no default
     exchange (so never straight into a queue), nothing to configure or read."""
     exchanges = sorted({ev.exchange for ev in topology.events.values()})
+    exchanges += [delays.level_exchange(level) for level in range(delays.LEVELS)]
     return {
         "user": PRODUCER_USER,
         "vhost": vhost,
@@ -167,6 +178,19 @@ def _topic_permissions(
                 "exchange": name,
                 "write": _any_of(keys) if keys else NOTHING,
                 "read": NOTHING,  # binding keys: `bus topology apply` binds, no service does
+            }
+        )
+    # a delayed event: the delay's bits, then the event's exchange and type (delays.route)
+    targets = [f"{topology.events[t].exchange}.{t}" for t in may_publish]
+    delayed = rf"^([01]\.){{{delays.LEVELS}}}({'|'.join(map(re.escape, targets))})$"
+    for level in range(delays.LEVELS):
+        out.append(
+            {
+                "user": user,
+                "vhost": vhost,
+                "exchange": delays.level_exchange(level),
+                "write": delayed if targets else NOTHING,
+                "read": NOTHING,
             }
         )
     return out

@@ -19,6 +19,7 @@ import aio_pika
 import aiormq
 import pytest
 
+import bus.topology.delays as delays
 from bus import Context, Reject, Router
 from bus.consume.runtime import Runtime
 from bus.produce.publisher import Publisher
@@ -275,6 +276,7 @@ async def test_exported_users_do_all_their_own_work_and_nothing_else(
         if ctx.attempt == 1:
             raise RuntimeError("SMTP down")
         await ctx.publish("mail.sent", {"order_id": event["order_id"]})
+        await ctx.publish("mail.sent", {"order_id": event["order_id"]}, delay=1)  # the demo's
 
     rt = Runtime(topology, "email", router, url=url["email"], store=MemoryStore())
     await rt.start()
@@ -285,17 +287,19 @@ async def test_exported_users_do_all_their_own_work_and_nothing_else(
             await pub.publish("order.placed", {"order_id": "bad"}, id=f"{prefix}-2")
             await pub.publish("order.shipped", {"order_id": "o-1"}, id=f"{prefix}-3")
             await pub.publish("mail.sent", {"order_id": "o-0"}, id=f"{prefix}-4")
+            await pub.publish("order.shipped", {"order_id": "o-1"}, id=f"{prefix}-5", delay=1)
         await wait_for(lambda: attempts == [1, 2], message="email to retry and succeed")
         await wait_for(lambda: _depth(admin, email.dlq, 1), message="the rejected event parked")
-        # analytics: 2 order.placed, order.shipped, mail.sent from the producer, email's mail.sent
-        await wait_for(lambda: _depth(admin, analytics.queue, 5), message="analytics' 5 events")
+        # analytics: 2 order.placed, order.shipped, mail.sent and a delayed order.shipped from
+        # the producer; email's mail.sent, and the same delayed
+        await wait_for(lambda: _depth(admin, analytics.queue, 7), message="analytics' 7 events")
     finally:
         await rt.stop(5)
 
     # Then analytics reads its own queue, with email's follow-up in it
     got = await get_all(in_vhost(node_url, vhost, names["analytics"], f"pw-{names['analytics']}"),
                         analytics.queue)  # fmt: skip
-    assert sorted(m.routing_key or "" for m in got).count("mail.sent") == 2
+    assert sorted(m.routing_key or "" for m in got).count("mail.sent") == 3
 
     # and nobody can do what is not theirs
     conn = await aio_pika.connect(url["email"])
@@ -303,6 +307,14 @@ async def test_exported_users_do_all_their_own_work_and_nothing_else(
         assert await _refused(_get(conn, analytics.queue)), "email read analytics' queue"
         assert await _refused(_publish(conn, topology, "order.placed")), (
             "email published order.placed"
+        )
+        exchange, key = delays.route(1, topology.events["order.placed"].exchange, "order.placed")
+        assert await _refused(_publish(conn, topology, key, exchange=exchange)), (
+            "email published order.placed by delaying it"
+        )
+        deliver_key = delays.deliver_key(topology.events["order.placed"].exchange, "order.placed")
+        assert await _refused(_publish(conn, topology, deliver_key, exchange=delays.DELIVER)), (
+            "email wrote to the delay levels' last hop"
         )
     finally:
         await conn.close()

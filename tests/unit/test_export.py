@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+import bus.topology.delays as delays
 from bus.cli import app
 from bus.topology import export
 from bus.topology.model import Topology, from_dict, load
@@ -116,8 +117,11 @@ def test_each_user_may_publish_only_the_event_types_its_side_declares(
     doc = export.definitions(topology, users=True)
     topic = {(p["user"], p["exchange"]): p for p in doc["topic_permissions"]}
     users = {u["name"] for u in doc["users"]}
-    assert set(topic) == {(u, "events") for u in users}, "every user, every topic exchange"
-    may = {u: re.compile(p["write"]) for (u, _), p in topic.items()}
+    levels = [delays.level_exchange(k) for k in range(delays.LEVELS)]
+    assert set(topic) == {(u, x) for u in users for x in ["events", *levels]}, (
+        "every user, every topic exchange, every delay level"
+    )
+    may = {u: re.compile(p["write"]) for (u, x), p in topic.items() if x == "events"}
     events = list(topology.events)
     assert all(may["producer"].match(e) for e in events)
     assert not any(may["producer"].match(k) for k in ["order.refunded", "order", "order.placedX"])
@@ -129,6 +133,29 @@ def test_each_user_may_publish_only_the_event_types_its_side_declares(
     assert (producer["configure"], producer["read"]) == ("^$", "^$")
     write = re.compile(producer["write"])
     assert write.match("events") and not write.match("amq.default"), "never straight to a queue"
+
+
+def test_delayed_events_are_held_to_the_same_event_types_as_direct_ones(
+    topology: Topology,
+) -> None:
+    """A delay level is a topic exchange like any other: without topic permissions there, a
+    subscriber could publish any event type by delaying it one second."""
+    doc = export.definitions(topology, users=True)
+    topic = {(p["user"], p["exchange"]): re.compile(p["write"]) for p in doc["topic_permissions"]}
+    write = {p["user"]: re.compile(p["write"]) for p in doc["permissions"]}
+
+    def may_delay(user: str, event_type: str, seconds: int) -> bool:
+        exchange, key = delays.route(seconds, topology.events[event_type].exchange, event_type)
+        return bool(write[user].match(exchange) and topic[(user, exchange)].match(key))
+
+    for seconds in (1, 5, 3 * 86400, delays.MAX_DELAY):
+        assert may_delay("email", "order.review_requested", seconds), seconds
+        assert not may_delay("email", "order.placed", seconds), seconds
+        assert all(may_delay("producer", e, seconds) for e in topology.events), seconds
+        assert not any(may_delay("analytics", e, seconds) for e in topology.events), seconds
+    assert not any(w.match(delays.DELIVER) for w in write.values()), (
+        "the last hop would pass any event type on to its exchange"
+    )
 
 
 def test_definitions_json_is_stable_text(topology: Topology) -> None:
