@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import io
-import os
-import pstats
 import time
 from contextlib import AbstractAsyncContextManager
 
@@ -36,6 +33,7 @@ from bench.common import (
 )
 from bench.consumers import bus_consuming
 from bench.naive import naive_consuming
+from bench.profiling import parser, print_profile
 from bus.stores import MemoryStore
 
 KEY = "bench.profiled"
@@ -87,23 +85,12 @@ async def main(args: argparse.Namespace) -> None:
         )
     if len(sides) == 2:
         print(f"bus/naive (events/s): {wall[NAIVE] / wall[BUS]:.2f}")
-    if profiler is not None:
-        for key in ("tottime", "cumulative"):
-            out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats(key).print_stats(args.top)
-            print(out.getvalue())
+    print_profile(profiler, args.top)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.profile_consume", description=__doc__)
-    p.add_argument("--url", default=os.environ.get("BUS_URL", "amqp://guest:guest@localhost:5672/"))
-    p.add_argument("--events", type=int, default=20_000)
-    p.add_argument("--rounds", type=int, default=4)
+    p = parser("python -m bench.profile_consume", __doc__)
     p.add_argument("--prefetch", type=int, default=32)
-    p.add_argument("--queue-type", choices=("quorum", "classic"), default="quorum")
-    p.add_argument("--only", choices=(BUS, NAIVE), default=None)
-    p.add_argument("--cprofile", action="store_true", help="profile the bus side")
-    p.add_argument("--top", type=int, default=30, help="functions listed per ordering")
     return p.parse_args(argv)
 
 

@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import io
-import os
-import pstats
 import time
 from typing import Any
 
 from bench.common import BUS, abba, declared, new_prefix, order, purge, split, topology
 from bench.naive import NaivePublisher
+from bench.profiling import parser, print_profile
 from bus.produce.publisher import Publisher
 
 KEY = "bench.profiled"
@@ -72,23 +70,12 @@ async def main(args: argparse.Namespace) -> None:
         print(f"{side:6} {n / wall[side]:8,.0f} events/s  {cpu[side] / n * 1e6:6.1f} µs CPU/event")
     if len(sides) == 2:
         print(f"bus/naive (events/s): {wall[NAIVE] / wall[BUS]:.2f}")
-    if profiler is not None:
-        for key in ("tottime", "cumulative"):
-            out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats(key).print_stats(args.top)
-            print(out.getvalue())
+    print_profile(profiler, args.top)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.profile_publish", description=__doc__)
-    p.add_argument("--url", default=os.environ.get("BUS_URL", "amqp://guest:guest@localhost:5672/"))
-    p.add_argument("--events", type=int, default=20_000)
+    p = parser("python -m bench.profile_publish", __doc__)
     p.add_argument("--window", type=int, default=1_000)
-    p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--queue-type", choices=("quorum", "classic"), default="quorum")
-    p.add_argument("--only", choices=(BUS, NAIVE), default=None)
-    p.add_argument("--cprofile", action="store_true", help="profile the bus side")
-    p.add_argument("--top", type=int, default=30, help="functions listed per ordering")
     return p.parse_args(argv)
 
 

@@ -30,3 +30,20 @@ def test_smoke_benchmark_completes_and_writes_every_scenario(amqp_url: str, tmp_
         assert rows, f"scenario {name} wrote no rows"
         for row in rows:
             assert {"metric", "unit", "bus", "raw", "ratio"} <= set(row), (name, row)
+
+
+def test_the_profile_scripts_report_both_sides_and_the_bus_sides_profile(amqp_url: str) -> None:
+    for script, extra in (("bench.profile_publish", ["--window", "50"]),
+                          ("bench.profile_consume", [])):  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", script, "--url", amqp_url, "--events", "200", "--rounds", "2",
+             "--cprofile", "--top", "3", *extra],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, (
+            f"{script} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+        )
+        lines = done.stdout.splitlines()
+        assert any(ln.startswith("naive ") for ln in lines), done.stdout
+        assert any(ln.startswith("bus ") for ln in lines), done.stdout
+        assert "bus/naive (events/s)" in done.stdout and "Ordered by: cumulative" in done.stdout
