@@ -28,11 +28,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, help="port to listen on (API_PORT, default 8000)")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     args = parser.parse_args(argv)
-    configure(os.environ.get("BUS_LOG_FORMAT", "text"), os.environ.get("BUS_LOG_LEVEL", "INFO"))
     # a long-lived server freezes its start-up objects (as `bus run`), unless API_GC_FREEZE=0
     freeze = None if "API_GC_FREEZE" in os.environ else True
     try:
         settings = ApiSettings.from_env(host=args.host, port=args.port, gc_freeze=freeze)
+        configure(settings.bus.log_format, settings.bus.log_level)
     except ValidationError as exc:
         for error in exc.errors():
             where = ".".join(str(p) for p in error["loc"])

@@ -12,7 +12,6 @@ opens the database of `BUS_OUTBOX_URL` on first use.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -21,8 +20,9 @@ from pydantic import BaseModel
 from api.db import create_schema, open_engine
 from api.repository import Orders
 from api.schemas import State
-from api.settings import DEFAULT_DATABASE_URL, SOURCE
+from api.settings import SOURCE
 from bus import Context, Outbox, Router
+from bus.settings import Settings
 
 OrdersSource = Callable[[], Awaitable[Orders]]
 
@@ -59,7 +59,7 @@ _lock = asyncio.Lock()
 
 async def _from_env() -> Orders:
     """The orders of `BUS_OUTBOX_URL`, opened (and its tables created) on first use."""
-    url = os.environ.get("BUS_OUTBOX_URL", DEFAULT_DATABASE_URL)
+    url = Settings.from_env().outbox_url
     async with _lock:
         if url not in _open:
             engine = open_engine(url)

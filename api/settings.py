@@ -9,12 +9,10 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from bus.errors import ConfigError
-from bus.settings import Settings, redact
+from bus.settings import DEFAULT_GRACE_PERIOD, DEFAULT_OUTBOX_URL, Settings, redact
 
-DEFAULT_DATABASE_URL = "sqlite:///.bus/outbox.db"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
-DEFAULT_GRACE = 25.0
 SUBSCRIBER = "orders"  # the embedded subscriber's name in the topology
 SOURCE = "orders-api"  # the events' `source` (AMQP app_id)
 
@@ -24,11 +22,11 @@ class ApiSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, hide_input_in_errors=True)  # URLs hold passwords
 
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: str = DEFAULT_OUTBOX_URL
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     bus: Settings = Settings()
-    grace: float = DEFAULT_GRACE  # seconds the embedded subscriber may drain on shutdown
+    grace: float = DEFAULT_GRACE_PERIOD  # seconds the embedded subscriber may drain on shutdown
     subscribe: bool = True  # run the embedded `orders` subscriber
     gc_freeze: bool = False  # move start-up objects out of the collector's sight (as `bus run`)
 
@@ -43,12 +41,13 @@ class ApiSettings(BaseModel):
         """`BUS_OUTBOX_URL`, `API_HOST`, `API_PORT`, `BUS_GRACE_PERIOD`, `API_SUBSCRIBE`,
         `API_GC_FREEZE`, and the bus's own `BUS_URL`, `BUS_TOPOLOGY`, `BUS_STORE_URL`."""
         env = os.environ
+        bus = Settings.from_env()  # the one reader of BUS_* variables
         values: dict[str, object] = {
-            "database_url": env.get("BUS_OUTBOX_URL", DEFAULT_DATABASE_URL),
+            "database_url": bus.outbox_url,
             "host": env.get("API_HOST", DEFAULT_HOST),
             "port": env.get("API_PORT", DEFAULT_PORT),
-            "bus": Settings.from_env(),
-            "grace": env.get("BUS_GRACE_PERIOD", DEFAULT_GRACE),
+            "bus": bus,
+            "grace": bus.grace_period,
             "subscribe": _flag(env.get("API_SUBSCRIBE", "1")),
             "gc_freeze": _flag(env.get("API_GC_FREEZE", "0")),
         }

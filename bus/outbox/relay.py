@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -31,6 +30,7 @@ from bus.errors import (
 from bus.metrics import Metrics
 from bus.outbox.base import OutboxStore, Row
 from bus.produce.publisher import Publisher
+from bus.produce.window import Window
 from bus.settings import DEFAULT_RECONNECT_INTERVAL, redact
 from bus.signals import stop_on_signals
 from bus.topology.model import Topology
@@ -167,49 +167,32 @@ class Relay:
                 self._count(event.type)
             elif isinstance(result, UnroutableError):
                 aside.append((seq, f"unroutable: {result}"))
-            elif isinstance(result, Exception):
-                failed.append(result)
             else:
-                raise result  # cancelled
+                failed.append(result)
         return done, aside, failed
 
-    async def _send_all(self, events: list[Event]) -> list[BaseException | None]:
+    async def _send_all(self, events: list[Event]) -> list[Exception | None]:
         """Publish *events* in order, up to `window` unconfirmed; each one's error, or None.
 
         The publishes are a batch's (`send(timer=False)`: one write per loop turn, no timer per
-        event, as `publish_many`), so the deadline is watched here instead: when no confirm
-        came for `deadline` seconds while the broker blocks nothing, the unconfirmed ones are
-        given up (PublishTimeout) and their rows wait for the next step.
+        event, as `publish_many`), so the deadline is the window's: when no confirm came for
+        `deadline` seconds while the broker blocks nothing, the unconfirmed ones are given up
+        (PublishTimeout) and their rows wait for the next step. A block is waited out.
         """
-        gate = asyncio.Semaphore(self.window)
         deadline = self.publisher.deadline
-        progress = time.monotonic()
 
-        async def one(event: Event) -> None:
-            nonlocal progress
-            async with gate:  # tasks start in row order, and so do their publishes
-                try:  # the row's trace goes on (OpenTelemetry: the publish span's parent)
-                    await self.publisher.send(event, parent=event.traceparent, timer=False)
-                finally:
-                    progress = time.monotonic()  # the broker answered (a return counts)
+        async def one(i: int) -> None:  # the row's trace goes on (the publish span's parent)
+            event = events[i]
+            await self.publisher.send(event, parent=event.traceparent, timer=False)
 
-        tasks = [asyncio.create_task(one(e)) for e in events]
-        pending: set[asyncio.Task[None]] = set(tasks)
-        try:
-            while pending:
-                _, pending = await asyncio.wait(pending, timeout=min(1.0, deadline))
-                flow = self.publisher.flow
-                if flow is not None and flow.blocked:  # waited out: the rows keep
-                    progress = time.monotonic()
-                elif pending and time.monotonic() - progress > deadline:
-                    break
-        finally:  # the deadline passed, or the relay is stopping: give up the rest
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+        def blocked() -> bool:
+            flow = self.publisher.flow
+            return flow is not None and flow.blocked
+
+        window = Window(self.window, one, len(events))
+        await window.watched(deadline, paused=blocked)
         timeout = PublishTimeout(f"no confirm from the broker for {deadline:.0f}s")
-        return [timeout if t.cancelled() else t.exception() for t in tasks]
+        return [window.errors.get(i) if window.finished(i) else timeout for i in range(len(events))]
 
     def _event(self, row: Row) -> Event:
         """The event a `Publisher` would have sent for *row*: same id, source, time, ids."""

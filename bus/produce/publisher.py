@@ -238,22 +238,12 @@ class Publisher:
             await self.send(e, timer=False)
 
         window_ = Window(window, one, len(checked))
-        batch = asyncio.create_task(window_.run())
-        try:
-            while not batch.done():
-                await asyncio.wait([batch], timeout=min(1.0, self.deadline))
-                if not batch.done() and time.monotonic() - window_.progress > self.deadline:
-                    raise PublishTimeout(
-                        f"no answer from the broker for {self.deadline:.0f}s"
-                        f"{self._blocking()}: {window_.done} of "
-                        f"{len(checked)} events confirmed; the others may or may not have been "
-                        "published (send them again: same ids)"
-                    )
-        except BaseException:  # our timeout, or the caller cancelled us: stop sending
-            batch.cancel()
-            await asyncio.wait([batch])
-            raise
-        batch.result()
+        if not await window_.watched(self.deadline):
+            raise PublishTimeout(
+                f"no answer from the broker for {self.deadline:.0f}s{self._blocking()}: "
+                f"{window_.done} of {len(checked)} events confirmed; the others may or may not "
+                "have been published (send them again: same ids)"
+            )
         failures = window_.failures
         if failures:
             raise PublishError(
