@@ -14,7 +14,6 @@ build `bus.testing.TestBus(topology, routers={...})` in the test. No broker is i
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -22,8 +21,6 @@ import pytest
 
 if TYPE_CHECKING:
     from bus.testing import TestBus
-
-DEFAULT_TOPOLOGY = "topology/topology.yaml"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,8 +30,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def testbus(request: pytest.FixtureRequest) -> Iterator[TestBus]:
     """A `bus.testing.TestBus` over the project's topology, with every subscriber's handlers."""
-    from bus.testing import TestBus  # imported on use: loading the plugin stays cheap
+    from bus.settings import Settings  # imported on use: loading the plugin stays cheap
+    from bus.testing import TestBus
 
     ini = str(request.config.getini("bus_topology"))
-    path = ini or os.environ.get("BUS_TOPOLOGY") or DEFAULT_TOPOLOGY
+    path = ini or Settings.from_env().topology  # BUS_TOPOLOGY, or topology/topology.yaml
     yield TestBus(topology=path)

@@ -1,0 +1,80 @@
+"""The `testbus` fixture of the installed plugin, in a project of its own: its topology comes from
+the ini option `bus_topology`, else `BUS_TOPOLOGY`, and its routers from `handlers:`."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+TOPOLOGY = """\
+version: 1
+exchanges:
+  billing: {type: topic}
+events:
+  invoice.issued:
+    exchange: billing
+    schema: {type: object, required: [invoice_id], properties: {invoice_id: {type: string}}}
+subscribers:
+  ledger:
+    handlers: ledger_handlers:router
+    bindings:
+      - {exchange: billing, keys: ["invoice.#"]}
+"""
+
+HANDLERS = """\
+from bus import Context, Router
+
+router = Router()
+booked = []
+
+
+@router.on("invoice.issued")
+async def book(invoice: dict, ctx: Context) -> None:
+    booked.append(invoice["invoice_id"])
+"""
+
+TEST = """\
+import pytest
+
+import ledger_handlers
+from bus.errors import InvalidEvent
+
+
+async def test_the_fixture_runs_the_projects_handlers(testbus):
+    await testbus.publish("invoice.issued", {"invoice_id": "i-1"}, id="op-1")
+    await testbus.settle()
+    assert ledger_handlers.booked == ["i-1"]
+    assert [h.id for h in testbus.handled("ledger")] == ["op-1"]
+    with pytest.raises(InvalidEvent):
+        await testbus.publish("invoice.issued", {})
+"""
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(ledger_handlers=HANDLERS, test_ledger=TEST)
+    pytester.mkdir("config")
+    (pytester.path / "config" / "bus.yaml").write_text(TOPOLOGY)
+    pytester.syspathinsert()
+    return pytester
+
+
+def test_the_ini_option_names_the_topology(project: pytest.Pytester) -> None:
+    project.makeini("[pytest]\nasyncio_mode = auto\nbus_topology = config/bus.yaml\n")
+    project.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_without_the_ini_option_bus_topology_names_it(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.makeini("[pytest]\nasyncio_mode = auto\n")
+    monkeypatch.setenv("BUS_TOPOLOGY", "config/bus.yaml")
+    project.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_a_missing_topology_fails_the_test_with_its_path(project: pytest.Pytester) -> None:
+    project.makeini("[pytest]\nasyncio_mode = auto\nbus_topology = nowhere.yaml\n")
+    result = project.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*nowhere.yaml*"])
