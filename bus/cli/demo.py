@@ -6,7 +6,6 @@ import asyncio
 import importlib
 import json
 import logging
-import os
 import re
 import signal
 import sys
@@ -101,16 +100,19 @@ async def _until_sigterm(runner: Demo) -> Outcome:
 
 
 def _demo_flow() -> ModuleType:
-    """`demo.flow` of the checkout in the working directory: the demo is this repository's, not
-    installed with the library."""
-    if not Path("demo", "flow.py").is_file():
+    """`demo.flow` of the checkout this command runs in or was installed from (editable): the
+    demo is the repository's, not installed with the library."""
+    import bus
+
+    places = (Path.cwd(), Path(bus.__file__).resolve().parents[1])
+    checkout = next((p for p in places if (p / "demo" / "flow.py").is_file()), None)
+    if checkout is None:
         raise ConfigError(
             "bus demo runs from a checkout of the bus repository (its demo/ folder is not "
             "installed with the library): cd into the checkout and run it there"
         )
-    here = os.getcwd()
-    if here not in sys.path:
-        sys.path.insert(0, here)  # before site-packages: this checkout's demo, not another
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))  # before site-packages: this checkout's demo
     return importlib.import_module("demo.flow")
 
 
