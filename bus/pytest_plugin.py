@@ -7,14 +7,19 @@ async def test_confirmation_is_sent(testbus):
     assert [h.id for h in testbus.handled("email")] == ["op-1"]
 ```
 
-The topology is the ini option `bus_topology`, else `BUS_TOPOLOGY`, else
-`topology/topology.yaml`; the routers are each subscriber's `handlers:`. For other routers,
-build `bus.testing.TestBus(topology, routers={...})` in the test. No broker is involved.
+The topology is the ini option `bus_topology` (relative to the ini file, as pytest's own path
+options), else `BUS_TOPOLOGY`, else `topology/topology.yaml`; those two relative to the
+working directory as for every `bus` command, or to pytest's root directory when not there.
+The routers are each subscriber's `handlers:`. The fixture is entered and left as
+`async with TestBus(...)` is: after each test the routers' shutdown hooks run and the worker
+pools close. It needs pytest-asyncio. For other routers, build
+`bus.testing.TestBus(topology, routers={...})` in the test. No broker is involved.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -22,17 +27,43 @@ import pytest
 if TYPE_CHECKING:
     from bus.testing import TestBus
 
+try:
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - the fixture then says what to install
+    ASYNC_FIXTURES = False
+else:
+    ASYNC_FIXTURES = True
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("bus_topology", "topology file of the `testbus` fixture", default="")
 
 
-@pytest.fixture
-def testbus(request: pytest.FixtureRequest) -> Iterator[TestBus]:
-    """A `bus.testing.TestBus` over the project's topology, with every subscriber's handlers."""
+def topology_path(config: pytest.Config) -> Path:
+    """Where the `testbus` fixture's topology is (see the module docstring)."""
+    ini = str(config.getini("bus_topology"))
+    if ini:
+        base = config.inipath.parent if config.inipath is not None else config.rootpath
+        return base / ini
     from bus.settings import Settings  # imported on use: loading the plugin stays cheap
+
+    named = Path(Settings.from_env().topology)  # BUS_TOPOLOGY, or topology/topology.yaml
+    if named.is_absolute() or named.exists():
+        return named
+    return config.rootpath / named
+
+
+async def _testbus(request: pytest.FixtureRequest) -> AsyncIterator[TestBus]:
     from bus.testing import TestBus
 
-    ini = str(request.config.getini("bus_topology"))
-    path = ini or Settings.from_env().topology  # BUS_TOPOLOGY, or topology/topology.yaml
-    yield TestBus(topology=path)
+    async with TestBus(topology=topology_path(request.config)) as tb:
+        yield tb
+
+
+if ASYNC_FIXTURES:
+    testbus = pytest_asyncio.fixture(_testbus, name="testbus")
+else:  # pragma: no cover
+
+    @pytest.fixture(name="testbus")
+    def _needs_pytest_asyncio() -> None:
+        pytest.fail("the testbus fixture needs pytest-asyncio: pip install pytest-asyncio")

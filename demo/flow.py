@@ -47,6 +47,7 @@ from demo.stubs import FlakyWarehouse, MailSink, WarehouseStats
 from demo.topology import declare, delete, expected_handled, write_demo_topology
 
 API_HANDLERS = "api."  # a subscriber whose handlers live in the API runs inside the API process
+CHECKOUT = Path(__file__).resolve().parents[1]  # where subscribers/, api/ and demo/ are
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,10 @@ class Demo:
             "WAREHOUSE_URL": stage.warehouse.url,
             "BUS_GRACE_PERIOD": str(self.o.grace),
             "BUS_LOG_FORMAT": "text",
+            # the services, the API and the stubs are this checkout's, not installed packages
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")])
+            ),
         }
 
     async def _with_peers(self, conn: AbstractConnection, topology: Topology, t0: float) -> Outcome:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import logging
 import re
 import signal
+import sys
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Group
@@ -19,7 +23,9 @@ from rich.text import Text
 from bus.cli.common import TopologyOption, UrlOption, console, err, run_async, settings
 from bus.durations import normalise
 from bus.errors import ConfigError
-from demo.flow import Demo, DemoOptions, Outcome, Snapshot
+
+if TYPE_CHECKING:
+    from demo.flow import Demo, Outcome, Snapshot
 
 PLAIN_EVERY = 2.0  # seconds between progress lines without a TTY
 CHATTY = ("mail.log", "httpx", "httpcore", "bus.topology.apply")  # per-request, per-object INFO
@@ -61,7 +67,8 @@ def demo(
     if not _PREFIX.match(prefix):
         raise ConfigError(f"--prefix {prefix!r}: use letters, digits, '-' and '_'")
     s = settings(url, topology)
-    options = DemoOptions(
+    flow = _demo_flow()
+    options = flow.DemoOptions(
         orders=orders, rate=_rate(rate), delays=_delays(delays), timeout=timeout,
         keep=keep, flaky=flaky, prefix=prefix, workdir=Path(".bus") / prefix,
         kill_relay=kill_relay,
@@ -70,7 +77,7 @@ def demo(
         logging.getLogger(name).setLevel(logging.WARNING)
     live = not plain and console.is_terminal
     view = _LiveView() if live else _PlainView()
-    runner = Demo(options, url=s.url, topology=s.topology, say=view.say, on_tick=view.tick)
+    runner = flow.Demo(options, url=s.url, topology=s.topology, say=view.say, on_tick=view.tick)
     try:
         with view:
             outcome = run_async(_until_sigterm(runner))
@@ -90,6 +97,23 @@ async def _until_sigterm(runner: Demo) -> Outcome:
     if task is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     return await runner.run()
+
+
+def _demo_flow() -> ModuleType:
+    """`demo.flow` of the checkout this command runs in or was installed from (editable): the
+    demo is the repository's, not installed with the library."""
+    import bus
+
+    places = (Path.cwd(), Path(bus.__file__).resolve().parents[1])
+    checkout = next((p for p in places if (p / "demo" / "flow.py").is_file()), None)
+    if checkout is None:
+        raise ConfigError(
+            "bus demo runs from a checkout of the bus repository (its demo/ folder is not "
+            "installed with the library): cd into the checkout and run it there"
+        )
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))  # before site-packages: this checkout's demo
+    return importlib.import_module("demo.flow")
 
 
 def run_prefix() -> str:

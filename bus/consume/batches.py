@@ -69,7 +69,11 @@ class Batcher:
             self.flush_now()
         elif len(self._items) == 1 and self._timer_on:
             self._timer = loop.call_later(self.flush, self.flush_now)
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:  # cut off before its batch ran: the broker redelivers it
+            self._items = [item for item in self._items if item[2] is not future]
+            raise
 
     def flush_now(self) -> None:
         """Run the handler now on whatever is waiting (also on shutdown)."""

@@ -5,7 +5,8 @@ this process holds every third of the lease, so a slow handler keeps its claim. 
 process's claim is taken over as soon as the store sees its owner gone (bus.stores.owner, the
 PostgreSQL owner lock), else after one lease. `claim` returns BUSY only when another replica
 held the id throughout the wait: the caller must then leave the message alone (bus.consume.dispatch
-requeues it), never run the handler without the claim.
+requeues it), never run the handler without the claim. A handler cut off mid-run (its channel
+closed, so aiormq cancelled it) lets its claim go at once: the redelivery runs it.
 """
 
 from __future__ import annotations
@@ -66,6 +67,20 @@ class Claims:
     async def release(self, event_id: str) -> None:
         self._drop(event_id)
         await self.store.release(self.subscriber, event_id)
+
+    def holds(self, event_id: str) -> bool:
+        """Does a handler of this process hold the id's claim right now?"""
+        return event_id in self._held
+
+    async def let_go(self, event_id: str) -> None:
+        """Release the claim of a handler that was cut off (cancelled): it is renewed no more at
+        once, and the store's release finishes even if this is cancelled again. A store that
+        fails here only leaves the lease to run out."""
+        self._drop(event_id)
+        try:
+            await asyncio.shield(self.store.release(self.subscriber, event_id))
+        except Exception:
+            log.warning("could not release the claim on %s; it expires with its lease", event_id)
 
     async def _renew_forever(self) -> None:
         while True:

@@ -227,6 +227,9 @@ class Dispatcher:
                             type(exc).__name__, exc)  # fmt: skip
             return self._fail(m, after_failure(self.sub, attempt), attempt, handler, exc,
                               meta.type)  # fmt: skip
+        except BaseException:  # cut off: the channel closed under it, or the process stops
+            await self.claims.let_go(meta.id)  # the broker redelivers it: let that run it
+            raise
         finally:
             if self.observe is not None:
                 self.observe(meta.type, time.perf_counter() - started)
@@ -236,7 +239,11 @@ class Dispatcher:
     async def _run_batched(
         self, m: Incoming, meta: Meta, handler: Handler, event: Any, ctx: Context, attempt: int
     ) -> Outcome:
-        result = await self._batcher(handler).add(event, ctx)
+        try:
+            result = await self._batcher(handler).add(event, ctx)
+        except BaseException:  # cut off while its batch waited or ran: as in `_run`
+            await self.claims.let_go(meta.id)
+            raise
         if result is None:
             await self.claims.complete(meta.id)
             return self._ack(meta.type)

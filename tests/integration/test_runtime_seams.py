@@ -94,3 +94,43 @@ async def test_stopping_an_idle_runtime_without_grace_drains_quietly(
         await rt.start()
         assert await rt.stop(0) is True, "nothing was in flight: drained"
     assert not [r for r in caplog.records if "still running" in r.getMessage()]
+
+
+async def test_a_handler_cut_off_by_a_lost_connection_runs_again_on_the_redelivery_at_once(
+    amqp_url: str, prefix: str
+) -> None:
+    """aiormq cancels the handlers of a channel that closes; their claims must not stay held
+    (and renewed by this live process): the broker's redelivery runs the handler, well within
+    the default 30 s lease."""
+    topology = make_topology(prefix, {"svc": {"keys": ["order.placed"]}})
+    runs: list[int] = []
+    router = Router()
+
+    @router.on("order.placed")
+    async def effect(event: dict[str, Any], ctx: Context) -> None:
+        runs.append(ctx.attempt)
+        if len(runs) == 1:
+            await asyncio.sleep(60)  # in flight when the connection goes
+
+    metrics = Metrics(CollectorRegistry())
+    proxy = await Proxy().start()
+    async with applied(amqp_url, topology):
+        rt = Runtime(topology, "svc", router, url=proxy.url(amqp_url), store=MemoryStore(),
+                     metrics=metrics)  # fmt: skip
+        await rt.start()
+        try:
+            async with Publisher(amqp_url, topology) as pub:
+                await pub.publish("order.placed", {"order_id": "o-1"}, id="e-cut")
+            await wait_for(lambda: runs, timeout=10, message="the first run")
+            proxy.cut()
+            await wait_for(
+                lambda: metrics.registry.get_sample_value(
+                    "bus_consumed_total",
+                    {"subscriber": "svc", "type": "order.placed", "outcome": "ok"},
+                ),
+                timeout=15, message="the redelivery handled (not requeued as claimed)",
+            )  # fmt: skip
+            assert runs == [1, 1]
+        finally:
+            await rt.stop(5)
+    await proxy.close()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from typing import Any, cast
 
 import pytest
 from pydantic import BaseModel
 
 from bus import Router
-from bus.consume.batches import BatchContext
+from bus.consume.batches import BatchContext, Batcher
+from bus.consume.context import Context
 from bus.testing import TestBus
 from bus.topology.model import Topology, from_dict
 
@@ -86,6 +88,34 @@ async def test_a_duplicate_never_joins_a_batch() -> None:
         await tb.publish("order.placed", {"order_id": "x"}, id="d-1")
         await tb.settle()
         assert calls == [["x"]] and tb.duplicates("sink") == ["d-1"]
+
+
+async def test_the_same_id_twice_before_its_batch_ran_is_handled_once_and_a_duplicate() -> None:
+    async with TestBus(topology(), routers={"sink": router}) as tb:
+        await tb.publish("order.placed", {"order_id": "x"}, id="d-1")
+        await tb.publish("order.placed", {"order_id": "x"}, id="d-1")  # before the batch ran
+        await asyncio.wait_for(tb.settle(), 5)  # on the broker: the flush, then a duplicate
+        assert calls == [["x"]]
+        assert [h.id for h in tb.handled("sink")] == ["d-1"]
+        assert tb.duplicates("sink") == ["d-1"]
+
+
+async def test_a_delivery_cut_off_while_its_batch_waits_leaves_the_batch() -> None:
+    ran: list[list[str]] = []
+
+    async def run(events: list[str], ctx: BatchContext) -> None:
+        ran.append(events)
+
+    batcher = Batcher(10, 60.0, run, timer=False)
+    kept = asyncio.create_task(batcher.add("kept", cast(Context, None)))
+    cut = asyncio.create_task(batcher.add("cut off", cast(Context, None)))
+    await asyncio.sleep(0)
+    cut.cancel()  # aiormq cancels the delivery's task when its channel closes
+    await asyncio.gather(cut, return_exceptions=True)
+    assert batcher.waiting == 1
+    batcher.flush_now()
+    assert await kept is None
+    assert ran == [["kept"]], "the broker redelivers the other: it must not run here too"
 
 
 def test_a_batch_handler_is_an_async_def_taking_a_list() -> None:

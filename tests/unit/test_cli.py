@@ -192,3 +192,27 @@ def test_publish_with_a_delay_that_is_not_a_duration_exits_2_with_one_line(
     assert r.code == 2, r
     assert '--delay: "3 days" is not a duration' in r.err, r.err
     assert "Traceback" not in r.err
+
+
+def test_outside_a_checkout_the_cli_works(tmp_path: Path) -> None:
+    """The package installs the library alone: `demo/` is the checkout's, imported on use."""
+    bus = Path(sys.executable).with_name("bus")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")} | {"BUS_URL": NO_BROKER}
+    helped = subprocess.run(
+        [bus, "--help"], cwd=tmp_path, env=env, text=True, capture_output=True, timeout=60
+    )
+    assert helped.returncode == 0, helped.stderr
+    assert "demo" in helped.stdout
+
+
+def test_bus_demo_without_a_checkout_says_where_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bus
+    from bus.cli import demo
+    from bus.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)  # not a checkout, and bus installed from a wheel:
+    monkeypatch.setattr(bus, "__file__", str(tmp_path / "site-packages" / "bus" / "__init__.py"))
+    with pytest.raises(ConfigError, match="runs from a checkout of the bus repository"):
+        demo._demo_flow()

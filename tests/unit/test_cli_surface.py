@@ -114,7 +114,9 @@ def broken_service(tmp_path: Path) -> Path:
 def test_validate_imports_every_handlers_module_and_reports_all_failures_at_once(
     broken_service: Path,
 ) -> None:
-    done = bus("topology", "validate", "-t", "topology.yaml", cwd=broken_service)
+    # the other subscribers' handlers are this checkout's (not installed): importable from here
+    checkout = {"PYTHONPATH": str(REPO)}
+    done = bus("topology", "validate", "-t", "topology.yaml", cwd=broken_service, env=checkout)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "topology.yaml: 3 problems" in done.stderr

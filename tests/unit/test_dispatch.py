@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -284,6 +285,27 @@ async def test_an_id_held_by_a_live_replica_past_the_wait_is_requeued_and_never_
     assert isinstance(outcome, Requeue)
     assert calls.seen == []
     assert await run.store.claim("email", "e-1") is Claim.BUSY, "the holder keeps its lease"
+
+
+async def test_a_handler_cut_off_mid_run_lets_its_claim_go_so_the_redelivery_runs_it() -> None:
+    started = asyncio.Event()
+
+    async def slow_first(event: Any, ctx: Context) -> None:
+        if len(calls.seen) == 1:
+            started.set()
+            await asyncio.sleep(60)  # in flight when the channel closes
+
+    router, calls = router_with(slow_first)
+    run = Harness(router)  # the default 30 s lease: the redelivery must not wait it out
+    first = asyncio.create_task(run())
+    await started.wait()
+    first.cancel()  # what aiormq does to a delivery's task when its channel closes
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    outcome = await asyncio.wait_for(run(), 5)  # the broker's redelivery
+    assert isinstance(outcome, Ack)
+    assert not run.dispatcher.claims.holds("e-1"), "nothing left for this process to renew"
+    assert [attempt for _, attempt in calls.seen] == [1, 1]
 
 
 async def test_a_store_outage_raises_so_the_shell_returns_the_message() -> None:

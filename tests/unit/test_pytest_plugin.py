@@ -23,10 +23,18 @@ subscribers:
 """
 
 HANDLERS = """\
+import os
+from pathlib import Path
+
 from bus import Context, Router
 
 router = Router()
 booked = []
+
+
+@router.on_shutdown
+async def closed() -> None:
+    Path(os.environ["SHUTDOWN_MARK"]).write_text("closed")
 
 
 @router.on("invoice.issued")
@@ -52,11 +60,12 @@ async def test_the_fixture_runs_the_projects_handlers(testbus):
 
 
 @pytest.fixture
-def project(pytester: pytest.Pytester) -> pytest.Pytester:
+def project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
     pytester.makepyfile(ledger_handlers=HANDLERS, test_ledger=TEST)
     pytester.mkdir("config")
     (pytester.path / "config" / "bus.yaml").write_text(TOPOLOGY)
     pytester.syspathinsert()
+    monkeypatch.setenv("SHUTDOWN_MARK", str(pytester.path / "shutdown.mark"))
     return pytester
 
 
@@ -71,6 +80,28 @@ def test_without_the_ini_option_bus_topology_names_it(
     project.makeini("[pytest]\nasyncio_mode = auto\n")
     monkeypatch.setenv("BUS_TOPOLOGY", "config/bus.yaml")
     project.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_the_fixture_is_left_as_async_with_leaves_it_running_the_shutdown_hooks(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mark = project.path / "shutdown.mark"
+    monkeypatch.setenv("SHUTDOWN_MARK", str(mark))
+    project.makeini("[pytest]\nasyncio_mode = auto\nbus_topology = config/bus.yaml\n")
+    project.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    assert mark.read_text() == "closed"
+
+
+def test_the_ini_option_is_relative_to_the_ini_file_not_the_working_directory(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.makeini(
+        "[pytest]\nasyncio_mode = auto\nbus_topology = config/bus.yaml\npythonpath = .\n"
+    )
+    sub = project.mkdir("elsewhere")
+    monkeypatch.chdir(sub)
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", str(project.path))
+    result.assert_outcomes(passed=1)
 
 
 def test_a_missing_topology_fails_the_test_with_its_path(project: pytest.Pytester) -> None:
