@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import pytest
 from pydantic import BaseModel
 
-from bus import Context, Reject, Router
+from bus import BatchContext, Context, Reject, Router
 from bus.errors import InvalidEvent, UnknownEventType, UnroutableError
 from bus.testing import Handled, Parked
 
@@ -263,6 +263,31 @@ class BusContract:
             await bus.settle()
             assert bus.handled("email") == [Handled("order.placed", "e-7", 1)]
             assert bus.duplicate_count("email") == 1
+
+    async def test_a_batch_handler_runs_each_id_once_and_parks_the_item_it_rejects(
+        self, open_bus: OpenBus, prefix: str
+    ) -> None:
+        router = Router()
+        seen: list[str] = []
+
+        @router.on("order.placed", batch=10, flush="300ms")
+        async def insert(events: list[Order], ctx: BatchContext) -> None:
+            for i, order in enumerate(events):
+                seen.append(order.order_id)
+                if order.order_id == "bad":
+                    ctx.reject(i, "not an order of ours")
+
+        async with open_bus(topology_doc(prefix, {"rows": ["order.placed"]}),
+                            {"rows": router}) as bus:  # fmt: skip
+            for order_id, event_id in (("a", "b-1"), ("b", "b-2"), ("bad", "b-3"), ("a", "b-1")):
+                await bus.publish("order.placed", {"order_id": order_id}, id=event_id)
+            await bus.settle()  # the last one is a copy of b-1, sent before its batch ran
+            assert sorted(seen) == ["a", "b", "bad"], "b-1's copy joined no batch"
+            assert sorted(h.id for h in bus.handled("rows")) == ["b-1", "b-2"]
+            assert bus.duplicate_count("rows") == 1
+            (parked,) = bus.parked("rows")
+            assert (parked.id, parked.reason) == ("b-3", "rejected")
+            assert parked.headers["bus-exception-message"] == "not an order of ours"
 
     async def test_a_follow_up_reaches_other_subscribers_once_even_when_the_handler_retries(
         self, open_bus: OpenBus, prefix: str

@@ -13,7 +13,7 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import CollectorRegistry
 
-from bus import Context, Publisher, Router
+from bus import BatchContext, Context, Publisher, Router
 from bus.amqp.connection import connect_plain
 from bus.consume.router import Handler
 from bus.consume.runtime import Runtime
@@ -41,8 +41,22 @@ def recording(router: Router, into: list[Handled]) -> Router:
 
         return run
 
+    def wrap_batch(h: Handler) -> Any:
+        @functools.wraps(h.func)
+        async def run(events: list[Any], ctx: BatchContext) -> None:
+            await h.func(events, ctx)
+            into.extend(Handled(c.type, c.id, c.attempt)
+                        for i, c in enumerate(ctx.contexts) if i not in ctx.rejected)  # fmt: skip
+
+        return run
+
     for h in router.handlers:
-        out.on(h.pattern, name=h.name)(wrap(h))
+        if h.batch is None:
+            out.on(h.pattern, name=h.name)(wrap(h))
+        else:
+            out.on(h.pattern, name=h.name, batch=h.batch, flush=f"{round(h.flush * 1000)}ms")(
+                wrap_batch(h)
+            )
     return out
 
 
