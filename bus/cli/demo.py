@@ -60,9 +60,9 @@ def demo(
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,
 ) -> None:
-    """Run the whole flow here: the topology under a fresh prefix with short retries, an SMTP
-    sink, a flaky warehouse, the services, the orders API and a relay, orders POSTed to the API;
-    exit 1 if any is lost."""
+    """Run the whole flow here, from a checkout of the repository: the topology under a fresh
+    prefix with short retries, an SMTP sink, a flaky warehouse, the services, the orders API and
+    a relay, orders POSTed to the API; exit 1 if any is lost."""
     prefix = prefix if prefix is not None else run_prefix()
     if not _PREFIX.match(prefix):
         raise ConfigError(f"--prefix {prefix!r}: use letters, digits, '-' and '_'")
@@ -100,11 +100,12 @@ async def _until_sigterm(runner: Demo) -> Outcome:
 
 
 def _demo_flow() -> ModuleType:
-    """`demo.flow` of the checkout this command runs in or was installed from (editable): the
-    demo is the repository's, not installed with the library."""
+    """`demo.flow` of the checkout this command runs in (or below), or was installed from
+    (editable): the demo is the repository's, not installed with the library."""
     import bus
 
-    places = (Path.cwd(), Path(bus.__file__).resolve().parents[1])
+    here = Path.cwd()
+    places = (here, *here.parents, Path(bus.__file__).resolve().parents[1])
     checkout = next((p for p in places if (p / "demo" / "flow.py").is_file()), None)
     if checkout is None:
         raise ConfigError(

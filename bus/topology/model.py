@@ -252,7 +252,7 @@ def load(path: str | Path) -> Topology:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise TopologyError([f"cannot read {p}: {exc.strerror or exc}"], source=str(p)) from None
+        raise TopologyError([f"cannot read it: {exc.strerror or exc}"], source=str(p)) from None
     return loads(text, source=str(p))
 
 

@@ -216,3 +216,14 @@ def test_bus_demo_without_a_checkout_says_where_it_runs(
     monkeypatch.setattr(bus, "__file__", str(tmp_path / "site-packages" / "bus" / "__init__.py"))
     with pytest.raises(ConfigError, match="runs from a checkout of the bus repository"):
         demo._demo_flow()
+
+
+def test_bus_demo_finds_the_checkout_from_a_folder_below_its_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bus
+    from bus.cli import demo
+
+    monkeypatch.chdir(REPO / "docs")  # inside a checkout, bus installed from a wheel
+    monkeypatch.setattr(bus, "__file__", str(tmp_path / "site-packages" / "bus" / "__init__.py"))
+    assert Path(demo._demo_flow().__file__ or "").resolve() == REPO / "demo" / "flow.py"
