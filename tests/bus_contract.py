@@ -8,6 +8,7 @@ a scenario that `TestBus` gets wrong fails next to the same scenario passing on 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 import pytest
 from pydantic import BaseModel
 
-from bus import BatchContext, Context, Reject, Router
+from bus import BatchContext, Context, Reject, Router, SyncContext
 from bus.errors import InvalidEvent, UnknownEventType, UnroutableError
 from bus.testing import Handled, Parked
 
@@ -288,6 +289,33 @@ class BusContract:
             (parked,) = bus.parked("rows")
             assert (parked.id, parked.reason) == ("b-3", "rejected")
             assert parked.headers["bus-exception-message"] == "not an order of ours"
+
+    async def test_a_plain_def_runs_in_a_thread_and_its_blocking_publish_reaches_the_others(
+        self, open_bus: OpenBus, prefix: str
+    ) -> None:
+        fulfillment, shipping = Router(), Router()
+        threads: list[str] = []
+
+        @fulfillment.on("order.placed")
+        def request_shipment(event: dict[str, Any], ctx: SyncContext) -> None:
+            threads.append(threading.current_thread().name)
+            if ctx.attempt == 1:
+                raise ConnectionError("the warehouse is down")  # a thread handler retries too
+            ctx.publish("shipment.requested", {"order_id": event["order_id"]})
+
+        @shipping.on("shipment.requested")
+        async def ship(event: dict[str, Any], ctx: Context) -> None:
+            return None
+
+        bindings = {"fulfillment": ["order.placed"], "shipping": ["shipment.requested"]}
+        routers = {"fulfillment": fulfillment, "shipping": shipping}
+        async with open_bus(topology_doc(prefix, bindings), routers) as bus:
+            await bus.publish("order.placed", {"order_id": "o-9"}, id="e-9")
+            await bus.settle()
+            assert bus.handled("fulfillment") == [Handled("order.placed", "e-9", 2)]
+            assert [h.type for h in bus.handled("shipping")] == ["shipment.requested"]
+        assert len(threads) == 2
+        assert threading.main_thread().name not in threads, "never on the event loop's thread"
 
     async def test_a_follow_up_reaches_other_subscribers_once_even_when_the_handler_retries(
         self, open_bus: OpenBus, prefix: str

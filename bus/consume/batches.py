@@ -61,7 +61,8 @@ class Batcher:
     def waiting(self) -> int:
         return len(self._items)
 
-    async def add(self, event: Any, ctx: Context) -> ItemResult:
+    def add(self, event: Any, ctx: Context) -> asyncio.Future[ItemResult]:
+        """Put *event* in the next batch; the future is that item's result."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[ItemResult] = loop.create_future()
         self._items.append((event, ctx, future))
@@ -69,11 +70,20 @@ class Batcher:
             self.flush_now()
         elif len(self._items) == 1 and self._timer_on:
             self._timer = loop.call_later(self.flush, self.flush_now)
-        try:
-            return await future
-        except asyncio.CancelledError:  # cut off before its batch ran: the broker redelivers it
-            self._items = [item for item in self._items if item[2] is not future]
-            raise
+        return future
+
+    def withdraw(self, future: asyncio.Future[ItemResult]) -> bool:
+        """Take the item of *future* out of the batch that has not run yet (its delivery was cut
+        off: the broker redelivers it). False when its batch already runs."""
+        kept = [item for item in self._items if item[2] is not future]
+        if len(kept) == len(self._items):
+            return False
+        self._items = kept
+        future.cancel()
+        if not kept and self._timer is not None:  # the next batch gets a timer of its own
+            self._timer.cancel()
+            self._timer = None
+        return True
 
     def flush_now(self) -> None:
         """Run the handler now on whatever is waiting (also on shutdown)."""

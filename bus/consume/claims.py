@@ -6,7 +6,8 @@ process's claim is taken over as soon as the store sees its owner gone (bus.stor
 PostgreSQL owner lock), else after one lease. `claim` returns BUSY only when another replica
 held the id throughout the wait: the caller must then leave the message alone (bus.consume.dispatch
 requeues it), never run the handler without the claim. A handler cut off mid-run (its channel
-closed, so aiormq cancelled it) lets its claim go at once: the redelivery runs it.
+closed, so aiormq cancelled it) lets its claim go at once: the redelivery runs it. A batch item
+cut off while its batch already runs keeps its claim until that run ends (`end_with`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Claims:
         self.lease = lease
         self._held: dict[str, int] = {}
         self._renewer: asyncio.Task[None] | None = None
+        self._ending: set[asyncio.Task[None]] = set()  # claims ended after a cut-off (end_with)
 
     def start(self) -> None:
         self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
@@ -81,6 +83,24 @@ class Claims:
             await asyncio.shield(self.store.release(self.subscriber, event_id))
         except Exception:
             log.warning("could not release the claim on %s; it expires with its lease", event_id)
+
+    def end_with(self, event_id: str, run: asyncio.Future[BaseException | None]) -> None:
+        """Keep the claim (renewed) of a cut-off delivery whose handler runs on (its batch), and
+        end it as *run* ends: completed when it returns None, released when it fails."""
+
+        def ended(f: asyncio.Future[BaseException | None]) -> None:
+            failed = f.cancelled() or f.result() is not None
+            task = asyncio.get_running_loop().create_task(self._end(event_id, failed))
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+
+        run.add_done_callback(ended)
+
+    async def _end(self, event_id: str, failed: bool) -> None:
+        try:
+            await (self.release(event_id) if failed else self.complete(event_id))
+        except Exception:
+            log.warning("could not end the claim on %s; it expires with its lease", event_id)
 
     async def _renew_forever(self) -> None:
         while True:

@@ -19,6 +19,7 @@ The common outcomes are cached per event type: a handled message allocates no ou
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -239,10 +240,15 @@ class Dispatcher:
     async def _run_batched(
         self, m: Incoming, meta: Meta, handler: Handler, event: Any, ctx: Context, attempt: int
     ) -> Outcome:
-        try:
-            result = await self._batcher(handler).add(event, ctx)
-        except BaseException:  # cut off while its batch waited or ran: as in `_run`
-            await self.claims.let_go(meta.id)
+        batcher = self._batcher(handler)
+        future = batcher.add(event, ctx)
+        try:  # shielded: a cut-off delivery must not take its item's result from a running batch
+            result = await asyncio.shield(future)
+        except BaseException:  # cut off (its channel closed): the broker redelivers it
+            if batcher.withdraw(future):  # its batch had not run: out of it, the claim let go
+                await self.claims.let_go(meta.id)
+            else:  # its batch runs on with it: the claim ends as that run ends, and until then
+                self.claims.end_with(meta.id, future)  # holds the redelivery off
             raise
         if result is None:
             await self.claims.complete(meta.id)

@@ -75,13 +75,18 @@ class Window:
         are cancelled, the rest never start, and it returns False. True when every item ran.
 
         While *paused()* is true (a broker alarm the caller waits out) the deadline does not
-        run; it starts afresh once *paused()* is false again. Cancelling this cancels the run.
+        run; it starts afresh when this first sees *paused()* false again (within a second).
+        Cancelling this cancels the run.
         """
         batch = asyncio.create_task(self.run())
+        was_paused = False
         try:
             while not batch.done():
                 await asyncio.wait([batch], timeout=min(1.0, deadline))
                 if paused():
+                    was_paused = True
+                elif was_paused:  # the pause ended since the last look: a whole deadline now
+                    was_paused = False
                     self.progress = time.monotonic()
                 elif not batch.done() and time.monotonic() - self.progress > deadline:
                     return False

@@ -13,9 +13,9 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import CollectorRegistry
 
-from bus import BatchContext, Context, Publisher, Router
+from bus import BatchContext, Context, Publisher, Router, SyncContext
 from bus.amqp.connection import connect_plain
-from bus.consume.router import Handler
+from bus.consume.router import Executor, Handler
 from bus.consume.runtime import Runtime
 from bus.envelope import decode_body
 from bus.metrics import Metrics
@@ -50,8 +50,18 @@ def recording(router: Router, into: list[Handled]) -> Router:
 
         return run
 
+    def wrap_sync(h: Handler) -> Any:  # a plain def stays one: it runs in a thread
+        @functools.wraps(h.func)
+        def run(event: Any, ctx: SyncContext) -> None:
+            h.func(event, ctx)
+            into.append(Handled(ctx.type, ctx.id, ctx.attempt))
+
+        return run
+
     for h in router.handlers:
-        if h.batch is None:
+        if h.executor is Executor.THREAD:
+            out.on(h.pattern, name=h.name)(wrap_sync(h))
+        elif h.batch is None:
             out.on(h.pattern, name=h.name)(wrap(h))
         else:
             out.on(h.pattern, name=h.name, batch=h.batch, flush=f"{round(h.flush * 1000)}ms")(

@@ -21,6 +21,12 @@ def ready_gauge(metrics: Metrics, subscriber: str) -> float | None:
     return metrics.registry.get_sample_value("bus_ready", {"subscriber": subscriber})
 
 
+def consumed(metrics: Metrics, outcome: str) -> float | None:
+    """`bus_consumed_total` of svc's order.placed with *outcome*."""
+    labels = {"subscriber": "svc", "type": "order.placed", "outcome": outcome}
+    return metrics.registry.get_sample_value("bus_consumed_total", labels)
+
+
 async def test_bus_ready_follows_readiness_through_a_broker_outage(
     amqp_url: str, prefix: str
 ) -> None:
@@ -73,13 +79,8 @@ async def test_an_id_claimed_by_a_live_replica_past_the_wait_is_requeued_not_run
             assert runs == [], "the handler ran without a claim beside the live holder"
             assert await store.claim("svc", "e-held") is Claim.BUSY, "the holder's lease is gone"
             await store.complete("svc", "e-held")  # the holder finishes
-            await wait_for(
-                lambda: metrics.registry.get_sample_value(
-                    "bus_consumed_total",
-                    {"subscriber": "svc", "type": "order.placed", "outcome": "duplicate"},
-                ),
-                timeout=10, message="our copy acked as a duplicate",
-            )  # fmt: skip
+            await wait_for(lambda: consumed(metrics, "duplicate"), timeout=10,
+                           message="our copy acked as a duplicate")  # fmt: skip
             assert runs == []
         finally:
             await rt.stop(5)
@@ -125,13 +126,8 @@ async def test_a_handler_cut_off_by_a_lost_connection_runs_again_on_the_redelive
             await wait_for(lambda: runs, timeout=10, message="the first run")
             cut = time.monotonic()
             proxy.cut()
-            await wait_for(
-                lambda: metrics.registry.get_sample_value(
-                    "bus_consumed_total",
-                    {"subscriber": "svc", "type": "order.placed", "outcome": "ok"},
-                ),
-                timeout=15, message="the redelivery handled (not requeued as claimed)",
-            )  # fmt: skip
+            await wait_for(lambda: consumed(metrics, "ok"), timeout=15,
+                           message="the redelivery handled (not requeued as claimed)")  # fmt: skip
             recovery = time.monotonic() - cut
             assert runs == [1, 1]
         finally:

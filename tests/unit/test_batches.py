@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 from bus import Router
-from bus.consume.batches import BatchContext, Batcher
-from bus.consume.context import Context
+from bus.consume.batches import BatchContext
+from bus.consume.dispatch import Ack, Duplicate
 from bus.testing import TestBus
 from bus.topology.model import Topology, from_dict
+from tests.unit.test_dispatch import Harness
 
 
 class Placed(BaseModel):
@@ -100,22 +101,49 @@ async def test_the_same_id_twice_before_its_batch_ran_is_handled_once_and_a_dupl
         assert tb.duplicates("sink") == ["d-1"]
 
 
-async def test_a_delivery_cut_off_while_its_batch_waits_leaves_the_batch() -> None:
-    ran: list[list[str]] = []
+def rows_router(size: int, ran: list[int], gate: asyncio.Event | None = None) -> Router:
+    r = Router()
 
-    async def run(events: list[str], ctx: BatchContext) -> None:
-        ran.append(events)
+    @r.on("order.placed", batch=size, flush="60s")
+    async def rows(events: list[Any], ctx: BatchContext) -> None:
+        ran.append(len(events))
+        if gate is not None:
+            await gate.wait()
 
-    batcher = Batcher(10, 60.0, run, timer=False)
-    kept = asyncio.create_task(batcher.add("kept", cast(Context, None)))
-    cut = asyncio.create_task(batcher.add("cut off", cast(Context, None)))
-    await asyncio.sleep(0)
-    cut.cancel()  # aiormq cancels the delivery's task when its channel closes
-    await asyncio.gather(cut, return_exceptions=True)
-    assert batcher.waiting == 1
-    batcher.flush_now()
-    assert await kept is None
-    assert ran == [["kept"]], "the broker redelivers the other: it must not run here too"
+    return r
+
+
+async def cut_off(delivery: asyncio.Task[Any]) -> None:
+    """What aiormq does to a delivery's task when its channel closes."""
+    await asyncio.sleep(0.05)
+    delivery.cancel()
+    await asyncio.gather(delivery, return_exceptions=True)
+
+
+async def test_a_delivery_cut_off_while_its_batch_waits_leaves_it_and_the_redelivery_runs() -> None:
+    ran: list[int] = []
+    run = Harness(rows_router(10, ran))
+    await cut_off(asyncio.create_task(run()))
+    assert run.dispatcher.batch_waiting == 0, "out of the batch: the broker redelivers it"
+    redelivery = asyncio.create_task(run())
+    await asyncio.sleep(0.05)
+    run.dispatcher.flush_batches()
+    assert isinstance(await asyncio.wait_for(redelivery, 5), Ack)
+    assert ran == [1]
+
+
+async def test_a_delivery_cut_off_while_its_batch_runs_holds_the_redelivery_off_until_it_ends(
+) -> None:  # fmt: skip
+    ran: list[int] = []
+    gate = asyncio.Event()
+    run = Harness(rows_router(1, ran, gate))  # a batch of one runs at once
+    await cut_off(asyncio.create_task(run()))  # the handler goes on with its event
+    redelivery = asyncio.create_task(run())
+    await asyncio.sleep(0.3)
+    assert not redelivery.done() and ran == [1], "never a second run beside the first"
+    gate.set()
+    assert isinstance(await asyncio.wait_for(redelivery, 5), Duplicate)
+    assert ran == [1]
 
 
 def test_a_batch_handler_is_an_async_def_taking_a_list() -> None:

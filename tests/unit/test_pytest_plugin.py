@@ -104,6 +104,16 @@ def test_the_ini_option_is_relative_to_the_ini_file_not_the_working_directory(
     result.assert_outcomes(passed=1)
 
 
+def test_bus_topology_relative_to_the_root_is_found_from_a_subfolder(
+    project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.makeini("[pytest]\nasyncio_mode = auto\npythonpath = .\n")
+    monkeypatch.setenv("BUS_TOPOLOGY", "config/bus.yaml")  # as `bus run` gets it, from the root
+    monkeypatch.chdir(project.mkdir("elsewhere"))
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", str(project.path))
+    result.assert_outcomes(passed=1)
+
+
 def test_a_missing_topology_fails_the_test_with_its_path(project: pytest.Pytester) -> None:
     project.makeini("[pytest]\nasyncio_mode = auto\nbus_topology = nowhere.yaml\n")
     result = project.runpytest_subprocess("-p", "no:cacheprovider")
