@@ -8,6 +8,7 @@ a scenario that `TestBus` gets wrong fails next to the same scenario passing on 
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -195,6 +196,28 @@ class BusContract:
         assert h["bus-first-failed-at"] <= h["bus-failed-at"]
         assert h["cloudEvents_id"] == "e-2", "the original headers travel with it"
         assert not [k for k in h if k.startswith("x-death")]
+
+    async def test_a_handler_over_its_timeout_takes_the_ladder_and_parks_as_handler_timeout(
+        self, open_bus: OpenBus, prefix: str
+    ) -> None:
+        router, attempts = Router(), []
+
+        @router.on("order.placed")
+        async def slow(event: dict[str, Any], ctx: Context) -> None:
+            attempts.append(ctx.attempt)
+            await asyncio.sleep(30)  # stopped at the subscriber's timeout, every attempt
+
+        doc = topology_doc(prefix, {"email": ["order.placed"]})
+        doc["subscribers"]["email"]["timeout"] = "300ms"
+        async with open_bus(doc, {"email": router}) as bus:
+            await bus.publish("order.placed", {"order_id": "o-3"}, id="e-t")
+            await bus.settle()
+            assert attempts == [1, 2, 3]
+            assert bus.handled("email") == []
+            (p,) = bus.parked("email")
+        assert (p.id, p.reason) == ("e-t", "retries-exhausted")
+        assert p.headers["bus-exception-type"] == "bus.HandlerTimeout"
+        assert p.headers["bus-attempt"] == 3
 
     # -- straight to the DLQ --------------------------------------------------------------
 
