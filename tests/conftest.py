@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import socket
 import time
 import uuid
@@ -19,6 +20,22 @@ HOW_TO_GET_A_BROKER = (
     "no RabbitMQ for the integration tests: set BUS_TEST_URL, start one on localhost:5672 "
     "(`rabbitmq-server -detached`), or install Docker for testcontainers"
 )
+
+
+# .ci/run sets it: a check whose command is missing fails there instead of skipping
+REQUIRE_TOOLS = os.environ.get("BUS_REQUIRE_TOOLS") == "1"
+
+
+def tool(name: str, checks: str) -> str:
+    """The path of the command *name*, which *checks* something; missing, the test is skipped
+    with that reason, or fails where `BUS_REQUIRE_TOOLS=1` (CI)."""
+    path = shutil.which(name)
+    if path is None:
+        reason = f"{name} is not on PATH: {checks} not checked"
+        if REQUIRE_TOOLS:
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return path
 
 
 def _answers(url: str) -> bool:

@@ -17,7 +17,7 @@ import bus.stores.postgres
 from bus.errors import BrokerUnavailable
 from bus.stores import Claim, Store, open_store
 from bus.stores.postgres import PostgresStore
-from tests.unit.store_contract import DeadHolder, StoreContract
+from tests.unit.store_contract import DeadHolder, ReplicaStoreContract
 
 POSTGRES_URL = os.environ.get("BUS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -29,7 +29,7 @@ async def _open() -> PostgresStore:
         pytest.fail(f"no PostgreSQL for the store tests: {exc} (set BUS_TEST_POSTGRES_URL)")
 
 
-class TestPostgresStore(StoreContract):
+class TestPostgresStore(ReplicaStoreContract):
     clock_module: ClassVar[ModuleType] = bus.stores.postgres
 
     @pytest.fixture

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate as kv
 import pytest
 import typer
 import yaml
@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover
     from click import ClickException, UsageError  # type: ignore[assignment]
 from bus.topology import export
 from bus.topology.model import Subscriber, Topology, load
+from tests.conftest import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -401,7 +402,6 @@ def test_keda_scaledobjects_scale_each_subscriber_on_its_queue_length() -> None:
 
 
 def test_k8s_manifests_validate_against_the_kubernetes_schemas() -> None:
-    kv = pytest.importorskip("kubernetes_validate")
     checked = 0
     for file, doc in k8s_docs():
         api = str(doc.get("apiVersion", ""))
@@ -416,10 +416,7 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas() -> None:
 
 
 def test_kustomize_build_succeeds_and_validates() -> None:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not on PATH: `kubectl kustomize deploy/k8s` not checked")
-    kv = pytest.importorskip("kubernetes_validate")
+    kubectl = tool("kubectl", "`kubectl kustomize deploy/k8s`")
     built = subprocess.run(
         [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60, check=False
     )
@@ -454,9 +451,7 @@ def test_dockerfile_copies_only_what_exists_and_is_not_ignored() -> None:
 
 
 def test_prometheus_config_passes_promtool() -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not on PATH: deploy/prometheus/prometheus.yml not checked")
+    promtool = tool("promtool", "deploy/prometheus/prometheus.yml")
     done = subprocess.run(
         [promtool, "check", "config", "prometheus.yml"],
         cwd=DEPLOY / "prometheus",

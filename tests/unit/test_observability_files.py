@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
 from bus.metrics import Metrics
+from tests.conftest import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "bus.json"
@@ -154,9 +153,7 @@ def test_alert_rules_use_only_exported_metrics_and_are_labelled() -> None:
 
 
 def test_promtool_accepts_the_alert_rules() -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not on PATH (apt-get install prometheus, or use the release)")
+    promtool = tool("promtool", "the alert rules (apt-get install prometheus)")
     result = subprocess.run(
         [promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60
     )
@@ -339,9 +336,7 @@ RULE_TESTS.append(
 def test_alerts_fire_on_trouble_and_stay_quiet_otherwise(tmp_path: Path) -> None:
     """`promtool test rules` on synthetic series: steady DLQs, one replica down and a 2% error
     rate raise nothing; growth, all replicas down, 10% errors, old DLQ heads do."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not on PATH (apt-get install prometheus, or use the release)")
+    promtool = tool("promtool", "the alerts' rule tests (apt-get install prometheus)")
     spec = tmp_path / "alerts_test.yml"
     spec.write_text(
         yaml.safe_dump(

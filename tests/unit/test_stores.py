@@ -18,7 +18,7 @@ from bus.errors import ConfigError
 from bus.stores import Claim, MemoryStore, Store, open_store
 from bus.stores.owner import local_owner
 from bus.stores.sqlite import SqliteStore
-from tests.unit.store_contract import DeadHolder, StoreContract
+from tests.unit.store_contract import DeadHolder, ReplicaStoreContract, StoreContract
 
 
 class TestMemoryStore(StoreContract):
@@ -33,7 +33,7 @@ class TestMemoryStore(StoreContract):
         return store  # one process: replicas share the one instance
 
 
-class TestSqliteStore(StoreContract):
+class TestSqliteStore(ReplicaStoreContract):
     clock_module: ClassVar[ModuleType] = bus.stores.sqlite
 
     @pytest.fixture
