@@ -40,17 +40,14 @@ class HandOff:
         try:
             async with lock:
                 channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
-                properties = copy_properties(m.properties, headers)
-                if self.flow is None:
+                deadline = (
+                    asyncio.timeout(HANDOFF_TIMEOUT) if self.flow is None
+                    else self.flow.deadline(HANDOFF_TIMEOUT)  # stops while blocked
+                )  # fmt: skip
+                async with deadline:
                     await channel.basic_publish(
-                        m.body, routing_key=queue, properties=properties,
-                        mandatory=True, timeout=HANDOFF_TIMEOUT, wait=False,
-                    )  # fmt: skip
-                    return
-                async with self.flow.deadline(HANDOFF_TIMEOUT):  # stops while blocked
-                    await channel.basic_publish(
-                        m.body, routing_key=queue, properties=properties,
-                        mandatory=True, wait=False,
+                        m.body, routing_key=queue, mandatory=True, wait=False,
+                        properties=copy_properties(m.properties, headers),
                     )  # fmt: skip
         finally:
             lock, users = self._locks[key]
