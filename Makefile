@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint unit integration bench bench-smoke clean
+.PHONY: demo test lint provision test-3 test-4 unit integration bench bench-smoke clean clean-rabbitmq4
 
 $(BIN)/bus: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,18 @@ lint: $(BIN)/bus
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint  ## ruff, mypy, import layers, then unit and integration tests
+test: lint provision  ## ruff, mypy, import layers, then every test on RabbitMQ 3.10 and 4.0
 	$(BIN)/pytest -q
+	BUS_TEST_BROKER=4.0 $(BIN)/pytest -q -m rabbitmq4 tests/integration
+
+provision:  ## what the tests need besides Python packages: chromium, promtool, RabbitMQ 4
+	scripts/provision
+
+test-3: $(BIN)/bus  ## every test, on the machine's RabbitMQ
+	$(BIN)/pytest -q
+
+test-4: $(BIN)/bus provision  ## the tests marked rabbitmq4, on a private RabbitMQ 4.0 node
+	BUS_TEST_BROKER=4.0 $(BIN)/pytest -q -m rabbitmq4 tests/integration
 
 unit: $(BIN)/bus
 	$(BIN)/pytest -q tests/unit
@@ -37,3 +47,8 @@ bench-smoke: $(BIN)/bus
 
 clean:
 	rm -rf $(VENV) .bus .pytest_cache .mypy_cache .ruff_cache
+
+RABBITMQ4 ?= $${XDG_CACHE_HOME:-$$HOME/.cache}/bus/rabbitmq-4.0
+clean-rabbitmq4:  ## remove the cached RabbitMQ 4 folder (unmounting /proc and /dev first)
+	-umount "$(RABBITMQ4)/proc" "$(RABBITMQ4)/dev"
+	rm -rf --one-file-system "$(RABBITMQ4)"

@@ -51,7 +51,14 @@ def _answers(url: str) -> bool:
 
 @pytest.fixture(scope="session")
 def amqp_url() -> Iterator[str]:
-    """`BUS_TEST_URL`, else the local broker, else a testcontainers RabbitMQ, else fail clearly."""
+    """`BUS_TEST_URL`, else the local broker, else a testcontainers RabbitMQ, else fail clearly.
+    (tests/integration/conftest.py gives a RabbitMQ 4 node instead when `BUS_TEST_BROKER=4.0`.)"""
+    yield from default_amqp_url()
+
+
+def default_amqp_url() -> Iterator[str]:
+    """The default pass's broker: `BUS_TEST_URL`, the local one, or testcontainers' RabbitMQ
+    (`rabbitmq:4` when `BUS_TEST_BROKER=4.0`)."""
     explicit = os.environ.get("BUS_TEST_URL")
     if explicit:
         yield explicit
@@ -62,7 +69,12 @@ def amqp_url() -> Iterator[str]:
     try:
         from testcontainers.rabbitmq import RabbitMqContainer
 
-        with RabbitMqContainer("rabbitmq:3.13-management") as rabbit:
+        image = (
+            "rabbitmq:4-management"
+            if os.environ.get("BUS_TEST_BROKER", "").startswith("4")
+            else "rabbitmq:3.13-management"
+        )
+        with RabbitMqContainer(image) as rabbit:
             host, port = rabbit.get_container_host_ip(), rabbit.get_exposed_port(5672)
             yield f"amqp://guest:guest@{host}:{port}/"
     except Exception:

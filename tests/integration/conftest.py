@@ -11,14 +11,16 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import default_amqp_url
 from tests.integration.certs import TlsMaterial, make_material
 from tests.integration.nodes import (
+    Install,
     Node,
     Nodes,
     TlsFiles,
     chown_all,
     reap_orphans,
-    unavailable_reason,
+    selected_install,
 )
 from tests.integration.witness import ConnectionWitness
 
@@ -26,6 +28,33 @@ _ROWS: list[dict[str, Any]] = []
 COLUMNS = ("scenario", "sent", "confirmed", "handled", "duplicates", "lost", "seconds")
 # .ci/run sets this: there a machine that cannot start private nodes is a failure, not a skip
 REQUIRE_NODES = os.environ.get("BUS_PRIVATE_NODES") == "required"
+
+
+@pytest.fixture(scope="session")
+def broker_install() -> Install:
+    """Where this run's private nodes come from: the machine's RabbitMQ, or RabbitMQ 4.0 when
+    `BUS_TEST_BROKER=4.0` (the second pass of `make test`)."""
+    return selected_install()
+
+
+@pytest.fixture(scope="session")
+def broker_version(broker_install: Install) -> str:
+    """The RabbitMQ release line the suite runs against: "3.10" or "4.0"."""
+    return broker_install.version
+
+
+@pytest.fixture(scope="session")
+def amqp_url(broker_install: Install, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The broker the tests share. In the default pass: `BUS_TEST_URL`, the local broker, or
+    testcontainers (tests/conftest.py). In the RabbitMQ 4 pass: one private 4.0 node for the
+    whole run, stopped at the end."""
+    if broker_install.root is None:
+        yield from default_amqp_url()
+        return
+    nodes: Nodes = request.getfixturevalue("nodes")
+    node = nodes.new("shared")
+    nodes.start([node])
+    yield node.url()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,15 +72,15 @@ def shared_broker_left_running(amqp_url: str) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def nodes() -> Iterator[Nodes]:
+def nodes(broker_install: Install) -> Iterator[Nodes]:
     """Private RabbitMQ nodes of this run; every one is stopped at the end, also on failure."""
-    reason = unavailable_reason()
+    reason = broker_install.unavailable_reason()
     if reason is not None:
-        if REQUIRE_NODES:
+        if REQUIRE_NODES or broker_install.root is not None:
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
-    reap_orphans()
-    owned = Nodes()
+    reap_orphans(broker_install)
+    owned = Nodes(broker_install)
     try:
         yield owned
     finally:
@@ -63,7 +92,7 @@ def tls_material(nodes: Nodes) -> TlsMaterial:
     """A CA made for this run, with server, expired-server and client certificates."""
     folder = nodes.folder("tls")
     material = make_material(folder)
-    chown_all(folder)
+    chown_all(folder, nodes.install)
     return material
 
 

@@ -1,11 +1,19 @@
-"""Private RabbitMQ nodes for the tests that stop, kill, alarm or reconfigure a broker.
+"""Private RabbitMQ nodes for the tests that stop, kill, alarm or reconfigure a broker, and for
+the RabbitMQ 4 pass of the suite.
 
 The machine's own RabbitMQ (`BUS_URL`, localhost:5672) is never touched by these tests. Each
-node here is Debian's `rabbitmq-server` (what CI has) run in the foreground as a child of the
-test run, with its own node name, AMQP/TLS/distribution ports and folders (owned by the
-`rabbitmq` user), sharing the Erlang cookie in /var/lib/rabbitmq so `rabbitmqctl -n` and
-`join_cluster` work (DESIGN.md, Part 3 has the recipe). The machine's rabbitmq.conf pins 5672,
-so every node gets its own config file rather than `RABBITMQ_NODE_PORT`.
+node here is a `rabbitmq-server` run in the foreground as a child of the test run, with its own
+node name, AMQP/TLS/distribution ports and folders (owned by the `rabbitmq` user), sharing an
+Erlang cookie so `rabbitmqctl -n` and `join_cluster` work. The machine's rabbitmq.conf pins
+5672, so every node gets its own config file rather than `RABBITMQ_NODE_PORT`.
+
+Where a node's RabbitMQ comes from is an `Install`:
+- `MACHINE`: Debian's package on this machine (3.10.8 here; what the default pass uses);
+- `rabbitmq4()`: RabbitMQ 4.0.x from Debian trixie, which needs a newer glibc than this machine
+  has, so it lives in a root folder of its own (`scripts/provision` debootstraps it under
+  `~/.cache/bus/rabbitmq-4.0`, with /proc and /dev bind-mounted) and runs under `chroot`. Its
+  nodes keep their folders inside that root. `BUS_TEST_BROKER=4.0` makes every private node,
+  and the broker the suite shares, a 4.0 node.
 
 Nodes are cheap to kill: `stop_all()` SIGKILLs each node's process group and deletes its folder.
 A run that was itself killed leaves its folder behind with its owner's pid; the next run reaps
@@ -34,6 +42,11 @@ from demo.stubs import free_port
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")  # Debian's scripts, below the root-dropping wrappers
 RABBITMQ_HOME = Path("/var/lib/rabbitmq")  # the rabbitmq user's home: the Erlang cookie
 NODE_ROOT = Path(tempfile.gettempdir())
+# the RabbitMQ 4 root folder (scripts/provision makes it); BUS_RABBITMQ4_ROOT overrides
+RABBITMQ4_ROOT = Path(
+    os.environ.get("BUS_RABBITMQ4_ROOT")
+    or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bus" / "rabbitmq-4.0"
+)
 FOLDER_PREFIX = "bus-node-"
 START_TIMEOUT = 90.0
 HOW_TO_GET_NODES = (
@@ -46,8 +59,88 @@ class NodeError(RuntimeError):
     """A private node did not start, stop or answer as asked."""
 
 
+@dataclass(frozen=True)
+class Install:
+    """Where a node's RabbitMQ comes from: this machine (`root` None) or a root folder run
+    under chroot. Paths a node's VM reads are written as it sees them (`inside`)."""
+
+    version: str
+    root: Path | None = None
+
+    @property
+    def node_root(self) -> Path:
+        """Where node folders go, as this process sees it."""
+        return NODE_ROOT if self.root is None else self.root / "tmp"
+
+    def inside(self, path: Path) -> str:
+        """*path* (as this process sees it) as the node's VM sees it."""
+        if self.root is None:
+            return str(path)
+        return "/" + str(path.relative_to(self.root))
+
+    def command(self, program: str) -> list[str]:
+        """The argv that runs one of RabbitMQ's scripts as the rabbitmq user."""
+        if self.root is None:
+            return [str(RABBITMQ_BIN / program)]
+        uid, gid = self.owner()
+        return ["chroot", f"--userspec={uid}:{gid}", str(self.root), f"{RABBITMQ_BIN}/{program}"]
+
+    def popen_user(self) -> dict[str, object]:
+        """Popen arguments that drop to the rabbitmq user (chroot does it itself)."""
+        return _as_rabbitmq() if self.root is None else {}
+
+    def owner(self) -> tuple[int, int]:
+        """The rabbitmq user's uid and gid in this install."""
+        if self.root is None:
+            rabbit = pwd.getpwnam("rabbitmq")
+            return rabbit.pw_uid, rabbit.pw_gid
+        for line in (self.root / "etc" / "passwd").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == "rabbitmq":
+                return int(fields[2]), int(fields[3])
+        raise NodeError(f"no rabbitmq user in {self.root}/etc/passwd")
+
+    def chown(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            os.chown(path, *self.owner())
+
+    def unavailable_reason(self) -> str | None:
+        """Why this machine cannot run nodes of this install, or None when it can."""
+        if self.root is None:
+            return unavailable_reason()
+        fix = "run scripts/provision (as root): it builds that folder and mounts /proc and /dev"
+        if os.geteuid() != 0:
+            return f"RabbitMQ {self.version} nodes run under chroot, which needs root; {fix}"
+        if not (self.root / "usr/lib/rabbitmq/bin/rabbitmq-server").exists():
+            return f"no RabbitMQ {self.version} in {self.root}: {fix}"
+        mounts = Path("/proc/mounts").read_text()
+        for sub in ("proc", "dev"):
+            if f" {self.root / sub} " not in mounts:
+                return f"{self.root / sub} is not mounted: {fix}"
+        return None
+
+
+MACHINE = Install("3.10")
+
+
+def rabbitmq4() -> Install:
+    """RabbitMQ 4.0.x from the root folder that scripts/provision builds."""
+    return Install("4.0", RABBITMQ4_ROOT)
+
+
+def selected_install() -> Install:
+    """The install of this run: `BUS_TEST_BROKER=4.0` picks RabbitMQ 4, anything else the
+    machine's own package."""
+    wanted = os.environ.get("BUS_TEST_BROKER", "").strip()
+    if wanted in ("", "3", "3.10", "machine"):
+        return MACHINE
+    if wanted in ("4", "4.0"):
+        return rabbitmq4()
+    raise NodeError(f"BUS_TEST_BROKER={wanted!r}: use 3.10 (the machine's) or 4.0")
+
+
 def unavailable_reason() -> str | None:
-    """Why this machine cannot run private nodes, or None when it can."""
+    """Why this machine cannot run private nodes of its own package, or None when it can."""
     if not (RABBITMQ_BIN / "rabbitmq-server").exists():
         return HOW_TO_GET_NODES.format(bin=RABBITMQ_BIN)
     try:
@@ -74,11 +167,6 @@ def _as_rabbitmq() -> dict[str, object]:
     return {}
 
 
-def _chown(path: Path) -> None:
-    if os.geteuid() == 0:
-        shutil.chown(path, "rabbitmq", "rabbitmq")
-
-
 @dataclass(frozen=True)
 class TlsFiles:
     """PEM files of a node's TLS listener: the CA it trusts for client certificates, its own
@@ -96,11 +184,18 @@ class Node:
     label: str
     token: str
     base: Path
+    install: Install = MACHINE
     port: int = field(default_factory=free_port)
     dist_port: int = field(default_factory=free_port)
     tls: TlsFiles | None = None
     tls_port: int | None = None
+    extra_config: list[str] = field(default_factory=list)  # more rabbitmq.conf lines
     process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def version(self) -> str:
+        """The RabbitMQ release line of this node's install ("3.10", "4.0")."""
+        return self.install.version
 
     @property
     def name(self) -> str:
@@ -126,26 +221,29 @@ class Node:
         """Write the node's folders and config (owned by the rabbitmq user)."""
         for sub in ("", "mnesia", "log"):
             (self.base / sub).mkdir(exist_ok=True)
-            _chown(self.base / sub)
+            self.install.chown(self.base / sub)
         (self.base / "owner.pid").write_text(str(os.getpid()))
         (self.base / "enabled_plugins").write_text("[].\n")
         (self.base / "rabbitmq-env.conf").write_text("")  # not the machine's: it names its node
         lines = [f"listeners.tcp.local = 127.0.0.1:{self.port}", "loopback_users.guest = true"]
+        lines += self.extra_config
         if self.tls is not None:
+            inside = self.install.inside
             self.tls_port = self.tls_port or free_port()
             lines += [
                 f"listeners.ssl.local = 127.0.0.1:{self.tls_port}",
-                f"ssl_options.cacertfile = {self.tls.cacert}",
-                f"ssl_options.certfile = {self.tls.cert}",
-                f"ssl_options.keyfile = {self.tls.key}",
+                f"ssl_options.cacertfile = {inside(self.tls.cacert)}",
+                f"ssl_options.certfile = {inside(self.tls.cert)}",
+                f"ssl_options.keyfile = {inside(self.tls.key)}",
                 "ssl_options.verify = verify_peer",
                 "ssl_options.fail_if_no_peer_cert = false",
             ]
         (self.base / "rabbitmq.conf").write_text("\n".join(lines) + "\n")
         for f in ("enabled_plugins", "rabbitmq-env.conf", "rabbitmq.conf", "owner.pid"):
-            _chown(self.base / f)
+            self.install.chown(self.base / f)
 
     def _env(self) -> dict[str, str]:
+        base = self.install.inside(self.base)
         return {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "HOME": str(RABBITMQ_HOME),
@@ -153,13 +251,13 @@ class Node:
             "LC_ALL": "C.UTF-8",
             "RABBITMQ_NODENAME": self.name,
             "RABBITMQ_DIST_PORT": str(self.dist_port),
-            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.base / "log"),
-            "RABBITMQ_PID_FILE": str(self.pid_file),
-            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq.conf"),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.base / "advanced.config"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
-            "RABBITMQ_CONF_ENV_FILE": str(self.base / "rabbitmq-env.conf"),
+            "RABBITMQ_MNESIA_BASE": f"{base}/mnesia",
+            "RABBITMQ_LOG_BASE": f"{base}/log",
+            "RABBITMQ_PID_FILE": f"{base}/node.pid",
+            "RABBITMQ_CONFIG_FILE": f"{base}/rabbitmq.conf",
+            "RABBITMQ_ADVANCED_CONFIG_FILE": f"{base}/advanced.config",
+            "RABBITMQ_ENABLED_PLUGINS_FILE": f"{base}/enabled_plugins",
+            "RABBITMQ_CONF_ENV_FILE": f"{base}/rabbitmq-env.conf",
             "ERL_EPMD_ADDRESS": "127.0.0.1",
             # two cores shared with other work: no busy-waiting schedulers
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": (
@@ -175,14 +273,14 @@ class Node:
         self.pid_file.unlink(missing_ok=True)
         with open(self.base / "console.log", "ab") as console:
             self.process = subprocess.Popen(
-                [str(RABBITMQ_BIN / "rabbitmq-server")],
+                self.install.command("rabbitmq-server"),
                 env=self._env(),
                 cwd=self.base,
                 stdin=subprocess.DEVNULL,
                 stdout=console,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stop_all kills the whole tree
-                **_as_rabbitmq(),  # type: ignore[arg-type]
+                **self.install.popen_user(),  # type: ignore[arg-type]
             )
 
     def wait_started(self, timeout: float = START_TIMEOUT) -> None:
@@ -236,14 +334,14 @@ class Node:
     def ctl(self, *args: str, timeout: float = 60.0, check: bool = True) -> str:
         """`rabbitmqctl -n NODE ARGS` as the rabbitmq user; NodeError with its output if it fails."""
         done = subprocess.run(
-            [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.name, *args],
+            [*self.install.command("rabbitmqctl"), "-n", self.name, *args],
             env={k: v for k, v in self._env().items() if not k.startswith("RABBITMQ_")},
             cwd=self.base,
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
-            **_as_rabbitmq(),  # type: ignore[arg-type]
+            **self.install.popen_user(),  # type: ignore[arg-type]
         )
         if check and done.returncode != 0:
             raise NodeError(
@@ -253,11 +351,16 @@ class Node:
         return done.stdout
 
     def write_file(self, name: str, text: str) -> Path:
-        """A file in the node's folder that the rabbitmq user can read (e.g. definitions)."""
+        """A file in the node's folder that the rabbitmq user can read (e.g. definitions).
+        `inside(path)` is its name for rabbitmqctl."""
         path = self.base / name
         path.write_text(text)
-        _chown(path)
+        self.install.chown(path)
         return path
+
+    def inside(self, path: Path) -> str:
+        """*path* as this node's rabbitmqctl sees it (under chroot, relative to its root)."""
+        return self.install.inside(path)
 
     def log_tail(self, lines: int = 30) -> str:
         out = []
@@ -270,15 +373,25 @@ class Node:
 class Nodes:
     """Every private node of one test run: creates them, stops them all at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, install: Install = MACHINE) -> None:
+        self.install = install
         self.token = uuid.uuid4().hex[:6]
         self.nodes: list[Node] = []
         self.folders: list[Path] = []
 
-    def new(self, label: str, *, tls: TlsFiles | None = None) -> Node:
-        base = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{self.token}-{label}-", dir=NODE_ROOT))
+    def new(self, label: str, *, tls: TlsFiles | None = None, config: Iterable[str] = ()) -> Node:
+        """A prepared node (not started); *config* adds rabbitmq.conf lines."""
+        folder = self.install.node_root
+        base = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{self.token}-{label}-", dir=folder))
         base.chmod(0o755)
-        node = Node(label=label, token=self.token, base=base, tls=tls)
+        node = Node(
+            label=label,
+            token=self.token,
+            base=base,
+            install=self.install,
+            tls=tls,
+            extra_config=list(config),
+        )
         node.prepare()
         self.nodes.append(node)
         return node
@@ -295,7 +408,11 @@ class Nodes:
     def folder(self, label: str) -> Path:
         """A folder the rabbitmq user can read (certificates, definitions), removed at the end;
         `chown_all()` hands what was written into it to that user."""
-        path = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{self.token}-{label}-", dir=NODE_ROOT))
+        path = Path(
+            tempfile.mkdtemp(
+                prefix=f"{FOLDER_PREFIX}{self.token}-{label}-", dir=self.install.node_root
+            )
+        )
         path.chmod(0o755)
         (path / "owner.pid").write_text(str(os.getpid()))
         self.folders.append(path)
@@ -324,16 +441,16 @@ class Nodes:
         self.folders.clear()
 
 
-def chown_all(folder: Path) -> None:
+def chown_all(folder: Path, install: Install = MACHINE) -> None:
     """Give *folder* and what it holds to the rabbitmq user (a node reads its keys as that user)."""
     for path in [folder, *folder.iterdir()]:
-        _chown(path)
+        install.chown(path)
 
 
-def reap_orphans() -> list[str]:
+def reap_orphans(install: Install = MACHINE) -> list[str]:
     """Kill the nodes of earlier runs that died without stopping them; their folder names."""
     reaped = []
-    for base in NODE_ROOT.glob(f"{FOLDER_PREFIX}*"):
+    for base in install.node_root.glob(f"{FOLDER_PREFIX}*"):
         try:
             owner = int((base / "owner.pid").read_text())
         except (OSError, ValueError):

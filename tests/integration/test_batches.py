@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from bus import BatchContext, Publisher, Router
 from bus.consume.runtime import Runtime
 from bus.stores import MemoryStore
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology, queue_depth
+
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
 
 
 async def test_queued_events_arrive_in_full_batches_then_a_partial_one_after_its_flush(

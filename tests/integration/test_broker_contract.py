@@ -26,6 +26,8 @@ from bus.topology.model import Topology, from_dict
 from tests.bus_contract import BusContract, OpenBus
 from tests.integration.helpers import applied, get_all
 
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
+
 QUIET_POLLS = 4  # consecutive polls 50 ms apart with nothing ready, on the ladder or running
 
 

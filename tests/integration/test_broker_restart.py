@@ -24,7 +24,7 @@ from tests.integration.helpers import applied, make_topology, queue_depth
 from tests.integration.nodes import Node
 from tests.integration.test_faults import Effects, outcomes
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.rabbitmq4, pytest.mark.timeout(300)]
 
 
 @pytest.mark.slow

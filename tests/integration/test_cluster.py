@@ -25,6 +25,8 @@ from tests.integration.helpers import applied, make_topology, queue_depth
 from tests.integration.nodes import Node, free_port
 from tests.integration.test_faults import outcomes
 
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
+
 
 def cluster_url(*nodes: Node | int) -> str:
     """`amqp://guest:guest@127.0.0.1:P1,127.0.0.1:P2,…/`: nodes, or bare ports (nobody there)."""

@@ -16,6 +16,8 @@ from bus.stores import MemoryStore
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, apply_topology, make_topology, running
 
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
+
 
 async def test_a_consumer_cancelled_by_the_broker_consumes_again_once_the_queue_is_back(
     amqp_url: str, prefix: str

@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from bus.produce.publisher import Publisher
 from bus.topology.model import from_dict
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, get_all, queue_depth, topology_doc
+
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
 
 
 def spawn(

@@ -31,6 +31,8 @@ from tests.conftest import wait_for
 from tests.integration.helpers import ORDER_SCHEMA, get_all, make_topology, queue_depth
 from tests.integration.nodes import Node
 
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFINITIONS = ROOT / "deploy" / "rabbitmq" / "definitions.json"
 TOPOLOGY = ROOT / "topology" / "topology.yaml"
@@ -81,7 +83,7 @@ def import_definitions(node: Node, doc: dict[str, Any]) -> None:
     # pytest's private tmp_path is not. No secrets in it: users carry no password hash.
     path = node.write_file(f"definitions-{uuid.uuid4().hex[:8]}.json", json.dumps(doc))
     try:
-        node.ctl("import_definitions", str(path))
+        node.ctl("import_definitions", node.inside(path))
     finally:
         path.unlink()
 

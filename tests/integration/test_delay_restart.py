@@ -15,6 +15,8 @@ from bus.stores import MemoryStore
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology
 
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
+
 
 @pytest.fixture
 def node(private_node: Any) -> Any:

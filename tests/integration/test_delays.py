@@ -14,6 +14,8 @@ from bus.stores import MemoryStore
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology, queue_depth
 
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
+
 
 def recorder(arrivals: dict[str, float]) -> Router:
     router = Router()

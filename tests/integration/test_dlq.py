@@ -10,12 +10,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from bus import Context, Router
 from bus.produce.publisher import Publisher
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology, queue_depth, running, topology_doc
+
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
 
 SUBS = {"email": {"keys": ["order.placed"]}}
 

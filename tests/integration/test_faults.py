@@ -271,4 +271,4 @@ def _effects(tmp: Path) -> tuple[int, int]:
     return int(distinct), int(runs)
 
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.rabbitmq4, pytest.mark.timeout(300)]

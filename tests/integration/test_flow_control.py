@@ -34,7 +34,7 @@ from tests.integration.helpers import applied, get_all, make_topology, queue_dep
 from tests.integration.nodes import Node
 from tests.integration.outbox_kit import outbox_db, relaying
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.rabbitmq4, pytest.mark.timeout(90)]
 
 NORMAL_WATERMARK = "0.4"  # RabbitMQ's default
 BLOCKED_LINE = re.compile(r"RabbitMQ at \S+ blocked publishing on connection \S+: low on memory")

@@ -17,6 +17,8 @@ from bus.topology.model import Subscriber
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, get_all, make_topology
 
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
+
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 

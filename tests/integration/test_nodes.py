@@ -17,6 +17,8 @@ from tests.conftest import wait_for
 from tests.integration.nodes import Node
 from tests.integration.witness import ConnectionWitness
 
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
+
 
 async def test_private_cluster_runs_three_nodes_and_replicates_a_quorum_queue(
     cluster: list[Node], prefix: str

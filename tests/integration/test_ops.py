@@ -21,6 +21,8 @@ from bus.produce.publisher import Publisher
 from tests.conftest import LOCAL_URL, wait_for
 from tests.integration.helpers import applied, make_topology, queue_depth, running, topology_doc
 
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
+
 SUBS = {"email": {"keys": ["order.placed"]}, "audit": {"keys": ["shipment.requested"]}}
 
 

@@ -30,6 +30,8 @@ from tests.integration.helpers import applied, get_all, make_topology, queue_dep
 from tests.integration.outbox_kit import audited, outbox_db, relaying
 from tests.integration.proxy import Proxy
 
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
+
 ORDER = {"order_id": "o-1"}
 BOTH = pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
 

@@ -15,6 +15,8 @@ from tests.conftest import wait_for
 from tests.integration.helpers import applied, get_all, make_topology, queue_depth
 from tests.integration.proxy import Proxy
 
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
+
 
 async def test_publish_many_gives_up_when_the_broker_stops_confirming_then_recovers(
     amqp_url: str, prefix: str

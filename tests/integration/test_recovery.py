@@ -23,6 +23,8 @@ from demo.stubs import free_port
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, topology_doc
 
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
+
 PG_URL = os.environ.get("BUS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PROMPT = 5.0  # seconds from the replacement consuming to the event handled
 

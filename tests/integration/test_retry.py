@@ -7,11 +7,14 @@ import time
 from typing import Any
 
 import aio_pika
+import pytest
 
 from bus import Context, Reject, Router
 from bus.produce.publisher import Publisher
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, get_all, make_topology, queue_depth, running
+
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
 
 DELAYS = ["200ms", "400ms", "800ms"]
 # A TTL'd queue dead-letters ~5 ms after the TTL here; allow scheduling noise on a 2-core box.

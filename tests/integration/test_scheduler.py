@@ -23,6 +23,7 @@ from typing import IO, Any
 import aio_pika
 import aiormq
 import httpx
+import pytest
 import yaml
 
 from bus.scheduling.firings import instant_text
@@ -30,6 +31,8 @@ from bus.topology.model import from_dict
 from demo.stubs import free_port
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, topology_doc
+
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
 
 ROOT = Path(__file__).resolve().parents[2]
 TAKEOVER_LIMIT = 5.0  # seconds; measured ~1.0-1.5 s on RabbitMQ 3.10.8 (retry 1 s ± 25 %)

@@ -29,6 +29,8 @@ from tests.integration.certs import TlsMaterial
 from tests.integration.helpers import applied, make_topology, topology_doc
 from tests.integration.nodes import Node
 
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
+
 
 def amqps(node: Node, cafile: Path, host: str = "localhost", **query: Path) -> str:
     params = "&".join(f"{k}={v}" for k, v in {"cafile": cafile, **query}.items())

@@ -20,6 +20,8 @@ from bus.topology.model import from_dict
 from bus.topology.plan import QueueDecl, desired
 from tests.integration.helpers import delete_topology, topology_doc
 
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
+
 SUBS: dict[str, dict[str, Any]] = {
     "email": {"keys": ["order.placed", "order.shipped"]},
     "analytics": {"keys": ["#"], "queue_type": "classic"},

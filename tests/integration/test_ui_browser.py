@@ -19,7 +19,7 @@ CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[2] / ".bus" / "ui-screenshots"
 WAIT = 15_000  # ms: each expectation's deadline
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.rabbitmq4, pytest.mark.slow]
 
 
 @pytest.fixture

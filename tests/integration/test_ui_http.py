@@ -8,11 +8,14 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import wait_for
 from tests.integration.helpers import queue_depth
 from tests.integration.ui_kit import TOKEN, login, three_parked
 from tests.integration.ui_kit import ui_client as client
+
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
 
 BEARER = {"Authorization": f"Bearer {TOKEN}", "X-Bus-Operator": "script"}
 
