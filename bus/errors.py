@@ -1,6 +1,7 @@
 """Every error the bus raises.
 
 BusError                      base of all failures
+├── MissingExtra              an optional dependency is not installed (names the extra)
 ├── ConfigError               bad settings or environment (exit code 2)
 │   └── NotApplied            an exchange or queue the topology declares is not on the broker
 ├── TopologyError             the topology file is invalid; carries every problem at once
@@ -23,6 +24,14 @@ class BusError(Exception):
     """Base class of every failure raised by the bus."""
 
     exit_code = 1
+
+
+class MissingExtra(BusError):
+    """A feature needs an optional dependency that is not installed: `pip install "bus[X]"`."""
+
+    def __init__(self, message: str, extra: str) -> None:
+        self.extra = extra
+        super().__init__(message)
 
 
 class ConfigError(BusError):

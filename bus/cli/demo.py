@@ -23,6 +23,7 @@ from rich.text import Text
 from bus.cli.common import TopologyOption, UrlOption, console, err, run_async, settings
 from bus.durations import normalise
 from bus.errors import ConfigError
+from bus.extras import require
 
 if TYPE_CHECKING:
     from demo.flow import Demo, Outcome, Snapshot
@@ -112,6 +113,8 @@ def _demo_flow() -> ModuleType:
             "bus demo runs from a checkout of the bus repository (its demo/ folder is not "
             "installed with the library): cd into the checkout and run it there"
         )
+    for module in ("fastapi", "uvicorn", "sqlalchemy", "aiosmtplib", "aiosmtpd", "httpx", "fpdf"):
+        require(module, "examples", "bus demo")  # the services, the orders API and the stubs
     if str(checkout) not in sys.path:
         sys.path.insert(0, str(checkout))  # before site-packages: this checkout's demo
     return importlib.import_module("demo.flow")

@@ -10,6 +10,7 @@ import typer
 
 from bus.cli.common import TopologyOption, UrlOption, run_async, settings
 from bus.cli.outbox import OutboxUrlOption
+from bus.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,8 @@ def ui(
 
     Read-only unless BUS_UI_TOKEN is set; replays and purges then need the token (Bearer for
     the JSON API, a login for the pages)."""
+    for module in ("fastapi", "uvicorn", "jinja2", "multipart"):
+        require(module, "ui", "bus ui")
     import uvicorn
 
     from bus.ui import UiConfig, check_bind, create_app

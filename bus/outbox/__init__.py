@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from bus.extras import require
 from bus.outbox.base import OutboxStore, Status
 from bus.outbox.schema import Dialect, dialect_of
 from bus.outbox.writer import Outbox
@@ -16,6 +17,7 @@ __all__ = ["Outbox", "OutboxStore", "Status", "open_outbox"]
 async def open_outbox(url: str, *, create: bool = False) -> OutboxStore:
     """The outbox at *url*; `create=True` creates the table first (`bus outbox init`)."""
     if dialect_of(url) is Dialect.POSTGRES:
+        require("asyncpg", "postgres", "a PostgreSQL outbox (BUS_OUTBOX_URL=postgresql://…)")
         from bus.outbox.postgres import PostgresOutbox
 
         return await PostgresOutbox.open(url.replace("+asyncpg", ""), create=create)

@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bus.errors import ConfigError
+from bus.extras import require
 from bus.settings import redact
 from bus.stores.base import Claim, Store
 from bus.stores.memory import MemoryStore
@@ -36,6 +37,7 @@ async def open_store(url: str) -> Store:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return await SqliteStore.open(path)
     if scheme in ("postgresql", "postgres"):
+        require("asyncpg", "postgres", "a PostgreSQL store (BUS_STORE_URL=postgresql://…)")
         from bus.stores.postgres import PostgresStore
 
         return await PostgresStore.open(url)
