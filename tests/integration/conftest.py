@@ -136,13 +136,17 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not _ROWS:
         return
     tr = terminalreporter
-    tr.section("fault injection: events sent, confirmed, handled once, duplicates absorbed, lost")
+    version = selected_install().version
+    tr.section(
+        f"fault injection on RabbitMQ {version}: events sent, confirmed, handled once, "
+        "duplicates absorbed, lost"
+    )
     widths = [max(len(c), *(len(str(r.get(c, ""))) for r in _ROWS)) for c in COLUMNS]
     tr.write_line("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)))
     for r in _ROWS:
         tr.write_line(
             "  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(COLUMNS, widths, strict=True))
         )
-    out = Path(".bus/fault-report.json")
+    out = Path(f".bus/fault-report-{version}.json")
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(_ROWS, indent=2))
