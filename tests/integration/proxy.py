@@ -21,6 +21,13 @@ class Proxy:
         self._flowing = asyncio.Event()
         self._flowing.set()
 
+    @classmethod
+    def to(cls, url: str) -> Proxy:
+        """A proxy in front of the broker at AMQP *url* (the shared broker of this run, whichever
+        version it is)."""
+        parts = urlsplit(url)
+        return cls(parts.hostname or "127.0.0.1", parts.port or 5672)
+
     async def start(self) -> Proxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]

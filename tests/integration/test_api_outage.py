@@ -56,7 +56,7 @@ async def test_a_broker_outage_neither_fails_nor_slows_orders_and_loses_no_event
     topology = from_dict(doc, source=str(topology_file))
     audit = f"{prefix}.analytics"  # bound to every event; nobody consumes it in this test
     db = f"sqlite:///{tmp_path / 'orders.db'}"
-    proxy = await Proxy().start()
+    proxy = await Proxy.to(amqp_url).start()
     broker = proxy.url(amqp_url)  # the API's subscriber and the relay reach RabbitMQ through it
     settings = ApiSettings(
         database_url=db, subscribe=True,

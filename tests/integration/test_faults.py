@@ -69,7 +69,7 @@ async def test_connections_cut_mid_stream_lose_nothing_and_run_each_effect_once(
     topology = make_topology(prefix, {"svc": {"keys": ["order.placed"]}})
     effects = Effects()
     metrics = Metrics(CollectorRegistry())
-    pub_proxy, sub_proxy = await Proxy().start(), await Proxy().start()
+    pub_proxy, sub_proxy = await Proxy.to(amqp_url).start(), await Proxy.to(amqp_url).start()
     started = time.monotonic()
     async with applied(amqp_url, topology):
         rt = Runtime(topology, "svc", effects.router(), url=sub_proxy.url(amqp_url),

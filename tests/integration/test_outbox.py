@@ -238,7 +238,7 @@ async def test_broker_outage_lets_rows_wait_then_they_drain_with_nothing_lost(
 ) -> None:
     topology = audit_topology(prefix)
     outbox = Outbox(topology, source="shop")
-    proxy = await Proxy().start()
+    proxy = await Proxy.to(amqp_url).start()
     async with applied(amqp_url, topology), outbox_db("postgresql", tmp_path) as url:
         async with relaying(url, topology, proxy.url(amqp_url), deadline=2.0) as relay:
             first = await write("postgresql", url, outbox, [("order.placed", {"order_id": "o-0"})])

@@ -22,7 +22,7 @@ async def test_publish_many_gives_up_when_the_broker_stops_confirming_then_recov
     amqp_url: str, prefix: str
 ) -> None:
     topology = make_topology(prefix, {"sink": {"keys": ["order.placed"]}})
-    proxy = await Proxy().start()
+    proxy = await Proxy.to(amqp_url).start()
     events = [("order.placed", {"order_id": f"o-{i}"}) for i in range(200)]
     try:
         async with (
@@ -97,7 +97,7 @@ async def test_publish_many_confirms_every_event_across_a_cut_connection(
     amqp_url: str, prefix: str
 ) -> None:
     topology = make_topology(prefix, {"sink": {"keys": ["order.placed"]}})
-    proxy = await Proxy().start()
+    proxy = await Proxy.to(amqp_url).start()
     n = 3000
     try:
         async with (
@@ -126,7 +126,7 @@ async def test_a_connection_that_stops_confirming_is_replaced_and_the_events_sen
     3.10 channel publishing to a dead quorum leader, tests/integration/test_cluster.py): the
     publisher drops the connection, the robust one comes back, the events go again."""
     topology = make_topology(prefix, {"sink": {"keys": ["order.placed"]}})
-    proxy = await Proxy().start()
+    proxy = await Proxy.to(amqp_url).start()
     events = [("order.placed", {"order_id": f"o-{i}"}) for i in range(200)]
     try:
         async with (

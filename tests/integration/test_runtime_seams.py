@@ -32,7 +32,7 @@ async def test_bus_ready_follows_readiness_through_a_broker_outage(
 ) -> None:
     topology = make_topology(prefix, {"svc": {"keys": ["order.placed"]}})
     metrics = Metrics(CollectorRegistry())
-    proxy = await Proxy().start()
+    proxy = await Proxy.to(amqp_url).start()
     async with applied(amqp_url, topology):
         rt = Runtime(topology, "svc", Router(), url=proxy.url(amqp_url), store=MemoryStore(),
                      metrics=metrics)  # fmt: skip
@@ -115,7 +115,7 @@ async def test_a_handler_cut_off_by_a_lost_connection_runs_again_on_the_redelive
             await asyncio.sleep(60)  # in flight when the connection goes
 
     metrics = Metrics(CollectorRegistry())
-    proxy = await Proxy().start()
+    proxy = await Proxy.to(amqp_url).start()
     async with applied(amqp_url, topology):
         rt = Runtime(topology, "svc", router, url=proxy.url(amqp_url), store=MemoryStore(),
                      metrics=metrics)  # fmt: skip
