@@ -64,3 +64,16 @@ def test_other_drift_of_a_dlq_and_any_drift_of_other_queues_stay_drift() -> None
     actions = {s.decl.name: s.action for s in diff(want, seen) if isinstance(s.decl, QueueDecl)
                and s.decl.role in (Role.DLQ, Role.MAIN) and s.decl.owner == "email"}  # fmt: skip
     assert actions == {"email": Action.DRIFT, "email.dlq": Action.DRIFT}
+
+
+def test_definitions_for_4_give_the_dlq_no_limit_and_for_3_no_argument() -> None:
+    from bus.topology.export import definitions
+
+    t = from_dict(DOC)
+
+    def dlq_args(doc: dict[str, object]) -> dict[str, object]:
+        [q] = [q for q in doc["queues"] if q["name"] == "email.dlq"]  # type: ignore[attr-defined]
+        return q["arguments"]  # type: ignore[no-any-return]
+
+    assert dlq_args(definitions(t, release=FOUR))["x-delivery-limit"] == -1
+    assert "x-delivery-limit" not in dlq_args(definitions(t))
