@@ -101,7 +101,7 @@ def _receives(topology: Topology, sub: Subscriber, event_type: str) -> bool:
 async def declare(conn: AbstractConnection, topology: Topology) -> None:
     """Apply the demo topology the way `bus topology apply` does (its records are kept per
     subscriber queue, so the real subscribers' records are never touched)."""
-    want = desired(topology)
+    want = desired(topology, applier.release(conn))
     steps = diff(want, await applier.observe(conn, want))
     drifted = [s.line() for s in steps if s.action is Action.DRIFT]
     if drifted:

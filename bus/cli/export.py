@@ -11,6 +11,7 @@ import typer
 from bus.cli.common import TopologyOption, err, settings, topology_of
 from bus.errors import ConfigError
 from bus.topology import export as exporter
+from bus.topology.release import Release
 
 
 class Format(StrEnum):
@@ -42,12 +43,19 @@ def export(
         "queues and its `publishes:` events, and `producer`, limited to publishing the declared "
         "events; set each password with `rabbitmqctl change_password NAME PASSWORD`.",
     ),
+    rabbitmq: str = typer.Option(
+        "3.10",
+        "--rabbitmq",
+        help="definitions: the RabbitMQ release they are for (4.0 and later declare each "
+        "quorum DLQ with x-delivery-limit -1, which 3.x must not get).",
+    ),
     topology: str | None = TopologyOption,
 ) -> None:
     """Export the topology as RabbitMQ definitions or an AsyncAPI document."""
     t = topology_of(settings(topology=topology))
     if format is Format.DEFINITIONS:
-        doc = exporter.definitions(t, vhost=vhost, users=users)
+        release = Release.parse(rabbitmq)
+        doc = exporter.definitions(t, vhost=vhost, users=users, release=release)
     else:
         doc = exporter.asyncapi(t)
     text = exporter.to_json(doc)

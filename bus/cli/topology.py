@@ -57,14 +57,14 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-async def _plan(url: str, t: Topology, prune: bool, execute: bool) -> list[Step]:
+async def _plan(url: str, t: Topology, prune: bool, execute: bool) -> tuple[list[Step], list[str]]:
+    """The steps, and (when *execute*) the DLQ migrations that could not be made now."""
     conn = await connect_plain(url, "topology")
     try:
-        want = desired(t)
+        want = desired(t, applier.release(conn))
         steps = diff(want, await applier.observe(conn, want), prune=prune)
-        if execute:
-            await applier.apply(conn, steps, want)
-        return steps
+        refused = await applier.apply(conn, steps, want) if execute else []
+        return steps, refused
     finally:
         await conn.close()
 
@@ -75,9 +75,8 @@ def _report(all_steps: list[Step], verb: str) -> int:
     changes = [s for s in steps if s.action is not Action.UNCHANGED]
     changes += [s for s in delay if s.action is Action.DRIFT]
     for s in changes:
-        style = {"create": "green", "delete": "red", "drift": "bold red", "keep": "yellow"}[
-            s.action
-        ]
+        style = {"create": "green", "migrate": "cyan", "delete": "red", "drift": "bold red",
+                 "keep": "yellow"}[s.action]  # fmt: skip
         # a Text, not markup: rich would swallow a binding's `[order.placed]` as a tag
         console.print(Text(s.line(), style=style), soft_wrap=True)
     unchanged = len(steps) - len(changes)
@@ -86,6 +85,8 @@ def _report(all_steps: list[Step], verb: str) -> int:
         f"{verb}: {counts[Action.CREATE]} to create, {counts[Action.DELETE]} to delete, "
         f"{unchanged} unchanged"
     )
+    if counts[Action.MIGRATE]:
+        summary += f", {counts[Action.MIGRATE]} to re-declare (messages kept)"
     if counts[Action.DRIFT]:
         summary += f", {counts[Action.DRIFT]} drifted (left alone: delete and re-apply to change)"
     if counts[Action.KEEP]:
@@ -108,7 +109,7 @@ def plan(
 ) -> None:
     """Show what `apply` would create or change on the live broker (changes nothing)."""
     s = settings(url, topology)
-    steps = run_async(_plan(s.url, topology_of(s), prune, execute=False))
+    steps, _ = run_async(_plan(s.url, topology_of(s), prune, execute=False))
     _report(steps, "plan")
 
 
@@ -122,10 +123,12 @@ def apply(
 ) -> None:
     """Create what the file declares and the broker lacks. Idempotent; drift is reported."""
     s = settings(url, topology)
-    steps = run_async(_plan(s.url, topology_of(s), prune, execute=True))
+    steps, refused = run_async(_plan(s.url, topology_of(s), prune, execute=True))
     code = _report(steps, "applied")
-    if code:
-        raise typer.Exit(code)
+    for line in refused:
+        console.print(Text(line, style="bold red"), soft_wrap=True)
+    if code or refused:
+        raise typer.Exit(1)
 
 
 @app.command()

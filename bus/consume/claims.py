@@ -8,6 +8,12 @@ held the id throughout the wait: the caller must then leave the message alone (b
 requeues it), never run the handler without the claim. A handler cut off mid-run (its channel
 closed, so aiormq cancelled it) lets its claim go at once: the redelivery runs it. A batch item
 cut off while its batch already runs keeps its claim until that run ends (`end_with`).
+
+A store that fails (an outage) is retried with backoff for up to *patience* seconds while the
+delivery stays in hand, unacked: giving it back to the queue instead would count as a delivery
+on a quorum queue, and past the queue's delivery limit the broker parks a healthy event whose
+handler never ran. The runtime sets the patience below the broker's `consumer_timeout`, which
+would otherwise close the channel under the held deliveries.
 """
 
 from __future__ import annotations
@@ -16,17 +22,25 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from bus.stores.base import Claim, Store
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+FIRST_BACKOFF = 0.1
+MAX_BACKOFF = 5.0
+
 
 class Claims:
-    def __init__(self, store: Store, subscriber: str, lease: float) -> None:
+    def __init__(self, store: Store, subscriber: str, lease: float, patience: float = 0.0) -> None:
+        """*patience*: seconds a failing store is retried before its error is raised."""
         self.store = store
         self.subscriber = subscriber
         self.lease = lease
+        self.patience = patience
         self._held: dict[str, int] = {}
         self._renewer: asyncio.Task[None] | None = None
         self._ending: set[asyncio.Task[None]] = set()  # claims ended after a cut-off (end_with)
@@ -45,7 +59,9 @@ class Claims:
         it to finish, expire or be found dead. BUSY means it never let go: do not run."""
         deadline = None
         while True:
-            claim = await self.store.claim(self.subscriber, event_id, self.lease)
+            claim = await self._patiently(
+                "claim", event_id, lambda: self.store.claim(self.subscriber, event_id, self.lease)
+            )
             if claim is Claim.CLAIMED:
                 self._held[event_id] = self._held.get(event_id, 0) + 1
                 return claim
@@ -63,12 +79,42 @@ class Claims:
             self._held[event_id] = n
 
     async def complete(self, event_id: str) -> None:
-        self._drop(event_id)
-        await self.store.complete(self.subscriber, event_id)
+        try:  # held (and renewed) until recorded: the handler ran, it must not run again
+            await self._patiently(
+                "complete", event_id, lambda: self.store.complete(self.subscriber, event_id)
+            )
+        finally:
+            self._drop(event_id)
 
     async def release(self, event_id: str) -> None:
-        self._drop(event_id)
-        await self.store.release(self.subscriber, event_id)
+        try:
+            await self._patiently(
+                "release", event_id, lambda: self.store.release(self.subscriber, event_id)
+            )
+        finally:
+            self._drop(event_id)
+
+    async def _patiently(self, what: str, event_id: str, call: Callable[[], Awaitable[T]]) -> T:
+        """*call*, retried with backoff while it raises, for up to `patience` seconds."""
+        deadline = time.monotonic() + self.patience
+        backoff, failures = FIRST_BACKOFF, 0
+        while True:
+            try:
+                result = await call()
+            except Exception as exc:
+                if time.monotonic() + backoff > deadline:
+                    raise
+                if failures == 0:
+                    log.warning("store %s of %s failed (%s: %s); holding the delivery and "
+                                "retrying for up to %.0fs", what, event_id, type(exc).__name__,
+                                exc, deadline - time.monotonic())  # fmt: skip
+                failures += 1
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            if failures:
+                log.info("store %s of %s succeeded after %d failures", what, event_id, failures)
+            return result
 
     def holds(self, event_id: str) -> bool:
         """Does a handler of this process hold the id's claim right now?"""

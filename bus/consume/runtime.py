@@ -98,7 +98,9 @@ class Runtime:
         self._publishing: AbstractRobustConnection | None = None
         self._handoff: HandOff | None = None
         self._acks = Acker()
-        self._claims = Claims(store, self.sub.name, lease)
+        # a store outage holds deliveries rather than requeue them (each requeue counts toward
+        # a quorum queue's delivery limit); half the consumer_timeout leaves room for the handler
+        self._claims = Claims(store, self.sub.name, lease, patience=consumer_timeout / 2)
         self._counters: dict[tuple[str, str], Any] = {}
         self._timers: dict[str, Any] = {}
         self._consumer: Consumer | None = None
@@ -223,7 +225,7 @@ class Runtime:
         try:
             assert self._dispatcher is not None  # consuming starts after it exists
             await self._perform(message, await self._dispatcher.dispatch(message))
-        except Exception:  # a bug or a store outage must not kill the consumer
+        except Exception:  # a bug, or a store outage past the claims' patience
             log.exception("unexpected error handling a delivery; returning it to the queue")
             await asyncio.sleep(1.0)  # a brake: a persistent fault must not become a hot loop
             await self._requeue(message)

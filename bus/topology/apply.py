@@ -19,6 +19,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from bus.amqp import plumbing
 from bus.amqp.plumbing import close_quietly, queue_counts
+from bus.topology import migrate
 from bus.topology.plan import (
     STATE_QUEUE_PREFIX,
     Action,
@@ -32,8 +33,16 @@ from bus.topology.plan import (
     Step,
     is_delay_object,
 )
+from bus.topology.release import Release
 
 log = logging.getLogger(__name__)
+
+
+def release(conn: AbstractConnection) -> Release:
+    """The RabbitMQ release *conn* is connected to (from its `version` server property)."""
+    transport = conn.transport
+    version = transport.connection.server_properties.get("version") if transport else None
+    return Release.parse(version if isinstance(version, str | bytes) else None)
 
 
 async def observe(conn: AbstractConnection, want: Sequence[Decl]) -> Observed:
@@ -101,8 +110,9 @@ async def _declare(channel: AbstractChannel, decl: ExchangeDecl | QueueDecl) -> 
         await channel.declare_queue(decl.name, durable=True, arguments=dict(decl.arguments))
 
 
-async def apply(conn: AbstractConnection, steps: Sequence[Step], want: Sequence[Decl]) -> None:
-    """Carry out *steps* (creations and prunes), then record *want* as what we own.
+async def apply(conn: AbstractConnection, steps: Sequence[Step], want: Sequence[Decl]) -> list[str]:
+    """Carry out *steps* (creations, DLQ migrations and prunes), then record *want* as what we
+    own; returns the DLQ migrations that could not be made now (one line each).
 
     Drifted objects are left alone: their steps carry the broker's complaint and the caller
     reports them. Bindings are idempotent, so every declared binding is asserted again.
@@ -126,6 +136,7 @@ async def apply(conn: AbstractConnection, steps: Sequence[Step], want: Sequence[
                 await _delete(channel, step.decl)
     finally:
         await close_quietly(channel)
+    refused = await _migrate(conn, steps, _main_queues(want))
     owned = [d for d in want if d.key not in drifted and not is_delay_object(d)]
     owned += [s.decl for s in steps if s.action in (Action.KEEP, Action.DRIFT)]
     mains = _main_queues(want)
@@ -137,6 +148,26 @@ async def apply(conn: AbstractConnection, steps: Sequence[Step], want: Sequence[
             or (isinstance(d, BindingDecl) and d.queue == main)
         ]
         await write_record(conn, main, mine)
+    return refused
+
+
+async def _migrate(
+    conn: AbstractConnection, steps: Sequence[Step], mains: dict[str, str]
+) -> list[str]:
+    """Re-declare the DLQs whose steps say MIGRATE; finish any interrupted earlier move."""
+    refused: list[str] = []
+    for step in steps:
+        d = step.decl
+        if not isinstance(d, QueueDecl) or d.role is not Role.DLQ:
+            continue
+        if step.action is Action.MIGRATE:
+            try:
+                log.info("%s", await migrate.redeclare_keeping(conn, d, mains[d.owner]))
+            except migrate.NotMigrated as exc:
+                refused.append(str(exc))
+        elif step.action in (Action.CREATE, Action.UNCHANGED):
+            await migrate.restore(conn, d)
+    return refused
 
 
 def _main_queues(decls: Sequence[Decl]) -> dict[str, str]:

@@ -40,6 +40,7 @@ from bus.topology.plan import (
     Role,
     desired,
 )
+from bus.topology.release import OLDEST, Release
 from bus.topology.routing import matches
 
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
@@ -58,9 +59,12 @@ def to_json(document: dict[str, Any]) -> str:
 # --- RabbitMQ definitions ---------------------------------------------------------------------
 
 
-def definitions(topology: Topology, *, vhost: str = "/", users: bool = False) -> dict[str, Any]:
-    """RabbitMQ definitions of every exchange, queue and binding `apply` would declare."""
-    decls = desired(topology)
+def definitions(
+    topology: Topology, *, vhost: str = "/", users: bool = False, release: Release = OLDEST
+) -> dict[str, Any]:
+    """RabbitMQ definitions of every exchange, queue and binding `apply` would declare on a
+    broker of *release* (a DLQ's delivery limit depends on it)."""
+    decls = desired(topology, release)
     doc: dict[str, Any] = {"vhosts": [{"name": vhost}]}
     if users:
         subs = topology.subscribers()

@@ -14,6 +14,7 @@ from typing import Any
 import bus.topology.delays as delays
 from bus.durations import parse_ms
 from bus.topology.model import QueueType, Subscriber, Topology
+from bus.topology.release import OLDEST, Release
 
 STATE_QUEUE_PREFIX = "bus.state."  # + a subscriber's queue: what `apply` created for it
 
@@ -119,14 +120,24 @@ def retry_queue_arguments(sub: Subscriber, delay: str) -> dict[str, Any]:
     return args
 
 
-def subscriber_objects(sub: Subscriber) -> list[Decl]:
-    """The queues and bindings one subscriber owns."""
+def dlq_arguments(sub: Subscriber, release: Release = OLDEST) -> dict[str, Any]:
+    """A DLQ never drops what it holds: no TTL, no length limit, and on a quorum queue no
+    delivery limit (RabbitMQ 4 would otherwise drop a message that was read 20 times)."""
+    args = _type_arguments(sub)
+    unlimited = release.unlimited_delivery_limit
+    if sub.queue_type is QueueType.QUORUM and unlimited is not None:
+        args["x-delivery-limit"] = unlimited
+    return args
+
+
+def subscriber_objects(sub: Subscriber, release: Release = OLDEST) -> list[Decl]:
+    """The queues and bindings one subscriber owns, on a broker of *release*."""
     decls: list[Decl] = [QueueDecl(sub.queue, sub.name, Role.MAIN, main_queue_arguments(sub))]
     decls += [
         QueueDecl(sub.retry_queue(d), sub.name, Role.RETRY, retry_queue_arguments(sub, d))
         for d in sub.delays
     ]
-    decls.append(QueueDecl(sub.dlq, sub.name, Role.DLQ, _type_arguments(sub)))
+    decls.append(QueueDecl(sub.dlq, sub.name, Role.DLQ, dlq_arguments(sub, release)))
     decls += [BindingDecl(sub.queue, b.exchange, b.key) for b in sub.bindings]
     return decls
 
@@ -170,11 +181,12 @@ def delay_objects(topology: Topology) -> list[Decl]:
     return decls
 
 
-def desired(topology: Topology) -> list[Decl]:
-    """Every object the topology declares: exchanges, each subscriber's, then the delays'."""
+def desired(topology: Topology, release: Release = OLDEST) -> list[Decl]:
+    """Every object the topology declares on a broker of *release*: exchanges, each
+    subscriber's, then the delays'."""
     decls: list[Decl] = [ExchangeDecl(n, str(e.type)) for n, e in topology.exchanges.items()]
     for sub in topology.subscribers():
-        decls += subscriber_objects(sub)
+        decls += subscriber_objects(sub, release)
     return decls + delay_objects(topology)
 
 
@@ -192,6 +204,9 @@ def is_delay_object(d: Decl) -> bool:
 def _step(d: Decl, seen: Observed, recorded_bindings: set[BindingDecl]) -> Step:
     """What becomes of one wanted object."""
     if d.key in seen.drift:
+        if _migratable(d, seen.drift[d.key]):
+            assert isinstance(d, QueueDecl)
+            return Step(Action.MIGRATE, d, _migration(d, seen.queues.get(d.name, 0)))
         return Step(Action.DRIFT, d, seen.drift[d.key])
     if isinstance(d, ExchangeDecl):
         known = d.name in seen.exchanges
@@ -206,8 +221,24 @@ def _step(d: Decl, seen: Observed, recorded_bindings: set[BindingDecl]) -> Step:
     return Step(Action.UNCHANGED if known else Action.CREATE, d)
 
 
+def _migratable(d: Decl, complaint: str) -> bool:
+    """A DLQ whose only known difference is its delivery limit: `apply` re-declares it and
+    keeps its messages (bus.topology.migrate)."""
+    return isinstance(d, QueueDecl) and d.role is Role.DLQ and "'x-delivery-limit'" in complaint
+
+
+def _migration(d: QueueDecl, depth: int) -> str:
+    limit = d.arguments.get("x-delivery-limit")
+    change = "without a delivery limit" if limit is None else f"with x-delivery-limit={limit}"
+    return (
+        f"re-declared {change}, its {depth} messages moved aside and back (stop the "
+        "subscriber first); reading a DLQ under a delivery limit drops its messages"
+    )
+
+
 class Action(StrEnum):
     CREATE = "create"
+    MIGRATE = "migrate"  # re-declared with new arguments, its messages kept
     UNCHANGED = "unchanged"
     DRIFT = "drift"
     DELETE = "delete"
@@ -221,7 +252,14 @@ class Step:
     detail: str = ""
 
     def line(self) -> str:
-        sign = {"create": "+", "unchanged": "=", "drift": "!", "delete": "-", "keep": "?"}
+        sign = {
+            "create": "+",
+            "migrate": "~",
+            "unchanged": "=",
+            "drift": "!",
+            "delete": "-",
+            "keep": "?",
+        }
         text = f"{sign[self.action]} {self.action:<9} {self.decl.describe()}"
         return f"{text}: {self.detail}" if self.detail else text
 

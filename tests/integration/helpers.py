@@ -73,7 +73,7 @@ EMPTY = Router()
 async def apply_topology(url: str, topology: Topology) -> None:
     conn = await connect_plain(url)
     try:
-        want = desired(topology)
+        want = desired(topology, applier.release(conn))
         await applier.apply(conn, diff(want, await applier.observe(conn, want)), want)
     finally:
         await conn.close()

@@ -79,7 +79,7 @@ async def test_replicas_set_the_members_of_each_quorum_queue_and_a_change_is_dri
         # `replicas` sees every queue as drift (members change with `rabbitmq-queues grow`)
         conn = await connect_plain(url)
         try:
-            want = desired(topology)
+            want = desired(topology, applier.release(conn))
             steps = diff(want, await applier.observe(conn, want))
         finally:
             await conn.close()
