@@ -149,6 +149,12 @@ class Publisher:
         return self._stall.stalls
 
     @property
+    def confirm_watch(self) -> StallWatch:
+        """The confirm watch of this publisher's connection (`bus.produce.stall`): other
+        publishes on that connection (the retry hand-off) report to it too."""
+        return self._stall
+
+    @property
     def flow(self) -> Flow | None:
         """Whether the broker blocks publishing now (`bus.amqp.flow`); None before `connect()`."""
         return self._flow
