@@ -3,9 +3,10 @@
 One rule for every way of publishing (`publish` one at a time or concurrently, `publish_many`,
 `SyncPublisher`, a handler's `ctx.publish`, the relay, the retry hand-off): while an event waits
 for its confirm, through all the times it is sent again, the broker must confirm *something*
-on the connection within `STALL_SECONDS`. A nack is no progress: a connection that nacks every
-publish is as dead as one that answers nothing. When the time runs out, the connection is
-closed; the robust connection makes a new one (to the next node of a cluster) and the waiting
+on the connection within `STALL_SECONDS` (5 s). A nack is no progress: a connection that
+answers only with nacks (`NACKS` of them, for `NACKED_SECONDS`, 2 s) is dead too, sooner than
+a silent one, because it is plainly alive and refusing. When the time runs out, the connection
+is closed; the robust connection makes a new one (to the next node of a cluster) and the waiting
 events are sent again (same ids: a copy is absorbed downstream).
 
 Seen on RabbitMQ 3.10.8 after a kill -9 of the node a publisher was connected to (the quorum
@@ -34,6 +35,8 @@ from bus.amqp.flow import Flow
 
 log = logging.getLogger(__name__)
 STALL_SECONDS = 5.0  # Publisher(stall=): no confirm for this long while events wait
+NACKED_SECONDS = 2.0  # ... or only nacks (NACKS of them at least) for this long
+NACKS = 3
 
 
 class ConfirmClock:
@@ -46,6 +49,8 @@ class ConfirmClock:
 
     def __init__(self, seconds: float | None, now: float = 0.0) -> None:
         self.seconds = seconds  # None: never dead
+        # a connection that answers, but only with nacks, is given up sooner
+        self.nacked_seconds = None if seconds is None else min(NACKED_SECONDS, seconds)
         self.waiting = 0  # events awaiting their confirm, across their resends
         self.answered = now  # the last confirm, or since when the clock runs
         self.nacks = 0  # nacks since the last confirm
@@ -68,13 +73,19 @@ class ConfirmClock:
 
     def quiet(self, now: float, *, connected: bool, blocked: bool) -> float | None:
         """Seconds without a confirm while events waited on an open, unblocked connection,
-        once that reaches `seconds` (drop it); None while it is alive, idle, closed or
-        blocked (the clock then starts afresh)."""
+        once that reaches `seconds`, or `nacked_seconds` with `NACKS` nacks and nothing else
+        (drop it); None while it is alive, idle, closed or blocked (the clock then starts
+        afresh)."""
         if self.seconds is None or not self.waiting or not connected or blocked:
             self.answered = now
             return None
         quiet = now - self.answered
-        return quiet if quiet >= self.seconds else None
+        if quiet >= self.seconds:
+            return quiet
+        nacked = self.nacked_seconds
+        if nacked is not None and self.nacks >= NACKS and quiet >= nacked:
+            return quiet
+        return None
 
     def restart(self, now: float) -> None:
         """A new connection gets the whole time."""

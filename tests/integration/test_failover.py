@@ -25,7 +25,7 @@ from bus.produce.sync import SyncPublisher
 from bus.stores import MemoryStore
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology
-from tests.integration.nodes import Node
+from tests.integration.nodes import Node, answers
 from tests.integration.test_cluster import cluster_url
 
 pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
@@ -153,6 +153,7 @@ async def test_a_publisher_with_default_settings_rides_out_the_kill_of_its_node(
                            message="events confirmed before the kill")  # fmt: skip
             run.killed_at = time.monotonic()
             a.kill_vm()
+            await wait_for(lambda: not answers(a.port), timeout=10, message="node 1 gone")
 
         try:
             publishing = asyncio.create_task(PATTERNS[pattern](pub, run))
