@@ -136,6 +136,7 @@ class Runtime:
             await self._publishing.channel(publisher_confirms=True, on_return_raises=True),
             self._publisher.flow,
         )
+        self._handoff.watch = self._publisher.confirm_watch  # one recovery path for both
         channel = await self._connection.channel(publisher_confirms=False)
         assert isinstance(channel, AbstractRobustChannel)
         # a batch handler of 500 needs 500 deliveries in hand, or its batch never fills

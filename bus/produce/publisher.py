@@ -149,6 +149,12 @@ class Publisher:
         return self._stall.stalls
 
     @property
+    def confirm_watch(self) -> StallWatch:
+        """The confirm watch of this publisher's connection (`bus.produce.stall`): other
+        publishes on that connection (the retry hand-off) report to it too."""
+        return self._stall
+
+    @property
     def flow(self) -> Flow | None:
         """Whether the broker blocks publishing now (`bus.amqp.flow`); None before `connect()`."""
         return self._flow
@@ -318,12 +324,18 @@ class Publisher:
     async def _send_once(
         self, wire: Wire, exchange: str, routing_key: str, started: float, timeout: float | None
     ) -> None:
-        try:  # the common case: one publish, one confirm
-            await self._publish(wire, exchange, routing_key, timeout)
-        except Exception as exc:
-            if not self._transient(exc) or (isinstance(exc, TimeoutError) and self._blocking()):
-                raise  # a block outlasted the deadline: sending again will not help
-            await self._send_again(wire, exchange, routing_key, started)
+        # the event waits for its confirm from here until it is confirmed or given up, through
+        # every resend: the stall clock (`bus.produce.stall`) runs all that time
+        self._stall.sent()
+        try:
+            try:  # the common case: one publish, one confirm
+                await self._publish(wire, exchange, routing_key, timeout)
+            except Exception as exc:
+                if not self._transient(exc) or (isinstance(exc, TimeoutError) and self._blocking()):
+                    raise  # a block outlasted the deadline: sending again will not help
+                await self._send_again(wire, exchange, routing_key, started)
+        finally:
+            self._stall.settled()
 
     def _blocking(self) -> str:
         """``: broker blocked publishing (low on memory) for 30 s`` while it does, else ""."""
@@ -391,9 +403,8 @@ class Publisher:
             await flow.wait(None if self.wait_out_blocks else timeout)
             if timeout is not None and not self.wait_out_blocks:
                 timeout = max(0.1, timeout - (time.monotonic() - waited))
-        self._stall.sent()  # from here: also while the robust channel is being restored
+        channel = await self._underlay()
         try:
-            channel = await self._underlay()
             if timeout is None and not self._direct:
                 confirmation, tag = self._writer.start(channel, wire, exchange, routing_key)
                 try:
@@ -402,9 +413,11 @@ class Publisher:
                     self._writer.forget(channel, wire.message_id, tag)
             else:
                 await self._publish_direct(channel, wire, exchange, routing_key, timeout, flow)
-            self._stall.confirmed()
-        finally:
-            self._stall.settled()
+        except aio_pika.exceptions.DeliveryError as exc:
+            if not isinstance(exc, aio_pika.exceptions.PublishError):  # not a return: a nack
+                self._stall.nacked()
+            raise
+        self._stall.confirmed()
 
     async def _publish_direct(
         self, channel: aiormq.Channel, wire: Wire, exchange: str, routing_key: str,

@@ -25,7 +25,8 @@ class SyncPublisher:
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="bus-publisher", daemon=True
         )
-        self._started = False
+        self._started = False  # the loop's thread runs
+        self._connected = False  # the publisher's connect() succeeded
 
     @classmethod
     def from_env(cls, *, source: str = "bus", **settings: str | None) -> SyncPublisher:
@@ -36,10 +37,13 @@ class SyncPublisher:
         return fut.result(timeout)
 
     def connect(self) -> SyncPublisher:
+        """Connect (again, after a failed attempt); a no-op once connected."""
         if not self._started:
             self._thread.start()
             self._started = True
+        if not self._connected:
             self._run(self._publisher.connect())
+            self._connected = True
         return self
 
     def publish(self, event_type: str, data: Any, **kw: Any) -> str:
@@ -56,7 +60,7 @@ class SyncPublisher:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
             self._loop.close()
-            self._started = False
+            self._started = self._connected = False
 
     def __enter__(self) -> SyncPublisher:
         return self.connect()

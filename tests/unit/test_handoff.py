@@ -7,6 +7,8 @@ from collections import Counter
 from types import SimpleNamespace
 from typing import Any
 
+import aio_pika
+import pytest
 from pamqp.commands import Basic
 
 from bus.consume.handoff import HandOff
@@ -68,3 +70,60 @@ async def test_different_ids_are_handed_off_concurrently() -> None:
     handoff = HandOff(FakeChannel(underlay))  # type: ignore[arg-type]
     await asyncio.gather(*(handoff.republish(delivery(f"e-{i}"), "q.dlq", {}) for i in range(3)))
     assert underlay.calls == 3
+
+
+class Watch:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def sent(self) -> None:
+        self.calls.append("sent")
+
+    def confirmed(self) -> None:
+        self.calls.append("confirmed")
+
+    def nacked(self) -> None:
+        self.calls.append("nacked")
+
+    def settled(self) -> None:
+        self.calls.append("settled")
+
+
+class NackingUnderlay:
+    """Nacks the first *nacks* publishes, then confirms."""
+
+    def __init__(self, nacks: int) -> None:
+        self.nacks = nacks
+        self.calls = 0
+
+    async def basic_publish(self, body: bytes, **kw: Any) -> None:
+        self.calls += 1
+        if self.calls <= self.nacks:
+            raise aio_pika.exceptions.DeliveryError(None, Basic.Nack())  # type: ignore[arg-type]
+
+
+async def test_a_nacked_hand_off_is_sent_again_and_told_to_the_connections_confirm_watch() -> None:
+    """A failover nacks for a while: the copy goes again (the watch replaces a connection
+    that nacks everything), rather than the event being parked in the DLQ."""
+    underlay = NackingUnderlay(nacks=3)
+    handoff = HandOff(FakeChannel(underlay))  # type: ignore[arg-type]
+    handoff.watch = watch = Watch()
+    await asyncio.wait_for(handoff.republish(delivery("e-1"), "q.retry.1s", {}), timeout=5)
+    assert underlay.calls == 4
+    assert watch.calls == ["sent", "nacked", "nacked", "nacked", "confirmed", "settled"]
+
+
+async def test_a_returned_hand_off_is_not_sent_again() -> None:
+    class Returning:
+        calls = 0
+
+        async def basic_publish(self, body: bytes, **kw: Any) -> None:
+            self.calls += 1
+            message = SimpleNamespace(delivery=Basic.Return())
+            raise aio_pika.exceptions.PublishError(message, Basic.Return())  # type: ignore[arg-type]
+
+    underlay = Returning()
+    handoff = HandOff(FakeChannel(underlay))  # type: ignore[arg-type]
+    with pytest.raises(aio_pika.exceptions.PublishError):
+        await handoff.republish(delivery("e-1"), "q.dlq", {})
+    assert underlay.calls == 1

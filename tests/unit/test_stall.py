@@ -1,4 +1,5 @@
-"""The publisher's stall watchdog drops a connection only when confirms stopped for real."""
+"""The publisher's stall watchdog drops a connection only when confirms stopped for real, and
+for every way of publishing: an event nacked and sent again keeps the clock running."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+import aio_pika
 import pytest
+from pamqp.commands import Basic
 
 from bus.produce import stall as stall_module
-from bus.produce.stall import StallWatch
+from bus.produce.publisher import Publisher
+from bus.produce.stall import ConfirmClock, StallWatch
+from bus.topology.model import from_dict
 
 
 class FakeConnection:
@@ -125,3 +130,124 @@ async def test_without_a_stall_it_counts_and_never_drops(clock: list[float]) -> 
     await w.check()
     await w.stop()
     assert w.stalls == 0 and w.outstanding == 1
+
+
+# -- the decision alone --------------------------------------------------------------------
+
+
+def test_a_connection_that_confirms_nothing_for_the_stall_while_events_wait_is_dead() -> None:
+    clock = ConfirmClock(5.0, now=0.0)
+    clock.sent(now=10.0)
+    assert clock.quiet(14.9, connected=True, blocked=False) is None
+    assert clock.quiet(15.0, connected=True, blocked=False) == 5.0
+
+
+def test_a_connection_that_nacks_everything_is_dead_sooner_than_a_silent_one() -> None:
+    clock = ConfirmClock(5.0, now=0.0)
+    clock.sent(now=0.0)
+    for t in range(20):  # nacked, sent again, nacked again: every 100 ms
+        clock.nacked()
+        assert clock.quiet(t / 10, connected=True, blocked=False) is None
+    assert clock.quiet(2.0, connected=True, blocked=False) == 2.0
+    assert clock.nacks == 20
+
+
+def test_a_nack_or_two_is_not_yet_a_dead_connection() -> None:
+    """A quorum queue nacks while it elects a leader: a few nacks, then confirms."""
+    clock = ConfirmClock(5.0, now=0.0)
+    clock.sent(now=0.0)
+    clock.nacked()
+    clock.nacked()
+    assert clock.quiet(4.9, connected=True, blocked=False) is None
+    clock.confirmed(now=4.9)
+    clock.nacked()
+    clock.nacked()
+    clock.nacked()
+    assert clock.quiet(6.8, connected=True, blocked=False) is None  # nacks since: < 2 s
+    assert clock.quiet(6.9, connected=True, blocked=False) == pytest.approx(2.0)
+
+
+def test_one_event_resent_between_nacks_keeps_the_clock_running() -> None:
+    """A one-at-a-time publisher has nothing in flight while it waits to send again: the event
+    still waits, so the time still counts (it used to start afresh with every attempt)."""
+    clock = ConfirmClock(5.0, now=0.0)
+    clock.sent(now=0.0)  # the event's first publish; its resends are not new events
+    for t in (0.5, 1.5):
+        clock.nacked()
+        assert clock.quiet(t, connected=True, blocked=False) is None
+    clock.nacked()
+    assert clock.quiet(2.5, connected=True, blocked=False) == 2.5
+
+
+def test_any_confirm_is_progress_for_every_waiting_event() -> None:
+    clock = ConfirmClock(5.0, now=0.0)
+    clock.sent(now=0.0)
+    clock.sent(now=1.0)
+    clock.confirmed(now=4.0)
+    clock.settled()
+    assert clock.quiet(8.0, connected=True, blocked=False) is None
+    assert clock.quiet(9.0, connected=True, blocked=False) == 5.0
+
+
+def test_an_idle_closed_or_blocked_connection_is_never_dead_and_restarts_the_clock() -> None:
+    clock = ConfirmClock(5.0, now=0.0)
+    assert clock.quiet(100.0, connected=True, blocked=False) is None  # nothing waits
+    clock.sent(now=100.0)
+    assert clock.quiet(200.0, connected=False, blocked=False) is None  # reconnecting
+    assert clock.quiet(204.0, connected=True, blocked=False) is None  # the time starts anew
+    assert clock.quiet(300.0, connected=True, blocked=True) is None  # a broker alarm
+    assert clock.quiet(304.0, connected=True, blocked=False) is None
+    assert clock.quiet(305.0, connected=True, blocked=False) == 5.0
+    assert ConfirmClock(None).quiet(1e9, connected=True, blocked=False) is None
+
+
+def test_a_replaced_connection_gets_the_whole_time() -> None:
+    clock = ConfirmClock(5.0, now=0.0)
+    clock.sent(now=0.0)
+    clock.nacked()
+    assert clock.quiet(5.0, connected=True, blocked=False) == 5.0
+    clock.restart(5.0)
+    assert clock.nacks == 0
+    assert clock.quiet(9.0, connected=True, blocked=False) is None
+
+
+# -- the publisher tells it ------------------------------------------------------------------
+
+TOPOLOGY = from_dict(
+    {
+        "version": 1,
+        "exchanges": {"shop.events": {"type": "topic"}},
+        "events": {"order.placed": {"exchange": "shop.events"}},
+        "subscribers": {},
+    },
+    source="test",
+)
+
+
+async def test_a_publish_nacked_again_and_again_gets_its_connection_replaced() -> None:
+    """`await pub.publish(...)` one at a time, every attempt nacked: the watchdog drops the
+    connection within the stall (before, the clock started afresh with every resend and the
+    application got PublishError at the deadline)."""
+    conn = FakeConnection()
+    pub = Publisher("amqp://unused", TOPOLOGY, deadline=30, stall=0.4)
+    pub._connection = conn  # type: ignore[assignment]
+    attempts: list[int] = []
+
+    async def nacked(*args: Any) -> None:
+        attempts.append(pub._stall.outstanding)
+        if conn.closed_with:  # the new connection confirms
+            pub._stall.confirmed()
+            return
+        await asyncio.sleep(0.02)
+        pub._stall.nacked()
+        raise aio_pika.exceptions.DeliveryError(None, Basic.Nack())  # type: ignore[arg-type]
+
+    pub._publish = nacked  # type: ignore[method-assign,assignment]
+    pub._stall.start()
+    try:
+        await asyncio.wait_for(pub.publish("order.placed", {"n": 1}), timeout=5)
+    finally:
+        await pub._stall.stop()
+    assert pub.stalls == 1 and len(conn.closed_with) == 1
+    assert set(attempts) == {1} and len(attempts) > 2, attempts
+    assert pub._stall.outstanding == 0
