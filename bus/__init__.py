@@ -27,7 +27,6 @@ from bus.produce.publisher import Publisher
 from bus.produce.sync import SyncPublisher
 
 __all__ = [
-    "__version__",
     "BatchContext",
     "BrokerUnavailable",
     "BusError",

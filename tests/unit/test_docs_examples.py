@@ -87,3 +87,15 @@ def test_complete_examples_type_check_and_their_tests_pass(page: Path, tmp_path:
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert ran.returncode == 0 and " passed" in ran.stdout, ran.stdout + ran.stderr
+
+
+def test_the_readme_is_a_short_front_door_whose_links_resolve() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    for _, body in FENCE.findall(readme):
+        if body.startswith(("from ", "import ")):
+            compile(body, "README.md", "exec", flags=ast.PyCF_ONLY_AST)
+    links = re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", readme)
+    assert links
+    assert [link for link in links if not (REPO / link).exists()] == []
+    assert "DESIGN.md" not in readme
