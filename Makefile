@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint provision test-3 test-4 unit integration bench bench-smoke clean clean-rabbitmq4
+.PHONY: demo test lint docs provision test-3 test-4 unit integration bench bench-smoke clean clean-rabbitmq4
 
 $(BIN)/bus: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,12 @@ lint: $(BIN)/bus
 	$(BIN)/ruff check bus demo subscribers api tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir .bus/site
 
-test: lint provision  ## ruff, mypy, import layers, then every test on RabbitMQ 3.10 and 4.0
+docs: $(BIN)/bus  ## serve the docs site on http://127.0.0.1:8000/ while you edit docs/
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
+test: lint provision  ## ruff, mypy, import layers, the docs build, then every test on RabbitMQ 3.10 and 4.0
 	$(BIN)/pytest -q
 	BUS_TEST_BROKER=4.0 $(BIN)/pytest -q -m rabbitmq4 tests/integration
 

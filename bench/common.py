@@ -318,7 +318,7 @@ async def queue_depth(url: str, queue: str) -> int:
 
 
 def hand_made_envelope(event_type: str) -> tuple[str, datetime, dict[str, Any]]:
-    """Id, time and headers of the bus's wire format (DESIGN.md: CloudEvents headers,
+    """Id, time and headers of the bus's wire format (CloudEvents headers,
     traceparent), made the way a producer following that contract by hand would."""
     event_id = str(uuid.uuid4())
     now = datetime.now(UTC)
@@ -372,7 +372,7 @@ class RawPublisher(Windowed):
             await self.connection.close()
 
     async def publish(self, routing_key: str, data: Any) -> None:
-        """Awaits the broker's confirm. The message has the bus's wire format (DESIGN.md: id,
+        """Awaits the broker's confirm. The message has the bus's wire format (id,
         type, source, timestamp, CloudEvents headers, traceparent), hand-built the way an
         aio-pika producer following that contract would: the same work, without the bus."""
         assert self.exchange is not None

@@ -4,6 +4,8 @@ from bus import Publisher, SyncPublisher, Outbox, Router, Context, Reject
 (SyncContext, ProcessContext: the ctx of thread and process handlers)
 """
 
+__version__ = "0.1.0"  # the one place: pyproject.toml reads it, `bus --version` prints it
+
 from bus.consume.batches import BatchContext
 from bus.consume.context import Context, ProcessContext, SyncContext
 from bus.consume.router import Router

@@ -1,4 +1,4 @@
-"""An event on the wire: JSON body, AMQP properties and CloudEvents headers (DESIGN.md, Part 1).
+"""An event on the wire: JSON body, AMQP properties and CloudEvents headers (AMQP binding).
 
 Pure data: nothing here touches the network. The publisher turns a `Wire` into an aio-pika
 message; the subscriber turns the fields of a delivery back into `Meta` and a body.

@@ -49,7 +49,7 @@ TEXT = {
 
 class Settings(BaseModel):
     """Where the broker, the topology file and the stores are, and the process's knobs: every
-    `BUS_*` variable (the README's Configuration table), read once by `from_env`."""
+    `BUS_*` variable (the docs' configuration reference), read once by `from_env`."""
 
     model_config = ConfigDict(frozen=True, hide_input_in_errors=True)  # URLs hold passwords
 

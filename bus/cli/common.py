@@ -55,9 +55,9 @@ StoreUrlOption = typer.Option(
 
 def _print_version(value: bool) -> None:
     if value:
-        from importlib.metadata import version
+        from bus import __version__
 
-        print(f"bus {version('bus')}")
+        print(f"bus {__version__}")
         raise typer.Exit()
 
 

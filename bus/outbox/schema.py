@@ -1,4 +1,4 @@
-"""The `bus_outbox` table: the contract between any writer and `bus relay` (DESIGN.md).
+"""The `bus_outbox` table: the contract between any writer and `bus relay`.
 
 A writer fills `id` (the event id, unique), `type` and `data` (JSON), and may fill `source`,
 `correlation_id`, `causation_id`, `traceparent` and `created_at`; every other column has a

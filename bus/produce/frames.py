@@ -1,7 +1,7 @@
 """The AMQP frames of one publish (method, content header, body), marshalled straight from a `Wire`.
 
-Pure data, like `bus.envelope`. The bytes are exactly pamqp's (the wire format of DESIGN.md does
-not change: tests/unit/test_frames.py compares both on many events), built without pamqp's
+Pure data, like `bus.envelope`. The bytes are exactly pamqp's (the wire format does not change:
+the unit tests compare both on many events), built without pamqp's
 per-property dispatch: the `Basic.Publish` frame is the same for every event of one exchange and
 routing key and is marshalled once; a header table whose values are all strings (every header the
 bus writes but the delay's seconds) is encoded in one pass, with each name's bytes cached. Anything

@@ -1,4 +1,4 @@
-"""The JSON API behind every page (DESIGN.md, "The operator's web page").
+"""The JSON API behind every page of `bus ui`: status, DLQ groups, a message, replay, purge, edit.
 
 Reads are open (like the pages); every POST needs `Authorization: Bearer $BUS_UI_TOKEN`.
 """

@@ -1,7 +1,7 @@
 """`bus ui` stays fast with 10,000 parked messages: the DLQ is read in one bulk browse, grouped,
 and the grouping is reused by the refreshes that follow (not re-read message by message).
 
-Prints the timings and writes them to .bus/ui-scale.json (the figure in the README).
+Prints the timings and writes them to .bus/ui-scale.json (the figure in the docs: guides/dlq.md).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from bus.cli import app
 from bus.topology.plan import Action, BindingDecl, Step
 
 REPO = Path(__file__).resolve().parents[2]
-# options backed by a variable of the README's configuration table
+# options backed by a variable of the configuration reference (docs/reference/configuration.md)
 ENV_OF = {
     "--url": "BUS_URL", "--topology": "BUS_TOPOLOGY", "--store-url": "BUS_STORE_URL",
     "--outbox-url": "BUS_OUTBOX_URL", "--metrics-port": "BUS_METRICS_PORT",

@@ -127,7 +127,7 @@ def test_a_multi_host_url_with_an_unusable_host_is_a_config_error(url: str) -> N
 
 def test_settings_hold_every_bus_variable_the_library_reads() -> None:
     """Settings.from_env is the one reader: a BUS_* name anywhere in bus/ is one of its variables
-    (or a CLI option's envvar of `bus ui`), and the README's configuration table lists each."""
+    (or a CLI option's envvar of `bus ui`), and the configuration reference of the docs lists each."""
     import re
 
     from bus.settings import SECONDS, TEXT
@@ -141,8 +141,8 @@ def test_settings_hold_every_bus_variable_the_library_reads() -> None:
         for name in re.findall(r"\bBUS_[A-Z_]+\b", path.read_text())
     }
     assert used - known - cli_only == set()
-    readme = (root / "README.md").read_text()
-    assert {name for name in known | cli_only if f"`{name}`" not in readme} == set()
+    reference = (root / "docs" / "reference" / "configuration.md").read_text()
+    assert {name for name in known | cli_only if f"`{name}`" not in reference} == set()
 
 
 def test_from_env_reads_the_process_knobs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""The README's "Testing your handlers" example runs as written, with no broker."""
+"""The example of the docs' "Test handlers" guide runs as written, with no broker."""
 
 from __future__ import annotations
 
@@ -10,14 +10,12 @@ from typing import Any
 
 import pytest
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "guides" / "testing.md"
 
 
 def example() -> str:
-    text = README.read_text()
-    section = text.split("## Testing your handlers", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    assert blocks, "the section has no python example"
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.S)
+    assert blocks, "the guide has no python example"
     return str(blocks[0])
 
 
@@ -37,8 +35,8 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return tried
 
 
-async def test_the_readme_handler_test_passes_without_a_broker(no_network: list[Any]) -> None:
+async def test_the_testing_guide_example_passes_without_a_broker(no_network: list[Any]) -> None:
     module = types.ModuleType("readme_example")
-    exec(compile(example(), str(README), "exec"), module.__dict__)
+    exec(compile(example(), str(GUIDE), "exec"), module.__dict__)
     await module.test_confirmations()
     assert no_network == [], "TestBus opened no connection"
