@@ -186,3 +186,34 @@ async def test_reading_an_exchange_without_history_is_one_clear_error(
     async with History(amqp_url) as h:
         with pytest.raises(NoHistory, match="keeps no history"):
             [e async for e in h.read(f"{prefix}.nothing")]
+
+
+async def test_apply_prune_removes_the_log_only_once_the_topology_no_longer_asks_for_it(
+    amqp_url: str, prefix: str
+) -> None:
+    from bus.topology.model import from_dict
+    from tests.integration.history_kit import history_doc
+
+    doc = history_doc(prefix, {"email": {"keys": ["order.placed"]}})
+    with_log = from_dict(doc)
+    del doc["exchanges"][f"{prefix}.events"]["history"]
+    without = from_dict(doc)
+    stream = f"{prefix}.events.history"
+    async with applied(amqp_url, with_log):
+        conn = await connect_plain(amqp_url)
+        try:
+            for prune in (False, True):  # still asked for: neither plan touches it
+                want = desired(with_log)
+                steps = diff(want, await applier.observe(conn, want), prune=prune)
+                assert {str(s.action) for s in steps if s.decl.key == f"queue {stream}"} == {
+                    "unchanged"
+                }
+            want = desired(without)
+            kept = diff(want, await applier.observe(conn, want))
+            assert [str(s.action) for s in kept if s.decl.key == f"queue {stream}"] == ["keep"]
+            pruned = diff(want, await applier.observe(conn, want), prune=True)
+            assert [str(s.action) for s in pruned if s.decl.key == f"queue {stream}"] == ["delete"]
+            await applier.apply(conn, pruned, want)
+            assert await applier.queue_depth(conn, stream) is None
+        finally:
+            await conn.close()
