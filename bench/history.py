@@ -16,6 +16,7 @@ import asyncio
 import os
 import resource
 import time
+from typing import Any
 
 from bench.common import abba, declared, new_prefix
 from bus import Publisher
@@ -28,7 +29,7 @@ OFF, ON = "off", "on"
 
 
 def bench_topology(prefix: str) -> Topology:
-    exchanges = {f"{prefix}.{side}": {"type": "topic"} for side in (OFF, ON)}
+    exchanges: dict[str, dict[str, Any]] = {f"{prefix}.{s}": {"type": "topic"} for s in (OFF, ON)}
     exchanges[f"{prefix}.{ON}"]["history"] = {"max_age": "1h"}
     return from_dict(
         {

@@ -16,15 +16,18 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
+import aiormq
 from aio_pika.abc import AbstractConnection
 from pamqp.commands import Basic
 
 from bus.amqp.plumbing import close_quietly
-from bus.envelope import H_AGAIN
+from bus.envelope import H_AGAIN, Wire
+from bus.errors import PublishError
 from bus.history.reader import PREFETCH, Entry, read_log
 from bus.history.select import Selection, routes
+from bus.produce.confirms import ConfirmWriter
 from bus.topology.model import Subscriber, Topology
 
 REPLAYED_AT = "bus-replayed-at"
@@ -78,49 +81,57 @@ async def replay(
                 progress(out.total, entry.event.type)
         return out
     channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+    writer = ConfirmWriter()
+    window: list[tuple[asyncio.Future[object], str, int]] = []
     try:
-        raw = await channel.get_underlay_channel()
-        window: list[asyncio.Task[Any]] = []
-        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        raw = cast(aiormq.Channel, await channel.get_underlay_channel())
+        now = datetime.now(UTC)
+        stamp = now.isoformat().replace("+00:00", "Z")
         async for entry in selected(conn, topology, sub, selection):
             headers = dict(entry.event.headers)
-            headers[REPLAYED_AT] = now
+            headers[REPLAYED_AT] = stamp
             if out.run:
                 headers[H_AGAIN] = out.run
-            # one task per copy, in order: aiormq's channel lock is first come, first served,
-            # so copies reach the broker in log order while their confirms come back together
-            publish = raw.basic_publish(
-                entry.body,
-                routing_key=sub.queue,
-                properties=_copy(entry.properties, headers),
-                mandatory=True,
-            )
-            window.append(asyncio.ensure_future(publish))
+            wire = _wire(entry, headers, now)
+            # buffered and written once per loop turn, in order: copies reach the broker in
+            # log order while their confirms come back together
+            future, tag = writer.start(raw, wire, "", sub.queue)
+            window.append((future, wire.message_id, tag))
             if len(window) >= WINDOW:
-                await asyncio.gather(*window)
-                window.clear()
+                await _settle(raw, window)
             out.per_type[entry.event.type] += 1
             if progress:
                 progress(out.total, entry.event.type)
-        await asyncio.gather(*window)
-    except BaseException:
-        for task in window:
-            task.cancel()
-        raise
+        await _settle(raw, window)
     finally:
         await close_quietly(channel)
     return out
 
 
-def _copy(p: Basic.Properties, headers: dict[str, Any]) -> Basic.Properties:
-    return Basic.Properties(
-        content_type=p.content_type,
-        content_encoding=p.content_encoding,
+async def _settle(
+    raw: aiormq.Channel, window: list[tuple[asyncio.Future[object], str, int]]
+) -> None:
+    """Wait for every confirm of *window* (then empty it); a nack or a return raises."""
+    try:
+        for future, _, _ in window:
+            result = await future
+            if isinstance(result, Basic.Nack):
+                raise PublishError(f"the broker refused a replayed copy ({result!r})")
+    finally:
+        for _, message_id, tag in window:
+            ConfirmWriter.forget(raw, message_id, tag)
+        window.clear()
+
+
+def _wire(entry: Entry, headers: dict[str, Any], now: datetime) -> Wire:
+    p = entry.properties
+    return Wire(
+        body=entry.body,
+        message_id=p.message_id or entry.event.id,
+        type=p.message_type or entry.event.type,
+        app_id=p.app_id or "",
+        timestamp=p.timestamp or entry.event.time or now,
         headers=headers,
-        delivery_mode=2,
         correlation_id=p.correlation_id,
-        message_id=p.message_id,
-        timestamp=p.timestamp,
-        message_type=p.message_type,
-        app_id=p.app_id,
+        content_type=p.content_type or "application/json",
     )

@@ -87,16 +87,16 @@ async def test_retries_dlq_replays_and_history_replays_never_enter_the_log_again
             async with Publisher(amqp_url, topology) as pub:
                 for i in ("fails-once", "always-fails", "fine"):
                     await pub.publish("order.placed", {"order_id": i}, id=i)
-            await wait_for(lambda: calls["fails-once"] == 2, timeout=10, message="the retry")
+            await wait_for(lambda: calls["fails-once"] == 2, timeout=30, message="the retry")
             conn = await connect_plain(amqp_url)
             try:
-                await wait_for(lambda: _parked(conn, sub), timeout=15, message="the parked one")
+                await wait_for(lambda: _parked(conn, sub), timeout=30, message="the parked one")
                 await dlq.replay(conn, sub, None)
                 await wait_for(lambda: calls["always-fails"] == 5, timeout=30,
                                message="the DLQ replay handled")  # fmt: skip
                 out = await replay(conn, topology, sub, Selection(), again=True)
                 assert out.total == 3
-                await wait_for(lambda: calls["fine"] == 2, timeout=10,
+                await wait_for(lambda: calls["fine"] == 2, timeout=30,
                                message="the --again replay handled")  # fmt: skip
             finally:
                 await conn.close()
