@@ -27,6 +27,7 @@ from bus.envelope import H_AGAIN, Wire
 from bus.errors import PublishError
 from bus.history.reader import PREFETCH, Entry, read_log
 from bus.history.select import Selection, routes
+from bus.metrics import Metrics
 from bus.produce.confirms import ConfirmWriter
 from bus.topology.model import Subscriber, Topology
 
@@ -71,6 +72,7 @@ async def replay(
     dry_run: bool = False,
     again: bool = False,
     progress: Progress | None = None,
+    metrics: Metrics | None = None,
 ) -> Outcome:
     """Copy the selected events into *sub*'s queue with confirms, in log order."""
     out = Outcome(run=str(uuid.uuid4()) if again else None)
@@ -105,6 +107,9 @@ async def replay(
         await _settle(raw, window)
     finally:
         await close_quietly(channel)
+        counter = (metrics or Metrics.default()).replayed
+        for etype, n in out.per_type.items():
+            counter.labels(sub.name, etype).inc(n)
     return out
 
 

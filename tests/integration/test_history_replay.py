@@ -65,8 +65,10 @@ async def test_replay_feeds_only_the_named_subscriber_and_absorbs_what_it_handle
                 dry = await replay(conn, topology, sub, Selection(), dry_run=True)
                 assert dry.per_type == {"order.placed": 5}  # its binding: not order.shipped
                 assert await queue_depth(amqp_url, f"{prefix}.email") == 0
+                counted = _replayed_total("email")
                 out = await replay(conn, topology, sub, Selection())
                 assert out.per_type == {"order.placed": 5}
+                assert _replayed_total("email") == counted + 5  # bus_replayed_total
                 await wait_for(lambda: _drained(amqp_url, f"{prefix}.email"), timeout=10,
                                message="the copies consumed")  # fmt: skip
                 assert all(email[i] == 1 for i in placed), email  # absorbed: not run again
@@ -78,6 +80,13 @@ async def test_replay_feeds_only_the_named_subscriber_and_absorbs_what_it_handle
                 await conn.close()
         assert await queue_depth(amqp_url, f"{prefix}.audit") == audit_before == 7
     assert not set(shipped) & set(email)
+
+
+def _replayed_total(subscriber: str) -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"subscriber": subscriber, "type": "order.placed"}
+    return REGISTRY.get_sample_value("bus_replayed_total", labels) or 0.0
 
 
 async def _drained(url: str, queue: str) -> bool:
