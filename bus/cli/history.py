@@ -18,13 +18,19 @@ from bus.history.select import without_history
 from bus.topology.model import Subscriber, Topology
 
 SinceOption = typer.Option(
-    None, "--since", help="From this time: 1h, 7d (that long ago) or RFC 3339", show_default=False
+    None,
+    "--since",
+    help="From this time: 1h, 7d (that long ago) or RFC 3339 (default: the oldest kept)",
+    show_default=False,
 )
 UntilOption = typer.Option(
-    None, "--until", help="Up to this time: 1h or RFC 3339", show_default=False
+    None, "--until", help="Up to this time: 1h or RFC 3339 (default: now)", show_default=False
 )
 TypeOption = typer.Option(
-    [], "--type", help="Event type or pattern (order.*, #), repeatable", show_default=False
+    [],
+    "--type",
+    help="Event type or pattern (order.*, #), repeatable (default: every type)",
+    show_default=False,
 )
 
 
@@ -43,9 +49,13 @@ def history(
     since: str | None = SinceOption,
     until: str | None = UntilOption,
     types: list[str] = TypeOption,
-    id: str | None = typer.Option(None, "--id", help="Only the event with this id"),
-    correlation_id: str | None = typer.Option(None, "--correlation-id", help="Only these"),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="At most N events"),
+    id: str | None = typer.Option(None, "--id", help="Only the event with this id (default: any)"),
+    correlation_id: str | None = typer.Option(
+        None, "--correlation-id", help="Only events with this correlation id (default: any)"
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="At most N events (default: all)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line"),
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,
