@@ -22,6 +22,7 @@ from bus.errors import (
     UnknownEventType,
     UnroutableError,
 )
+from bus.history import History, HistoryEvent
 from bus.outbox import Outbox
 from bus.produce.publisher import Publisher
 from bus.produce.sync import SyncPublisher
@@ -33,6 +34,8 @@ __all__ = [
     "ConfigError",
     "Context",
     "HandlerTimeout",
+    "History",
+    "HistoryEvent",
     "InvalidEvent",
     "Outbox",
     "ProcessContext",

@@ -48,3 +48,28 @@ def normalise_rate(text: str) -> str:
     """``"10 / s"`` -> ``"10/s"``; raises ValueError when *text* is not a rate."""
     parse_rate(text)
     return text.replace(" ", "")
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
+_SIZE_UNITS = {
+    None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40,
+}  # fmt: skip
+
+
+def parse_bytes(text: str | int) -> int:
+    """``"10GB"`` -> 10_000_000_000 (also ``500MB``, ``1GiB``, a plain number of bytes);
+    raises ValueError."""
+    if isinstance(text, int) and not isinstance(text, bool) and text > 0:
+        return text
+    match = _SIZE.match(text) if isinstance(text, str) else None
+    if match is None or int(match.group(1)) <= 0:
+        shown = f'"{text}"' if isinstance(text, str) else repr(text)
+        raise ValueError(f"{shown} is not a size (use e.g. 500MB, 10GB, 1GiB)")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def normalise_bytes(text: str | int) -> str:
+    """``"10 GB"`` -> ``"10GB"``; raises ValueError when *text* is not a size."""
+    parse_bytes(text)
+    return str(text).replace(" ", "")

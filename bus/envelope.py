@@ -26,6 +26,16 @@ H_TYPE = "cloudEvents_type"
 H_TIME = "cloudEvents_time"
 H_TRACEPARENT = "traceparent"
 H_CAUSATION = "bus-causation-id"
+H_AGAIN = "bus-replay-again"  # set by `bus replay --again`: its run handles the event once more
+
+
+def idempotency_key(event_id: str, headers: Mapping[str, Any] | None) -> str:
+    """The id a subscriber records as processed: the event id, or for a copy sent by
+    `bus replay --again`, the event id within that replay run (handled once per run)."""
+    run = (headers or {}).get(H_AGAIN)
+    if isinstance(run, bytes | bytearray):
+        run = bytes(run).decode(errors="replace")
+    return f"{event_id}#again:{run}" if isinstance(run, str) and run else event_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,10 @@ class NotApplied(ConfigError):
     """The broker lacks an exchange or queue of the topology: `bus topology apply` first."""
 
 
+class NoHistory(ConfigError):
+    """An exchange keeps no history (no `history:` in the topology, or its log is not applied)."""
+
+
 class TopologyError(BusError):
     """The topology file is invalid. `problems` holds every one, each as "path: message"."""
 

@@ -61,6 +61,12 @@ class Metrics:
         self.relay_published = Counter(
             "bus_relay_published_total", "Outbox rows published and removed", ["type"], registry=r
         )
+        self.replayed = Counter(
+            "bus_replayed_total",
+            "History events copied into a subscriber's queue (bus replay, backfill)",
+            ["subscriber", "type"],
+            registry=r,
+        )
         self.relay_ready = Gauge(
             "bus_relay_ready",
             "1 while the relay reaches both the outbox and the broker",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from aio_pika.abc import AbstractConnection
 from rich.text import Text
 
 import bus.topology.delays as delays
@@ -16,7 +17,7 @@ from bus.cli.common import (
     settings,
     topology_of,
 )
-from bus.errors import BusError, TopologyError
+from bus.errors import BusError, NoHistory, TopologyError
 from bus.settings import redact
 from bus.topology import apply as applier
 from bus.topology.model import Topology
@@ -64,9 +65,32 @@ async def _plan(url: str, t: Topology, prune: bool, execute: bool) -> tuple[list
         want = desired(t, applier.release(conn))
         steps = diff(want, await applier.observe(conn, want), prune=prune)
         refused = await applier.apply(conn, steps, want) if execute else []
+        await _backfill(conn, t, steps, execute)
         return steps, refused
     finally:
         await conn.close()
+
+
+async def _backfill(
+    conn: AbstractConnection, t: Topology, steps: list[Step], execute: bool
+) -> None:
+    """After `apply` created (and bound) a new subscriber's queue, copy its `backfill:`; in
+    `plan`, count what it would copy."""
+    from bus.history import backfill
+
+    for sub in backfill.due(t, steps):
+        if any(t.history(b.exchange) is None for b in sub.bindings):
+            continue  # the file's validation reports it
+        try:
+            out = await backfill.backfill(conn, t, sub, dry_run=not execute)
+        except NoHistory:  # its log is created by this very apply: nothing to copy yet
+            out = backfill.Outcome()
+        verb = "copied" if execute else "will copy"
+        console.print(
+            f"backfill {sub.name}: {verb} {out.total} events of the last {sub.backfill} "
+            f"into {sub.queue}",
+            markup=False,
+        )
 
 
 def _report(all_steps: list[Step], verb: str) -> int:

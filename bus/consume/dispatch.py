@@ -35,7 +35,7 @@ from bus.consume.claims import Claims
 from bus.consume.context import Context, Publishes
 from bus.consume.executors import Runner
 from bus.consume.router import Executor, Handler, Router
-from bus.envelope import Meta, decode_body, decode_meta
+from bus.envelope import H_AGAIN, Meta, decode_body, decode_meta, idempotency_key
 from bus.errors import InvalidEvent, Reject
 from bus.retry import (
     DeadLetter,
@@ -197,7 +197,8 @@ class Dispatcher:
         attempt: int,
     ) -> Outcome:
         ctx = Context(meta, attempt, self.sub.name, m.routing_key, headers, self.publisher)
-        claim = await self.claims.claim(meta.id)
+        key = meta.id if H_AGAIN not in headers else idempotency_key(meta.id, headers)
+        claim = await self.claims.claim(key)
         if claim is Claim.DONE:
             ctx.log.info("duplicate %s %s: already processed, acked", meta.type, meta.id)
             return self._duplicate(meta.type)
@@ -206,7 +207,7 @@ class Dispatcher:
                             meta.type, meta.id)  # fmt: skip
             return Requeue(meta.type, "claimed by another replica")
         if handler.batch is not None:
-            return await self._run_batched(m, meta, handler, event, ctx, attempt)
+            return await self._run_batched(m, meta, handler, event, ctx, attempt, key)
         started = time.perf_counter()
         try:
             if tracing.active():
@@ -218,27 +219,34 @@ class Dispatcher:
             else:
                 await self.runner.run(handler, event, ctx)
         except Reject as exc:
-            await self.claims.release(meta.id)
+            await self.claims.release(key)
             ctx.log.warning("rejected %s %s: %s", meta.type, meta.id, exc.reason)
             return self._fail(m, dead(self.sub, DeadReason.REJECTED), attempt, handler, exc,
                               meta.type)  # fmt: skip
         except Exception as exc:
-            await self.claims.release(meta.id)
+            await self.claims.release(key)
             ctx.log.warning("handler %s failed on attempt %d: %s: %s", handler.name, attempt,
                             type(exc).__name__, exc)  # fmt: skip
             return self._fail(m, after_failure(self.sub, attempt), attempt, handler, exc,
                               meta.type)  # fmt: skip
         except BaseException:  # cut off: the channel closed under it, or the process stops
-            await self.claims.let_go(meta.id)  # the broker redelivers it: let that run it
+            await self.claims.let_go(key)  # the broker redelivers it: let that run it
             raise
         finally:
             if self.observe is not None:
                 self.observe(meta.type, time.perf_counter() - started)
-        await self.claims.complete(meta.id)
+        await self.claims.complete(key)
         return self._ack(meta.type)
 
     async def _run_batched(
-        self, m: Incoming, meta: Meta, handler: Handler, event: Any, ctx: Context, attempt: int
+        self,
+        m: Incoming,
+        meta: Meta,
+        handler: Handler,
+        event: Any,
+        ctx: Context,
+        attempt: int,
+        key: str,
     ) -> Outcome:
         batcher = self._batcher(handler)
         future = batcher.add(event, ctx)
@@ -246,14 +254,14 @@ class Dispatcher:
             result = await asyncio.shield(future)
         except BaseException:  # cut off (its channel closed): the broker redelivers it
             if batcher.withdraw(future):  # its batch had not run: out of it, the claim let go
-                await self.claims.let_go(meta.id)
+                await self.claims.let_go(key)
             else:  # its batch runs on with it: the claim ends as that run ends, and until then
-                self.claims.end_with(meta.id, future)  # holds the redelivery off
+                self.claims.end_with(key, future)  # holds the redelivery off
             raise
         if result is None:
-            await self.claims.complete(meta.id)
+            await self.claims.complete(key)
             return self._ack(meta.type)
-        await self.claims.release(meta.id)
+        await self.claims.release(key)
         if isinstance(result, Reject):
             return self._fail(m, dead(self.sub, DeadReason.REJECTED), attempt, handler, result,
                               meta.type)  # fmt: skip

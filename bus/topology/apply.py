@@ -32,6 +32,8 @@ from bus.topology.plan import (
     Role,
     Step,
     is_delay_object,
+    is_history_object,
+    retired_history,
 )
 from bus.topology.release import Release
 
@@ -50,6 +52,9 @@ async def observe(conn: AbstractConnection, want: Sequence[Decl]) -> Observed:
     recorded: list[Decl] = []
     for main in _main_queues(want).values():
         recorded += await read_record(conn, main)
+    for retired in retired_history(want):  # a log found by its name, once its exchange's
+        if await queue_depth(conn, retired.name) is not None:  # `history:` is gone
+            recorded.append(retired)
     exchanges: set[str] = set()
     queues: dict[str, int] = {}
     drift: dict[str, str] = {}
@@ -137,7 +142,11 @@ async def apply(conn: AbstractConnection, steps: Sequence[Step], want: Sequence[
     finally:
         await close_quietly(channel)
     refused = await _migrate(conn, steps, _main_queues(want))
-    owned = [d for d in want if d.key not in drifted and not is_delay_object(d)]
+    owned = [
+        d
+        for d in want
+        if d.key not in drifted and not is_delay_object(d) and not is_history_object(d)
+    ]
     owned += [s.decl for s in steps if s.action in (Action.KEEP, Action.DRIFT)]
     mains = _main_queues(want)
     for owner, main in mains.items():
@@ -178,7 +187,9 @@ def _main_queues(decls: Sequence[Decl]) -> dict[str, str]:
 async def _delete(channel: AbstractChannel, decl: Decl) -> None:
     log.debug("deleting %s", decl.key)
     raw = await channel.get_underlay_channel()
-    if isinstance(decl, QueueDecl):
+    if isinstance(decl, QueueDecl) and decl.role is Role.HISTORY:
+        await raw.queue_delete(decl.name)  # the planner decided: a log no longer asked for
+    elif isinstance(decl, QueueDecl):
         # quorum queues refuse `if-empty`: check the depth right before deleting instead
         # (the planner already kept non-empty queues; this narrows the window further)
         ok = await raw.queue_declare(decl.name, passive=True)

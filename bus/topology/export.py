@@ -237,6 +237,13 @@ def asyncapi(
                 }
             },
         }
+        history = topology.history(ev.exchange)
+        if history is not None:  # the exchange's log keeps this event too
+            channels[etype]["x-bus-history"] = {
+                "stream": history.stream,
+                "max_age": history.max_age,
+                "max_bytes": history.max_bytes,
+            }
         messages[etype] = _message(etype, ev.description, ev.json_schema)
         channel_ref = {"$ref": f"#/channels/{etype}"}
         message_ref = {"$ref": f"#/channels/{etype}/messages/{etype}"}

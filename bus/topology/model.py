@@ -18,12 +18,22 @@ import yaml
 from croniter import croniter
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from bus.durations import normalise, normalise_rate, parse_ms, parse_rate
+from bus.durations import (
+    normalise,
+    normalise_bytes,
+    normalise_rate,
+    parse_bytes,
+    parse_ms,
+    parse_rate,
+)
 from bus.errors import TopologyError
 from bus.topology.routing import matches
 
 Duration = Annotated[str, AfterValidator(normalise)]
-Rate = Annotated[str, AfterValidator(normalise_rate)]  # handler starts: 10/s, 600/m, 100/h
+Rate = Annotated[str, AfterValidator(normalise_rate)]
+Size = Annotated[
+    str | int, AfterValidator(normalise_bytes)
+]  # 10GB, 500MB, 1GiB, or bytes  # handler starts: 10/s, 600/m, 100/h
 Concurrency = Annotated[int, Field(ge=1, le=65535)]
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 _HANDLERS = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -75,8 +85,20 @@ class DefaultsSpec(_Strict):
     timeout: Duration | None = None
 
 
+DEFAULT_HISTORY_AGE = "7d"
+
+
+class HistorySpec(_Strict):
+    """`exchanges.<name>.history`: the event log's retention; never unbounded (with neither
+    limit given, events are kept `DEFAULT_HISTORY_AGE`)."""
+
+    max_age: Duration | None = None
+    max_bytes: Size | None = None
+
+
 class ExchangeSpec(_Strict):
     type: ExchangeType = ExchangeType.TOPIC
+    history: HistorySpec | None = None
 
 
 class EventSpec(_Strict):
@@ -105,6 +127,8 @@ class SubscriberSpec(_Strict):
     # event types its handlers may publish (`ctx.publish`): the least-privilege export grants
     # its user exactly these; none when left out
     publishes: list[str] = Field(default_factory=list)
+    # copy this long of history into the queue when `bus topology apply` first creates it
+    backfill: Duration | None = None
 
 
 class ScheduleSpec(_Strict):
@@ -132,6 +156,28 @@ class Binding:
 
 
 @dataclass(frozen=True, slots=True)
+class History:
+    """An exchange's event log: the stream `<exchange>.history` and its retention."""
+
+    exchange: str
+    max_age: str | None  # a normalised duration, e.g. "7d"
+    max_bytes: int | None
+
+    @property
+    def stream(self) -> str:
+        return history_stream(self.exchange)
+
+    @property
+    def max_age_ms(self) -> int | None:
+        return parse_ms(self.max_age) if self.max_age else None
+
+
+def history_stream(exchange: str) -> str:
+    """The stream queue holding *exchange*'s history."""
+    return f"{exchange}.history"
+
+
+@dataclass(frozen=True, slots=True)
 class Subscriber:
     """A subscriber with the defaults applied: everything the planner and runtime need."""
 
@@ -148,6 +194,7 @@ class Subscriber:
     concurrency: int = 32  # handlers in flight; sizes the thread (and process) pools
     rate_limit: str | None = None  # "10/s": handler starts per process
     timeout: str | None = None  # "2m": a handler running longer fails with HandlerTimeout
+    backfill: str | None = None  # "7d": history copied in when its queue is first created
 
     @property
     def rate(self) -> float | None:
@@ -226,7 +273,21 @@ class Topology:
             concurrency=s.concurrency or d.concurrency or prefetch,
             rate_limit=s.rate_limit or d.rate_limit,
             timeout=s.timeout or d.timeout,
+            backfill=s.backfill,
         )
+
+    def history(self, exchange: str) -> History | None:
+        """The history kept for *exchange*, or None when it keeps none (or is not declared)."""
+        spec = self.spec.exchanges.get(exchange)
+        if spec is None or spec.history is None:
+            return None
+        h = spec.history
+        age = h.max_age if h.max_age or h.max_bytes else DEFAULT_HISTORY_AGE
+        size = parse_bytes(h.max_bytes) if h.max_bytes is not None else None
+        return History(exchange, age, size)
+
+    def histories(self) -> list[History]:
+        return [h for name in self.spec.exchanges if (h := self.history(name)) is not None]
 
     def subscribers(self) -> list[Subscriber]:
         return [self.subscriber(n) for n in self.spec.subscribers]
@@ -412,11 +473,40 @@ def _check_subscribers(doc: _Raw) -> list[str]:
         bindings = sub.get("bindings", [])
         for i, b in enumerate(bindings if isinstance(bindings, list) else []):
             problems += _check_binding(doc, f"{where}.bindings[{i}]", _mapping(b))
+        problems += _check_backfill(doc, where, sub)
         publishes = sub.get("publishes", [])
         for i, etype in enumerate(publishes if isinstance(publishes, list) else []):
             if isinstance(etype, str) and etype not in doc.events:
                 problems.append(f"{where}.publishes[{i}]: event type {etype!r} is not declared")
     return problems
+
+
+def _check_backfill(doc: _Raw, where: str, sub: dict[str, Any]) -> list[str]:
+    backfill = sub.get("backfill")
+    if backfill is None or _label_or_none(str(backfill)) is None:
+        return []  # a malformed duration is reported by the model
+    bindings = sub.get("bindings", [])
+    problems: list[str] = []
+    for b in bindings if isinstance(bindings, list) else []:
+        exchange = _mapping(b).get("exchange")
+        if not isinstance(exchange, str) or exchange not in doc.exchanges:
+            continue
+        history = _mapping(doc.exchanges.get(exchange)).get("history")
+        if not isinstance(history, dict):
+            problems.append(
+                f"{where}.backfill: exchange {exchange!r} keeps no history (add `history:` to it)"
+            )
+            continue
+        kept = history.get("max_age")
+        if kept is None and history.get("max_bytes") is None:
+            kept = DEFAULT_HISTORY_AGE
+        known = isinstance(kept, str) and _label_or_none(kept) is not None
+        if known and parse_ms(str(backfill)) > parse_ms(str(kept)):
+            problems.append(
+                f"{where}.backfill: {backfill} is longer than the history kept on "
+                f"exchange {exchange!r} ({kept})"
+            )
+    return list(dict.fromkeys(problems))
 
 
 def _check_binding(doc: _Raw, where: str, binding: dict[str, Any]) -> list[str]:

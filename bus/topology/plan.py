@@ -13,7 +13,14 @@ from typing import Any
 
 import bus.topology.delays as delays
 from bus.durations import parse_ms
-from bus.topology.model import QueueType, Subscriber, Topology
+from bus.topology.model import (
+    ExchangeType,
+    History,
+    QueueType,
+    Subscriber,
+    Topology,
+    history_stream,
+)
 from bus.topology.release import OLDEST, Release
 
 STATE_QUEUE_PREFIX = "bus.state."  # + a subscriber's queue: what `apply` created for it
@@ -24,6 +31,10 @@ class Role(StrEnum):
     RETRY = "retry"
     DLQ = "dlq"
     DELAY = "delay"  # the shared delay levels (bus.topology.delays), owned by no subscriber
+    HISTORY = "history"  # an exchange's event log, a stream queue owned by no subscriber
+
+
+HISTORY_OWNER = "bus.history"  # the owner of every history stream: never a subscriber
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,10 +192,68 @@ def delay_objects(topology: Topology) -> list[Decl]:
     return decls
 
 
+def stream_max_age(duration: str) -> str:
+    """A duration as a stream's `x-max-age` (units Y M D h m s): "7d" -> "7D", "250ms" -> "1s"."""
+    seconds = max(1, -(-parse_ms(duration) // 1000))
+    for unit, size in (("D", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def history_arguments(history: History) -> dict[str, Any]:
+    args: dict[str, Any] = {"x-queue-type": "stream"}
+    if history.max_age:
+        args["x-max-age"] = stream_max_age(history.max_age)
+    if history.max_bytes:
+        args["x-max-length-bytes"] = history.max_bytes
+    return args
+
+
+def history_keys(topology: Topology, exchange: str) -> list[str]:
+    """Binding keys that route every event of *exchange* to its log exactly once."""
+    kind = topology.exchanges[exchange].type
+    if kind is ExchangeType.TOPIC:
+        return ["#"]
+    if kind is ExchangeType.FANOUT:
+        return [""]
+    return [t for t, e in topology.events.items() if e.exchange == exchange]
+
+
+def history_objects(topology: Topology) -> list[Decl]:
+    """Per exchange keeping history: its stream and the bindings that feed it."""
+    decls: list[Decl] = []
+    for h in topology.histories():
+        decls.append(QueueDecl(h.stream, HISTORY_OWNER, Role.HISTORY, history_arguments(h)))
+        decls += [BindingDecl(h.stream, h.exchange, k) for k in history_keys(topology, h.exchange)]
+    return decls
+
+
+def is_history_object(d: Decl) -> bool:
+    """An exchange's log or a binding feeding it: found by name, never in a subscriber's record."""
+    if isinstance(d, QueueDecl):
+        return d.role is Role.HISTORY
+    return isinstance(d, BindingDecl) and d.queue == history_stream(d.exchange)
+
+
+def retired_history(want: Iterable[Decl]) -> list[QueueDecl]:
+    """The logs an exchange of *want* would have if it no longer keeps history: `observe`
+    looks for them by name, so that `apply --prune` can remove them."""
+    wanted = {d.name for d in want if isinstance(d, QueueDecl)}
+    return [
+        QueueDecl(history_stream(d.name), HISTORY_OWNER, Role.HISTORY, {})
+        for d in want
+        if isinstance(d, ExchangeDecl)
+        and not is_delay_object(d)
+        and history_stream(d.name) not in wanted
+    ]
+
+
 def desired(topology: Topology, release: Release = OLDEST) -> list[Decl]:
-    """Every object the topology declares on a broker of *release*: exchanges, each
-    subscriber's, then the delays'."""
+    """Every object the topology declares on a broker of *release*: exchanges, their history,
+    each subscriber's, then the delays'."""
     decls: list[Decl] = [ExchangeDecl(n, str(e.type)) for n, e in topology.exchanges.items()]
+    decls += history_objects(topology)
     for sub in topology.subscribers():
         decls += subscriber_objects(sub, release)
     return decls + delay_objects(topology)
@@ -214,7 +283,7 @@ def _step(d: Decl, seen: Observed, recorded_bindings: set[BindingDecl]) -> Step:
         known = d.name in seen.queues
     elif isinstance(d, ExchangeBindingDecl):  # asserted on every apply: idempotent
         known = d.source in seen.exchanges and d.destination in seen.exchanges
-    elif is_delay_object(d):  # shared: not in any subscriber's record
+    elif is_delay_object(d) or is_history_object(d):  # not in any subscriber's record
         known = d.queue in seen.queues
     else:
         known = d in recorded_bindings and d.queue in seen.queues
@@ -293,6 +362,10 @@ def diff(want: Iterable[Decl], seen: Observed, *, prune: bool = False) -> list[S
             if old.name not in seen.queues:
                 continue
             depth = seen.queues[old.name]
+            if old.role is Role.HISTORY:  # a log is kept data, not work waiting: no depth rule
+                why = "" if prune else "no longer declared; `apply --prune` removes it"
+                steps.append(Step(Action.DELETE if prune else Action.KEEP, old, why))
+                continue
             if not prune:
                 steps.append(
                     Step(Action.KEEP, old, "no longer declared; `apply --prune` removes it")

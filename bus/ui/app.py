@@ -19,6 +19,7 @@ from bus.errors import BrokerUnavailable, BusError
 from bus.topology.model import Topology
 from bus.topology.model import load as load_topology
 from bus.ui import api, pages
+from bus.ui import history as history_api
 from bus.ui.backend import Backend, NotFound
 from bus.ui.config import UiConfig
 
@@ -75,6 +76,7 @@ def create_app(config: UiConfig, topology: Topology | None = None) -> FastAPI:
     templates.env.filters["when"] = when
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(api.router)
+    app.include_router(history_api.router)
     app.include_router(pages.router)
     app.add_exception_handler(BusError, _bus_error)
     app.add_exception_handler(HTTPException, _http_error)
