@@ -19,6 +19,7 @@ from bus.cli.common import (
     topology_of,
 )
 from bus.errors import ConfigError
+from bus.loop import run as run_service
 from bus.produce.publisher import Publisher
 from bus.topology.delays import seconds_of
 
@@ -58,7 +59,7 @@ def run(
     from bus.consume.service import serve
 
     s = settings(url, topology, store_url, consumer_timeout=consumer_timeout)
-    run_async(serve(subscriber, s, metrics_port=metrics_port, grace=grace))
+    run_service(serve(subscriber, s, metrics_port=metrics_port, grace=grace))
 
 
 def publish(

@@ -32,6 +32,7 @@ from bus.consume.router import Router
 from bus.consume.watchdog import Watchdog
 from bus.durations import label
 from bus.errors import ConfigError
+from bus.loop import name_of
 from bus.metrics import Metrics
 from bus.produce.publisher import Publisher
 from bus.settings import DEFAULT_RECONNECT_INTERVAL
@@ -158,8 +159,8 @@ class Runtime:
         # read at each scrape: it follows the connection through an outage, as /readyz does
         self.metrics.ready.labels(self.sub.name).set_function(lambda: float(self.ready))
         log.info(
-            "subscriber %s consuming %s (prefetch %d)", self.sub.name, self.sub.queue,
-            prefetch, extra={"subscriber": self.sub.name},
+            "subscriber %s consuming %s (prefetch %d, %s loop)", self.sub.name, self.sub.queue,
+            prefetch, name_of(), extra={"subscriber": self.sub.name},
         )  # fmt: skip
 
     @property

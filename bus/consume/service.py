@@ -11,6 +11,7 @@ from bus.consume.handlers import import_router
 from bus.consume.handoff import HandOff
 from bus.consume.runtime import HandOffFactory, Runtime, refuse_timeout_at_or_over
 from bus.errors import BusError, ConfigError, NotApplied
+from bus.loop import run as run_service
 from bus.metrics import Metrics
 from bus.ops.gauges import QueueGauges
 from bus.ops.health import HealthServer
@@ -129,7 +130,7 @@ def main(name: str) -> None:
     try:
         settings = Settings.from_env()
         configure(settings.log_format, settings.log_level)
-        asyncio.run(
+        run_service(
             serve(name, settings, metrics_port=settings.metrics_port, grace=settings.grace_period)
         )
     except BusError as exc:
