@@ -101,6 +101,8 @@ class SubscriberSpec(_Strict):
     concurrency: Concurrency | None = None
     rate_limit: Rate | None = None
     timeout: Duration | None = None
+    # consumer processes of `bus run` under one parent (`--processes` wins); one when left out
+    processes: Annotated[int, Field(ge=1, le=256)] | None = None
     description: str = ""
     # event types its handlers may publish (`ctx.publish`): the least-privilege export grants
     # its user exactly these; none when left out
@@ -148,6 +150,7 @@ class Subscriber:
     concurrency: int = 32  # handlers in flight; sizes the thread (and process) pools
     rate_limit: str | None = None  # "10/s": handler starts per process
     timeout: str | None = None  # "2m": a handler running longer fails with HandlerTimeout
+    processes: int = 1  # consumer processes `bus run` starts (bus.consume.processes)
 
     @property
     def rate(self) -> float | None:
@@ -226,6 +229,7 @@ class Topology:
             concurrency=s.concurrency or d.concurrency or prefetch,
             rate_limit=s.rate_limit or d.rate_limit,
             timeout=s.timeout or d.timeout,
+            processes=s.processes or 1,
         )
 
     def subscribers(self) -> list[Subscriber]:
