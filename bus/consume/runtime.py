@@ -98,7 +98,8 @@ class Runtime:
         # connection that publishes, acks and all, so publishing has a connection of its own
         self._publishing: AbstractRobustConnection | None = None
         self._handoff: HandOff | None = None
-        self._acks = Acker()
+        # acks gather up to a quarter of the prefetch window (a few ms at most) per frame
+        self._acks = Acker(batch=self.sub.prefetch // 4)
         self._claims = Claims(store, self.sub.name, lease)
         self._counters: dict[tuple[str, str], Any] = {}
         self._timers: dict[str, Any] = {}
