@@ -1,20 +1,21 @@
 """Where consuming's time goes: CPU µs per event for `Runtime` beside the naive aio-pika consumer.
 
-`python -m bench.profile_consume [--events 20000] [--rounds 4] [--cprofile]` fills one queue per
-side with the same events (untimed), then drains them in ABBA rounds: the bus side is a `Runtime`
-with a pydantic-annotated handler and the memory store, the naive side `bench.naive`'s consumer
-(json + `model_validate` + one ack). It prints wall events/s (first handler call to last) and
-this process's CPU µs per event for each, and with `--cprofile` the functions taking the bus
-side's time. CPU per event tells whether the client is the bottleneck: when both sides spend
-well under the wall time per event on the CPU, the broker sets the pace. For a sampling profile:
+`python -m bench.profile_consume [--events 20000] [--rounds 4] [--loop uvloop] [--cprofile]` fills
+one queue per side with the same events (untimed), then drains them in ABBA rounds: the bus side is
+a `Runtime` with a pydantic-annotated handler and the memory store, the naive side `bench.naive`'s
+consumer (json + `model_validate` + one ack). It prints wall events/s (first handler call to last)
+and this process's CPU µs per event for each, and with `--cprofile` the functions taking the bus
+side's time. CPU per event tells whether the client is the bottleneck: when both sides spend well
+under the wall time per event on the CPU, the broker sets the pace.
+For a sampling profile:
 `py-spy record -o consume.svg -- python -m bench.profile_consume --only bus`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
+import os
 import time
 from contextlib import AbstractAsyncContextManager
 
@@ -34,6 +35,7 @@ from bench.common import (
 from bench.consumers import bus_consuming
 from bench.naive import naive_consuming
 from bench.profiling import parser, print_profile
+from bus.loop import run
 from bus.stores import MemoryStore
 
 KEY = "bench.profiled"
@@ -91,8 +93,14 @@ async def main(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = parser("python -m bench.profile_consume", __doc__)
     p.add_argument("--prefetch", type=int, default=32)
+    p.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the loop both sides use"
+    )
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(parse_args()))
+    args = parse_args()
+    os.environ["BUS_LOOP"] = args.loop
+    print(f"loop: {args.loop}")
+    run(main(args))

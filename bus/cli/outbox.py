@@ -15,6 +15,7 @@ from bus.cli.common import (
     settings,
     topology_of,
 )
+from bus.loop import run as run_service
 from bus.outbox import Status, open_outbox
 from bus.outbox.schema import Dialect, dialect_of, script
 
@@ -131,7 +132,7 @@ def relay(
 
     s = settings(url, topology, outbox_url=outbox_url)
     t = topology_of(s)
-    run_async(
+    run_service(
         serve(
             s.url,
             s.outbox_url,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -19,6 +20,7 @@ from bus.cli.common import (
     topology_of,
 )
 from bus.errors import ConfigError
+from bus.loop import run as run_service
 from bus.produce.publisher import Publisher
 from bus.topology.delays import seconds_of
 
@@ -53,12 +55,32 @@ def run(
         help="The broker's consumer_timeout; a subscriber `timeout` must be below it "
         "(default: 30m, RabbitMQ's own)",
     ),
+    processes: int | None = typer.Option(
+        None,
+        "--processes",
+        min=1,
+        max=256,
+        help="Consumer processes of this subscriber under one parent, which serves one "
+        "/metrics (default: the subscriber's `processes:` in the topology, else 1)",
+        show_default=False,
+    ),
+    ready_file: Path | None = typer.Option(
+        None,
+        "--ready-file",
+        hidden=True,  # how a child of --processes tells its parent it consumes
+        help="Keep this file while consuming (default: none)",
+    ),
 ) -> None:
     """Run one subscriber service until SIGTERM, then drain and exit 0."""
     from bus.consume.service import serve
 
     s = settings(url, topology, store_url, consumer_timeout=consumer_timeout)
-    run_async(serve(subscriber, s, metrics_port=metrics_port, grace=grace))
+    run_service(
+        serve(
+            subscriber, s, metrics_port=metrics_port, grace=grace, processes=processes,
+            ready_file=ready_file,
+        )
+    )  # fmt: skip
 
 
 def publish(

@@ -9,9 +9,11 @@ from datetime import UTC, datetime
 
 import typer
 
-from bus.cli.common import TopologyOption, UrlOption, console, run_async, settings, topology_of
+from bus.cli.common import TopologyOption, UrlOption, console, settings, topology_of
 from bus.durations import label
 from bus.errors import ConfigError
+from bus.loop import name_of
+from bus.loop import run as run_service
 from bus.settings import Settings
 from bus.signals import stop_on_signals
 from bus.topology.model import Topology
@@ -56,7 +58,7 @@ def scheduler(
         except ValueError as exc:  # a cron that matches no date, e.g. "0 0 30 2 *"
             raise ConfigError(str(exc)) from None
         return
-    run_async(serve(s, t, lock_queue=lock_queue, metrics_port=metrics_port))
+    run_service(serve(s, t, lock_queue=lock_queue, metrics_port=metrics_port))
 
 
 def _print_next(topology: Topology, count: int, now: datetime) -> None:
@@ -94,7 +96,7 @@ async def serve(
     http = None
     if metrics_port is not None:
         http = HealthServer(metrics_port, sched.registry, loop, lambda: sched.connected).start()
-    log.info("scheduler %d: campaigning for %s", os.getpid(), lock_queue)
+    log.info("scheduler %d: campaigning for %s (%s loop)", os.getpid(), lock_queue, name_of())
     try:
         await sched.run(stop)
     finally:

@@ -8,9 +8,11 @@ import sys
 
 import typer
 
-from bus.cli.common import TopologyOption, UrlOption, run_async, settings
+from bus.cli.common import TopologyOption, UrlOption, settings
 from bus.cli.outbox import OutboxUrlOption
 from bus.extras import require
+from bus.loop import chosen
+from bus.loop import run as run_service
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ def ui(
     check_bind(host, config)
     app = create_app(config)
     mode = "read-only (no BUS_UI_TOKEN)" if config.read_only else "token required for changes"
-    log.info("bus ui on http://%s:%d/ (%s)", host, port, mode)
+    log.info("bus ui on http://%s:%d/ (%s, %s loop)", host, port, mode, chosen())
     for sig in (signal.SIGTERM, signal.SIGINT):
         # uvicorn shuts down gracefully, then re-raises the signal to the handler it found:
         # this one makes that a clean exit 0, as `bus run` and the orders API give
@@ -56,7 +58,7 @@ def ui(
             timeout_graceful_shutdown=5,
         )
     )  # fmt: skip
-    run_async(server.serve())
+    run_service(server.serve())
 
 
 def _exit_cleanly(_signum: int, _frame: object) -> None:

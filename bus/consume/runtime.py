@@ -32,6 +32,7 @@ from bus.consume.router import Router
 from bus.consume.watchdog import Watchdog
 from bus.durations import label
 from bus.errors import ConfigError
+from bus.loop import name_of
 from bus.metrics import Metrics
 from bus.produce.publisher import Publisher
 from bus.settings import DEFAULT_RECONNECT_INTERVAL
@@ -97,7 +98,8 @@ class Runtime:
         # connection that publishes, acks and all, so publishing has a connection of its own
         self._publishing: AbstractRobustConnection | None = None
         self._handoff: HandOff | None = None
-        self._acks = Acker()
+        # acks gather up to a quarter of the prefetch window (a few ms at most) per frame
+        self._acks = Acker(batch=self.sub.prefetch // 4)
         # a store outage holds deliveries rather than requeue them (each requeue counts toward
         # a quorum queue's delivery limit); half the consumer_timeout leaves room for the handler
         self._claims = Claims(store, self.sub.name, lease, patience=consumer_timeout / 2)
@@ -161,8 +163,8 @@ class Runtime:
         # read at each scrape: it follows the connection through an outage, as /readyz does
         self.metrics.ready.labels(self.sub.name).set_function(lambda: float(self.ready))
         log.info(
-            "subscriber %s consuming %s (prefetch %d)", self.sub.name, self.sub.queue,
-            prefetch, extra={"subscriber": self.sub.name},
+            "subscriber %s consuming %s (prefetch %d, %s loop)", self.sub.name, self.sub.queue,
+            prefetch, name_of(), extra={"subscriber": self.sub.name},
         )  # fmt: skip
 
     @property

@@ -6,11 +6,14 @@ import asyncio
 import gc
 import logging
 import sys
+from pathlib import Path
 
 from bus.consume.handlers import import_router
 from bus.consume.handoff import HandOff
+from bus.consume.processes import flag_ready, supervise
 from bus.consume.runtime import HandOffFactory, Runtime, refuse_timeout_at_or_over
 from bus.errors import BusError, ConfigError, NotApplied
+from bus.loop import run as run_service
 from bus.metrics import Metrics
 from bus.ops.gauges import QueueGauges
 from bus.ops.health import HealthServer
@@ -34,10 +37,15 @@ async def serve(
     grace: float = DEFAULT_GRACE,
     stop: asyncio.Event | None = None,
     handoff: HandOffFactory = HandOff,
+    processes: int | None = None,
+    ready_file: Path | None = None,
 ) -> None:
     """Consume until SIGTERM/SIGINT (or *stop*), then drain within *grace* seconds.
 
-    *handoff* builds the retry/DLQ hand-off (a seam for fault-injection tests)."""
+    *processes* (default: the subscriber's `processes:`, else 1) above 1 runs that many
+    consumer processes under this one (bus.consume.processes). *ready_file* is kept present
+    while consuming: how such a child tells its parent. *handoff* builds the retry/DLQ
+    hand-off (a seam for fault-injection tests)."""
     topology = load_topology(settings.topology)
     try:
         sub = topology.subscriber(name)
@@ -46,6 +54,11 @@ async def serve(
     consumer_timeout = settings.consumer_timeout_seconds
     refuse_timeout_at_or_over(sub, consumer_timeout)  # before anything connects: exit 2
     router = import_router(sub.handlers)
+    processes = processes or sub.processes
+    if processes > 1:
+        await _require_queue(settings.url, sub.name, sub.queue)
+        await supervise(sub, settings, processes, metrics_port=metrics_port, grace=grace, stop=stop)
+        return
     lease = settings.claim_lease
     stop = stop_on_signals(stop)
     loop = asyncio.get_running_loop()
@@ -77,7 +90,12 @@ async def serve(
                 sub, settings.url, metrics, interval=settings.gauge_interval
             ).start()
         pruner = asyncio.create_task(_prune_forever(store, settings.store_retention))
+        flag = None
+        if ready_file is not None:
+            flag = asyncio.create_task(flag_ready(ready_file, lambda: runtime.ready))
         await stop.wait()
+        if flag is not None:
+            flag.cancel()  # draining: no longer ready
         log.info("stopping %s: draining in-flight handlers (grace %.0fs)", name, grace)
         pruner.cancel()
         drained = await runtime.stop(grace)
@@ -129,7 +147,7 @@ def main(name: str) -> None:
     try:
         settings = Settings.from_env()
         configure(settings.log_format, settings.log_level)
-        asyncio.run(
+        run_service(
             serve(name, settings, metrics_port=settings.metrics_port, grace=settings.grace_period)
         )
     except BusError as exc:

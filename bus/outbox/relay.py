@@ -27,6 +27,7 @@ from bus.errors import (
     UnknownEventType,
     UnroutableError,
 )
+from bus.loop import name_of
 from bus.metrics import Metrics
 from bus.outbox.base import OutboxStore, Row
 from bus.produce.publisher import Publisher
@@ -324,7 +325,7 @@ async def serve(
             reconnect_interval=reconnect_interval,
         )  # fmt: skip
         running.append(relay)
-        log.info("relay %s -> %s", redact(outbox_url), redact(url))
+        log.info("relay %s -> %s (%s loop)", redact(outbox_url), redact(url), name_of())
         task = asyncio.create_task(relay.run(stop))
         try:
             await stop.wait()

@@ -123,6 +123,8 @@ class SubscriberSpec(_Strict):
     concurrency: Concurrency | None = None
     rate_limit: Rate | None = None
     timeout: Duration | None = None
+    # consumer processes of `bus run` under one parent (`--processes` wins); one when left out
+    processes: Annotated[int, Field(ge=1, le=256)] | None = None
     description: str = ""
     # event types its handlers may publish (`ctx.publish`): the least-privilege export grants
     # its user exactly these; none when left out
@@ -195,6 +197,7 @@ class Subscriber:
     rate_limit: str | None = None  # "10/s": handler starts per process
     timeout: str | None = None  # "2m": a handler running longer fails with HandlerTimeout
     backfill: str | None = None  # "7d": history copied in when its queue is first created
+    processes: int = 1  # consumer processes `bus run` starts (bus.consume.processes)
 
     @property
     def rate(self) -> float | None:
@@ -274,6 +277,7 @@ class Topology:
             rate_limit=s.rate_limit or d.rate_limit,
             timeout=s.timeout or d.timeout,
             backfill=s.backfill,
+            processes=s.processes or 1,
         )
 
     def history(self, exchange: str) -> History | None:

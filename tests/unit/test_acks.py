@@ -60,3 +60,29 @@ async def test_a_handler_completing_after_its_channel_died_does_not_raise() -> N
     acker.ack(m)
     await acker.drain()
     assert new.acks == [(1, True)], "the new channel is acked as usual"
+
+
+async def test_while_handlers_run_acks_gather_until_a_batch_is_complete() -> None:
+    ch, acker = FakeChannel(), Acker(batch=3, hold=10.0)
+    ms = [delivery(ch, t) for t in (1, 2, 3, 4)]
+    for m in ms:
+        acker.delivered(m)
+    acker.ack(ms[0])
+    acker.ack(ms[1])
+    await settle()
+    assert ch.acks == [], "two of a batch of three: held"
+    acker.ack(ms[2])
+    await settle()
+    assert ch.acks == [(3, True)], "the third completes the batch: one frame"
+
+
+async def test_a_held_ack_goes_out_after_the_hold_even_behind_a_slow_handler() -> None:
+    ch, acker = FakeChannel(), Acker(batch=8, hold=0.01)
+    quick, slow = delivery(ch, 1), delivery(ch, 2)
+    acker.delivered(quick)
+    acker.delivered(slow)
+    acker.ack(quick)
+    await settle()
+    assert ch.acks == []
+    await asyncio.sleep(0.05)
+    assert ch.acks == [(1, True)], "held no longer than the hold"
