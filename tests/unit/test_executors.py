@@ -236,3 +236,45 @@ def test_handlers_choose_their_executor_by_how_they_are_written() -> None:
 
 def test_handler_timeout_is_named_bus_handler_timeout() -> None:
     assert f"{HandlerTimeout.__module__}.{HandlerTimeout.__qualname__}" == "bus.HandlerTimeout"
+
+
+sleeper = Router()
+
+
+@sleeper.on("job.blocking")
+def sleep_in_thread(job: Job, ctx: Any) -> None:
+    time.sleep(job.seconds)
+
+
+def _blocking_handler() -> Any:
+    (handler,) = sleeper.handlers
+    return handler
+
+
+async def test_a_thread_handler_over_its_timeout_gives_its_slot_to_the_next_event() -> None:
+    sub = topology(concurrency=1, timeout="300ms").subscriber("jobs")
+    runner = Runner.for_subscriber(sub)
+    ctx: Any = _FakeContext()
+    try:
+        with pytest.raises(HandlerTimeout):
+            await runner.run(_blocking_handler(), Job(job_id="stuck", seconds=3), ctx)
+        started = time.monotonic()
+        await runner.run(_blocking_handler(), Job(job_id="next", seconds=0.05), ctx)
+        assert time.monotonic() - started < 1, "the next event waited for the stuck thread"
+    finally:
+        await runner.close()
+
+
+async def test_a_thread_handler_timeout_counts_from_its_start_not_from_its_queueing() -> None:
+    # one thread, two 0.3 s jobs: the second waits 0.3 s for the thread, then runs 0.3 s;
+    # each ran well inside its 0.5 s timeout
+    sub = topology(concurrency=1, prefetch=1, timeout="500ms").subscriber("jobs")
+    runner = Runner.for_subscriber(sub)
+    ctx: Any = _FakeContext()
+    try:
+        await asyncio.gather(
+            *(runner.run(_blocking_handler(), Job(job_id=f"q-{i}", seconds=0.3), ctx)
+              for i in range(2))
+        )  # fmt: skip
+    finally:
+        await runner.close()
