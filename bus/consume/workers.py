@@ -82,9 +82,7 @@ class ProcessPool:
         loop = asyncio.get_running_loop()
         worker.future = loop.create_future()
         try:
-            if not worker.ready.done():
-                async with asyncio.timeout(SPAWN_DEADLINE):
-                    await asyncio.shield(worker.ready)
+            await self._started(worker)
             worker.conn.send((func.__module__, func.__qualname__, event, ctx))
             if timeout is None:
                 kind, value, tb = await worker.future
@@ -104,6 +102,21 @@ class ProcessPool:
         if kind == "ok":
             return list(value)
         raise _exception(value, tb)
+
+    async def _started(self, worker: _Worker) -> None:
+        """Until *worker* imported its modules; `WorkerLost` when it misses `SPAWN_DEADLINE`."""
+        if worker.ready.done():
+            worker.ready.result()
+            return
+        deadline = SPAWN_DEADLINE
+        try:
+            async with asyncio.timeout(deadline):
+                await asyncio.shield(worker.ready)
+        except TimeoutError:
+            raise WorkerLost(
+                f"its worker process did not start within {deadline:g}s (importing "
+                f"{', '.join(self.preload) or 'its handler modules'})"
+            ) from None
 
     async def close(self, grace: float = 5.0) -> None:
         """Ask every worker to exit, kill those still there after *grace* seconds."""

@@ -12,14 +12,16 @@ import pytest
 from pydantic import BaseModel
 
 from bus import Context, Router
+from bus.consume import workers
 from bus.consume.context import ProcessContext
 from bus.consume.executors import Runner
 from bus.consume.limits import Limits
 from bus.consume.router import Executor
-from bus.errors import HandlerTimeout
+from bus.consume.workers import ProcessPool
+from bus.errors import HandlerTimeout, WorkerLost
 from bus.testing import TestBus
 from bus.topology.model import Topology, from_dict
-from tests.executor_handlers import Job
+from tests.executor_handlers import Job, crunch
 from tests.executor_handlers import router as jobs_router
 
 done = Router()
@@ -278,3 +280,17 @@ async def test_a_thread_handler_timeout_counts_from_its_start_not_from_its_queue
         )  # fmt: skip
     finally:
         await runner.close()
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+async def test_a_worker_that_misses_its_start_deadline_is_lost_not_a_handler_timeout(
+    timeout: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workers, "SPAWN_DEADLINE", 0.5)
+    pool = ProcessPool(1, name="slow", preload=("tests.slow_import",))
+    try:
+        with pytest.raises(WorkerLost, match=r"did not start within 0\.5s"):
+            await pool.run(crunch, Job(job_id="j"), ProcessContext.__new__(ProcessContext), timeout)
+        assert pool.workers == 0, "the worker that did not start is still in the pool"
+    finally:
+        await pool.close(grace=0.5)
