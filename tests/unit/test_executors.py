@@ -6,6 +6,10 @@ import asyncio
 import os
 import threading
 import time
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,7 +25,7 @@ from bus.consume.workers import ProcessPool
 from bus.errors import HandlerTimeout, WorkerLost
 from bus.testing import TestBus
 from bus.topology.model import Topology, from_dict
-from tests.executor_handlers import Job, crunch
+from tests.executor_handlers import Job, crunch, measure
 from tests.executor_handlers import router as jobs_router
 
 done = Router()
@@ -294,3 +298,48 @@ async def test_a_worker_that_misses_its_start_deadline_is_lost_not_a_handler_tim
         assert pool.workers == 0, "the worker that did not start is still in the pool"
     finally:
         await pool.close(grace=0.5)
+
+
+def _process_ctx() -> ProcessContext:
+    fake: Any = SimpleNamespace(
+        id="e-1", type="job.cpu", source="test", time=None, attempt=1, subscriber="jobs",
+        routing_key="job.cpu", correlation_id=None, headers={},
+    )  # fmt: skip
+    return ProcessContext(fake)
+
+
+async def test_the_process_pool_never_blocks_the_loop_on_a_start_a_join_or_a_large_send(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop_thread = threading.get_ident()
+    on_loop: list[str] = []
+
+    def watch(cls: Any, name: str, big: bool = False) -> None:
+        original = getattr(cls, name)
+
+        def watched(self: Any, *args: Any, **kwargs: Any) -> Any:
+            size = memoryview(args[0]).nbytes if big else 0
+            if threading.get_ident() == loop_thread and (not big or size > 64 * 1024):
+                on_loop.append(f"{cls.__name__}.{name}")
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, watched)
+
+    watch(BaseProcess, "start")
+    watch(BaseProcess, "join")
+    watch(Connection, "send_bytes", big=True)
+    monkeypatch.setattr(Connection, "send", _send_as_bytes)
+    pool = ProcessPool(1, name="watched")
+    try:
+        await pool.run(measure, {"blob": "x" * 512 * 1024}, _process_ctx(), 10.0)
+        with pytest.raises(HandlerTimeout):
+            await pool.run(crunch, Job(job_id="long", seconds=30), _process_ctx(), 0.3)
+        await pool.run(measure, {"blob": "y"}, _process_ctx(), 10.0)
+    finally:
+        await pool.close(grace=1.0)
+    assert on_loop == [], f"blocking calls ran on the event loop: {sorted(set(on_loop))}"
+
+
+def _send_as_bytes(self: Connection, obj: Any) -> None:
+    """`Connection.send` through `send_bytes`, so the watch sees every payload's size."""
+    self.send_bytes(ForkingPickler.dumps(obj))
