@@ -146,3 +146,11 @@ def test_each_demo_run_gets_a_prefix_of_its_own() -> None:
     prefixes = {run_prefix() for _ in range(50)}
     assert len(prefixes) == 50
     assert all(p.startswith("demo-") and _PREFIX.match(p) for p in prefixes)
+
+
+def test_a_flag_takes_no_value_and_its_help_shows_none() -> None:
+    for args in (("topology", "plan", "--help"), ("topology", "apply", "--help"),
+                 ("dlq", "replay", "--help")):  # fmt: skip
+        done = bus(*args)
+        assert done.returncode == 0, done.stderr
+        assert "<bool>" not in done.stdout, f"`bus {' '.join(args)}` shows <bool>:\n{done.stdout}"
