@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from bus.durations import normalise, normalise_rate, parse_ms, parse_rate
 from bus.errors import TopologyError
 from bus.topology.routing import matches
+from bus.topology.suggest import did_you_mean
 
 Duration = Annotated[str, AfterValidator(normalise)]
 Rate = Annotated[str, AfterValidator(normalise_rate)]  # handler starts: 10/s, 600/m, 100/h
@@ -330,7 +331,7 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
     for err in exc.errors():
         kind, msg = err["type"], err["msg"]
         if kind == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + did_you_mean(TopologyFile, tuple(err["loc"]))
         elif kind == "missing":
             msg = "is required"
         elif kind == "literal_error" and err["loc"] == ("version",):
