@@ -154,3 +154,9 @@ def test_a_flag_takes_no_value_and_its_help_shows_none() -> None:
         done = bus(*args)
         assert done.returncode == 0, done.stderr
         assert "<bool>" not in done.stdout, f"`bus {' '.join(args)}` shows <bool>:\n{done.stdout}"
+
+
+def test_the_readme_does_not_call_publish_delay_unbuilt() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert "--delay" in bus("publish", "--help").stdout
+    assert "delayed publish is not built" not in readme, "the README says --delay is not built"
