@@ -48,3 +48,24 @@ async def test_a_runtime_started_is_stopped_when_what_follows_its_start_fails(
     with pytest.raises(OSError, match="in use"):
         await service.serve("email", settings, metrics_port=9, stop=asyncio.Event(), grace=3.0)
     assert FakeRuntime.stopped == [3.0], "the runtime was left consuming"
+
+
+def test_metric_labels_take_only_declared_event_types(tmp_path: Any) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from bus.consume.runtime import Runtime
+    from bus.metrics import Metrics
+    from bus.stores import MemoryStore
+    from bus.topology.model import load
+
+    registry = CollectorRegistry()
+    runtime = Runtime(
+        load("topology/topology.yaml"), "email", Router(), url="amqp://x", store=MemoryStore(),
+        metrics=Metrics(registry),
+    )  # fmt: skip
+    runtime._count("order.placed", "ok")
+    for i in range(50):  # a bad producer: a new type per message
+        runtime._count(f"junk.{i}", "dead")
+        runtime._observe(f"junk.{i}", 0.01)
+    types = {s.labels["type"] for m in registry.collect() for s in m.samples if "type" in s.labels}
+    assert types == {"order.placed", "undeclared"}, sorted(types)
