@@ -3,11 +3,13 @@
 BusError                      base of all failures
 ├── MissingExtra              an optional dependency is not installed (names the extra)
 ├── ConfigError               bad settings or environment (exit code 2)
-│   └── NotApplied            an exchange or queue the topology declares is not on the broker
+│   ├── NotApplied            an exchange or queue the topology declares is not on the broker
+│   └── OutboxMissing         no outbox table (or SQLite file) yet: `bus outbox init`
 ├── TopologyError             the topology file is invalid; carries every problem at once
 ├── UnknownEventType          publish of a type the topology does not declare
 ├── InvalidEvent              data failing the event's JSON Schema, or a message we cannot decode
 ├── BrokerUnavailable         cannot reach RabbitMQ (URL is redacted)
+├── DatabaseUnavailable       cannot reach the idempotency store's or the outbox's database
 ├── PublishError              the broker did not confirm a message
 │   ├── UnroutableError       the message was returned: no queue is bound for it
 │   └── PublishTimeout        no confirm before the deadline
@@ -48,6 +50,10 @@ class NoHistory(ConfigError):
     """An exchange keeps no history (no `history:` in the topology, or its log is not applied)."""
 
 
+class OutboxMissing(ConfigError):
+    """The outbox's table (or its SQLite file) does not exist yet: `bus outbox init`."""
+
+
 class TopologyError(BusError):
     """The topology file is invalid. `problems` holds every one, each as "path: message"."""
 
@@ -77,6 +83,10 @@ class InvalidEvent(BusError):
 
 class BrokerUnavailable(BusError):
     """RabbitMQ does not answer at the configured URL."""
+
+
+class DatabaseUnavailable(BusError):
+    """The database of the idempotency store or of the outbox does not answer."""
 
 
 class PublishError(BusError):

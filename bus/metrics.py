@@ -6,6 +6,14 @@ from functools import cache
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
+UNDECLARED = "undeclared"  # the `type` label of a delivery whose type the topology lacks
+
+
+def type_label(event_type: str, declared: frozenset[str]) -> str:
+    """*event_type* when the topology declares it, else `undeclared`: a delivery's type comes
+    from whoever published it, and a label per made-up type would grow without bound."""
+    return event_type if event_type in declared else UNDECLARED
+
 
 class Metrics:
     """The bus's metrics in one registry. Pass one explicitly, or use `Metrics.default()`."""

@@ -10,7 +10,17 @@ async def test_confirmation_is_sent(testbus):
 The topology is the ini option `bus_topology` (relative to the ini file, as pytest's own path
 options), else `BUS_TOPOLOGY`, else `topology/topology.yaml`; those two relative to the
 working directory as for every `bus` command, or to pytest's root directory when not there.
-The routers are each subscriber's `handlers:`. The fixture is entered and left as
+The routers are each subscriber's `handlers:`. A test that is about some subscribers loads only
+those, so the others' handlers (their SMTP, HTTP or files) never run; messages routed to the
+others wait in their queues:
+
+```python
+@pytest.mark.testbus(subscribers=["loyalty"])
+async def test_points_are_credited(testbus):
+    ...
+```
+
+The fixture is entered and left as
 `async with TestBus(...)` is: after each test the routers' shutdown hooks run and the worker
 pools close. It needs pytest-asyncio. For other routers, build
 `bus.testing.TestBus(topology, routers={...})` in the test. No broker is involved.
@@ -39,6 +49,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("bus_topology", "topology file of the `testbus` fixture", default="")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "testbus(subscribers=[...]): the `testbus` fixture loads only these subscribers' handlers",
+    )
+
+
 def topology_path(config: pytest.Config) -> Path:
     """Where the `testbus` fixture's topology is (see the module docstring)."""
     ini = str(config.getini("bus_topology"))
@@ -56,7 +73,9 @@ def topology_path(config: pytest.Config) -> Path:
 async def _testbus(request: pytest.FixtureRequest) -> AsyncIterator[TestBus]:
     from bus.testing import TestBus
 
-    async with TestBus(topology=topology_path(request.config)) as tb:
+    marker = request.node.get_closest_marker("testbus")
+    subscribers = marker.kwargs.get("subscribers") if marker is not None else None
+    async with TestBus(topology=topology_path(request.config), subscribers=subscribers) as tb:
         yield tb
 
 

@@ -9,6 +9,11 @@ async with TestBus(topology="topology/topology.yaml", routers={"email": email_ro
     tb.now                   # virtual seconds elapsed
 ```
 
+`TestBus(subscribers=["loyalty"])` runs only the subscribers it names: the others' handlers
+(which may send mail, call HTTP services or write files) are not even imported, and what is
+routed to them waits in their queues. The `testbus` fixture takes the same list from
+`@pytest.mark.testbus(subscribers=[...])`.
+
 What is the same as `bus run`, because it is the same code: the checks of `Publisher`
 (undeclared type, JSON Schema, not JSON-serialisable), the wire format (`bus.envelope`), the
 decisions (`bus.consume.dispatch`: ack, retry, park, duplicate, with the same headers), idempotency

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -36,6 +38,48 @@ def tool(name: str, checks: str) -> str:
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
     return path
+
+
+# -- nothing left behind: a PostgreSQL database and a matplotlib folder of the session's own --
+
+POSTGRES_DEFAULT = "postgresql://postgres@127.0.0.1:5432/test"
+_made: dict[str, str] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before the test modules read `BUS_TEST_POSTGRES_URL`: point it at a fresh database on
+    the same server (dropped at the end), and matplotlib at a temporary folder."""
+    if "MPLCONFIGDIR" not in os.environ:
+        _made["mpl"] = os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="bus-mpl-")
+    server = os.environ.get("BUS_TEST_POSTGRES_URL", POSTGRES_DEFAULT)
+    if urlsplit(server).path.lstrip("/").startswith("bus_test_"):
+        return  # a parent session's (pytester runs pytest inside pytest)
+    name = f"bus_test_{uuid.uuid4().hex[:12]}"
+    try:
+        asyncio.run(_postgres(server, f'CREATE DATABASE "{name}"'))
+    except Exception:  # no PostgreSQL here: its tests say so themselves
+        return
+    _made["database"], _made["server"] = name, server
+    os.environ["BUS_TEST_POSTGRES_URL"] = urlsplit(server)._replace(path=f"/{name}").geturl()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if "mpl" in _made:
+        shutil.rmtree(_made.pop("mpl"), ignore_errors=True)
+    if "database" in _made:
+        name = _made.pop("database")
+        with contextlib.suppress(Exception):
+            asyncio.run(_postgres(_made.pop("server"), f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+async def _postgres(url: str, statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url, timeout=5)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 def _answers(url: str) -> bool:

@@ -45,3 +45,9 @@ def die(job: dict[str, Any], ctx: ProcessContext) -> None:
     """The worker dies under the handler on its first attempt."""
     if ctx.attempt == 1:
         os._exit(3)
+
+
+@router.on("job.size", executor="process")
+def measure(job: dict[str, Any], ctx: ProcessContext) -> None:
+    """Nothing but reading the event (a large one crosses the pipe in many writes)."""
+    assert len(job["blob"]) > 0

@@ -155,7 +155,8 @@ def replay(
     verb = "would replay" if dry_run else "replayed"
     for p in done:
         console.print(f"  {p.id}  {p.type}  ({p.reason})")
-    console.print(f"{verb} {len(done)} message(s) from {sub.dlq} to {sub.queue}")
+    if done or all_:  # ids that are all missing: the error alone, not "replayed 0" before it
+        console.print(f"{verb} {len(done)} message(s) from {sub.dlq} to {sub.queue}")
     _none_missing(ids, done, sub)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 
@@ -26,7 +26,9 @@ def run(app: typer.Typer, argv: list[str] | None = None) -> NoReturn:
     args = list(sys.argv[1:] if argv is None else argv)
     args, state.debug = _without_debug(args)
     try:
-        code = app(args=args, prog_name="bus", standalone_mode=False)
+        command = typer.main.get_command(app)
+        _flags_without_type(command)
+        code = command.main(args=args, prog_name="bus", standalone_mode=False)
     except click.NoArgsIsHelpError as exc:
         exc.show()  # `bus dlq`: the help, as click does
         sys.exit(exc.exit_code)
@@ -54,6 +56,24 @@ def run(app: typer.Typer, argv: list[str] | None = None) -> NoReturn:
             1,
         )
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _flags_without_type(command: Any) -> None:
+    """A flag takes no value: typer's help would show it as `--prune <bool>`."""
+    for param in command.params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    made = command.get_help_option
+
+    def help_option(ctx: Any) -> Any:  # made per context, so marked when made
+        option = made(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    setattr(command, "get_help_option", help_option)  # noqa: B010
+    for sub in (getattr(command, "commands", None) or {}).values():
+        _flags_without_type(sub)
 
 
 def _without_debug(args: list[str]) -> tuple[list[str], bool]:

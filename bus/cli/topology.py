@@ -21,7 +21,14 @@ from bus.errors import BusError, NoHistory, TopologyError
 from bus.settings import redact
 from bus.topology import apply as applier
 from bus.topology.model import Topology
-from bus.topology.plan import Action, Step, desired, diff, is_delay_object
+from bus.topology.plan import (
+    Action,
+    Step,
+    desired,
+    diff,
+    is_delay_hand_off,
+    is_delay_object,
+)
 
 app = typer.Typer(
     help="Validate, plan, apply and tear down topology/topology.yaml.", no_args_is_help=True
@@ -170,9 +177,9 @@ def teardown(
     (kept while another topology's queues still use them). Asks first; refuses queues that
     hold messages unless --force."""
     s = settings(url, topology)
-    # the delay levels are shared by every topology of the vhost (bus.topology.delays):
-    # never ours alone
-    want = [d for d in desired(topology_of(s)) if not is_delay_object(d)]
+    # the delay levels are shared by every topology of the vhost (bus.topology.delays): never
+    # ours alone; the hand-off queue of each of our event types is ours
+    want = [d for d in desired(topology_of(s)) if not is_delay_object(d) or is_delay_hand_off(d)]
 
     async def go() -> tuple[list[applier.Present], list[str]]:
         conn = await connect_plain(s.url, "topology")

@@ -3,10 +3,12 @@
 | handler                     | runs in                                      | over `timeout`    |
 |-----------------------------|----------------------------------------------|-------------------|
 | `async def`                 | the event loop                               | cancelled         |
-| plain `def`                 | a thread pool of `concurrency` threads       | runs on, ignored  |
+| plain `def`                 | a thread pool of `concurrency` threads       | left behind       |
 | `def`, `executor="process"` | a pool of min(`concurrency`, CPUs) processes | process replaced  |
 
-Each raises `bus.HandlerTimeout` over the timeout, which takes the retry ladder. Heartbeats,
+Each raises `bus.HandlerTimeout` over the timeout, which takes the retry ladder; a thread
+cannot be stopped, so it runs on outside the pool and a fresh thread takes its slot. A timeout
+counts from the handler's start, never while it waits for a thread or a process. Heartbeats,
 acks and the other handlers go on meanwhile: nothing but `async def` handlers ever runs on
 the loop. Pools start with the first handler that needs them (`start()` warms the process
 pool) and `close()` waits for them.
@@ -17,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bus.consume.context import Context, ProcessContext, SyncContext
 from bus.consume.limits import Limits
 from bus.consume.router import Executor, Handler
+from bus.consume.threads import ThreadPool
 from bus.consume.workers import ProcessPool
 from bus.errors import HandlerTimeout
 from bus.topology.model import Subscriber
@@ -38,7 +40,7 @@ class Runner:
         self.limits = limits
         # no limits, no timeout: dispatch awaits an `async def` handler itself (the hot path)
         self.plain = limits is None and self.timeout is None
-        self._threads: ThreadPoolExecutor | None = None
+        self._threads: ThreadPool | None = None
         self._processes: ProcessPool | None = None
 
     @classmethod
@@ -74,7 +76,7 @@ class Runner:
         if self._processes is not None:
             await self._processes.close(grace)
         if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads.close()
 
     async def _run(self, handler: Handler, event: Any, ctx: Context) -> None:
         kind = handler.executor
@@ -87,8 +89,11 @@ class Runner:
         if kind is Executor.THREAD:
             loop = asyncio.get_running_loop()
             call = functools.partial(handler.func, event, SyncContext(ctx, loop))
-            future = loop.run_in_executor(self._thread_pool(), call)
-            await self._bounded(future, handler, "its thread runs on, its result ignored")
+            overran = (
+                f"{handler.name} ran over its timeout of {self.sub.timeout}; its thread runs on, "
+                "its result ignored"
+            )
+            await self._thread_pool().run(call, self.timeout, overran)
             return
         await self._bounded(handler.func(event, ctx), handler, "it was cancelled")
 
@@ -106,11 +111,9 @@ class Runner:
                 f"{handler.name} ran over its timeout of {self.sub.timeout}; {what}"
             ) from None
 
-    def _thread_pool(self) -> ThreadPoolExecutor:
+    def _thread_pool(self) -> ThreadPool:
         if self._threads is None:
-            self._threads = ThreadPoolExecutor(
-                max_workers=self.sub.concurrency, thread_name_prefix=f"bus-{self.sub.name}"
-            )
+            self._threads = ThreadPool(self.sub.concurrency, name=f"bus-{self.sub.name}")
         return self._threads
 
     def _process_pool(self) -> ProcessPool:

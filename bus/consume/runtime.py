@@ -33,7 +33,7 @@ from bus.consume.watchdog import Watchdog
 from bus.durations import label
 from bus.errors import ConfigError
 from bus.loop import name_of
-from bus.metrics import Metrics
+from bus.metrics import Metrics, type_label
 from bus.produce.publisher import Publisher
 from bus.settings import DEFAULT_RECONNECT_INTERVAL
 from bus.stores.base import DEFAULT_LEASE, Store
@@ -105,6 +105,7 @@ class Runtime:
         self._claims = Claims(store, self.sub.name, lease, patience=consumer_timeout / 2)
         self._counters: dict[tuple[str, str], Any] = {}
         self._timers: dict[str, Any] = {}
+        self._declared = frozenset(topology.events)  # metric labels: these, else `undeclared`
         self._consumer: Consumer | None = None
         self._publisher: Publisher | None = None  # these two from start()
         self._dispatcher: Dispatcher | None = None
@@ -259,18 +260,18 @@ class Runtime:
             log.debug("nack failed", exc_info=True)
 
     def _count(self, event_type: str, outcome: str) -> None:
-        child = self._counters.get((event_type, outcome))
+        label = type_label(event_type, self._declared)  # the cache is bounded as the labels
+        child = self._counters.get((label, outcome))
         if child is None:
-            child = self.metrics.consumed.labels(self.sub.name, event_type, outcome)
-            self._counters[(event_type, outcome)] = child
+            child = self.metrics.consumed.labels(self.sub.name, label, outcome)
+            self._counters[(label, outcome)] = child
         child.inc()
 
     def _observe(self, event_type: str, seconds: float) -> None:
-        child = self._timers.get(event_type)
+        label = type_label(event_type, self._declared)
+        child = self._timers.get(label)
         if child is None:
-            child = self._timers[event_type] = self.metrics.handler_seconds.labels(
-                self.sub.name, event_type
-            )
+            child = self._timers[label] = self.metrics.handler_seconds.labels(self.sub.name, label)
         child.observe(seconds)
 
     async def _hand_off(self, m: Delivery, outcome: Retry | Park) -> None:

@@ -82,6 +82,7 @@ async def serve(
     # a connection replaced after a reconnect can still be collected.
     gc.collect()
     gc.freeze()
+    pruner: asyncio.Task[None] | None = None
     try:
         await runtime.start()
         if metrics_port is not None:
@@ -97,7 +98,11 @@ async def serve(
         if flag is not None:
             flag.cancel()  # draining: no longer ready
         log.info("stopping %s: draining in-flight handlers (grace %.0fs)", name, grace)
-        pruner.cancel()
+    finally:
+        if pruner is not None:
+            pruner.cancel()
+        # whatever ended the run (stop, a failed start, a port in use, a cancellation): the
+        # consumers are cancelled and in-flight handlers drained before the store closes
         drained = await runtime.stop(grace)
         for hook in router.shutdown_hooks:
             try:
@@ -105,7 +110,6 @@ async def serve(
             except Exception:  # one failing hook must not block the others
                 log.warning("shutdown hook %s failed", hook.__qualname__, exc_info=True)
         log.info("stopped %s%s", name, "" if drained else " (some handlers were cut off)")
-    finally:
         if gauges is not None:
             await gauges.stop()
         if http is not None:

@@ -9,7 +9,8 @@ recorded, or its exception (pickled when it can be, else its type, message and t
 
 Workers are spawned (not forked: the parent runs an event loop and threads), on demand up to
 `size`, ignore SIGINT/SIGTERM (the parent drains and closes them) and exit when the parent's
-end of the pipe closes.
+end of the pipe closes. Starting, killing and joining a worker and writing a large event down
+its pipe happen in threads: none of them blocks the event loop.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from bus.consume.context import ProcessContext
@@ -73,6 +75,8 @@ class ProcessPool:
         self._all: set[_Worker] = set()
         self._wake = asyncio.Condition()
         self._closed = False
+        self._starting = 0  # workers being started: they count against `size` already
+        self._reaping: set[asyncio.Future[None]] = set()  # kills and joins, in threads
 
     async def run(
         self, func: Callable[..., Any], event: Any, ctx: ProcessContext, timeout: float | None
@@ -82,10 +86,8 @@ class ProcessPool:
         loop = asyncio.get_running_loop()
         worker.future = loop.create_future()
         try:
-            if not worker.ready.done():
-                async with asyncio.timeout(SPAWN_DEADLINE):
-                    await asyncio.shield(worker.ready)
-            worker.conn.send((func.__module__, func.__qualname__, event, ctx))
+            await self._started(worker)
+            await _send(worker.conn, (func.__module__, func.__qualname__, event, ctx))
             if timeout is None:
                 kind, value, tb = await worker.future
             else:
@@ -105,6 +107,21 @@ class ProcessPool:
             return list(value)
         raise _exception(value, tb)
 
+    async def _started(self, worker: _Worker) -> None:
+        """Until *worker* imported its modules; `WorkerLost` when it misses `SPAWN_DEADLINE`."""
+        if worker.ready.done():
+            worker.ready.result()
+            return
+        deadline = SPAWN_DEADLINE
+        try:
+            async with asyncio.timeout(deadline):
+                await asyncio.shield(worker.ready)
+        except TimeoutError:
+            raise WorkerLost(
+                f"its worker process did not start within {deadline:g}s (importing "
+                f"{', '.join(self.preload) or 'its handler modules'})"
+            ) from None
+
     async def close(self, grace: float = 5.0) -> None:
         """Ask every worker to exit, kill those still there after *grace* seconds."""
         self._closed = True
@@ -117,11 +134,13 @@ class ProcessPool:
         for w in workers:
             await asyncio.to_thread(w.process.join, max(0.0, deadline - loop.time()))
             self._discard(w)
+        if self._reaping:
+            await asyncio.gather(*self._reaping, return_exceptions=True)
 
     async def warm(self) -> None:
         """Start every worker now, so the first events do not wait for a spawn."""
-        while len(self._all) < self.size and not self._closed:
-            self._release(self._spawn())
+        while len(self._all) + self._starting < self.size and not self._closed:
+            self._release(await self._spawn())
 
     @property
     def workers(self) -> int:
@@ -134,8 +153,8 @@ class ProcessPool:
             while not self._idle:
                 if self._closed:
                     raise RuntimeError(f"process pool of {self.name} is closed")
-                if len(self._all) < self.size:
-                    return self._spawn()
+                if len(self._all) + self._starting < self.size:
+                    return await self._spawn()
                 await self._wake.wait()
             return self._idle.pop()
 
@@ -147,13 +166,17 @@ class ProcessPool:
         async with self._wake:
             self._wake.notify()
 
-    def _spawn(self) -> _Worker:
+    async def _spawn(self) -> _Worker:
         parent, child = self._mp.Pipe()
         process = self._mp.Process(
             target=_worker_main, args=(child, self.preload), name=f"{self.name}-worker", daemon=True
         )
-        process.start()
-        child.close()
+        self._starting += 1
+        try:  # a spawn forks, execs and writes the preparation data: not on the loop
+            await asyncio.to_thread(process.start)
+        finally:
+            self._starting -= 1
+            child.close()
         worker = _Worker(process, parent)
         self._all.add(worker)
         asyncio.get_running_loop().add_reader(parent.fileno(), self._on_readable, worker)
@@ -166,15 +189,9 @@ class ProcessPool:
             answer = None
         future = worker.future
         if answer is None:  # the process died (killed, crashed, os._exit)
-            worker.process.join(1.0)
-            code = worker.process.exitcode
-            self._discard(worker)
-            lost = WorkerLost(f"its worker process died (exit code {code})")
-            if future is not None and not future.done():
-                future.set_exception(lost)
-            if not worker.ready.done():  # died while starting: who waits for it fails too
-                worker.ready.set_exception(lost)
-                worker.ready.exception()  # retrieved here: no "never retrieved" warning
+            reaped = self._discard(worker)
+            if reaped is not None:
+                reaped.add_done_callback(lambda _: _lost(worker, future))
             return
         if answer == "ready":
             if not worker.ready.done():
@@ -183,9 +200,10 @@ class ProcessPool:
         if future is not None and not future.done():
             future.set_result(answer)
 
-    def _discard(self, worker: _Worker) -> None:
+    def _discard(self, worker: _Worker) -> asyncio.Future[None] | None:
+        """Out of the pool at once; killed and joined in a thread (the returned future)."""
         if worker not in self._all:
-            return
+            return None
         self._all.discard(worker)
         if worker in self._idle:
             self._idle.remove(worker)
@@ -193,11 +211,41 @@ class ProcessPool:
             asyncio.get_running_loop().remove_reader(worker.conn.fileno())
         with contextlib.suppress(Exception):
             worker.conn.close()
-        if worker.process.is_alive():
-            worker.process.kill()
-        worker.process.join(1.0)
+        loop = asyncio.get_running_loop()
+        reaped = loop.run_in_executor(None, _reap, worker.process)
+        self._reaping.add(reaped)
+        reaped.add_done_callback(self._reaping.discard)
         if not self._closed:  # a slot freed: a waiting task may spawn a replacement
             asyncio.get_running_loop().create_task(self._notify())
+        return reaped
+
+
+def _reap(process: BaseProcess) -> None:
+    if process.is_alive():
+        process.kill()
+    process.join(1.0)
+
+
+def _lost(worker: _Worker, future: asyncio.Future[Any] | None) -> None:
+    """*worker* died: whoever waits on it (its task, or its start) fails with WorkerLost."""
+    lost = WorkerLost(f"its worker process died (exit code {worker.process.exitcode})")
+    if future is not None and not future.done():
+        future.set_exception(lost)
+    if not worker.ready.done():  # died while starting: who waits for it fails too
+        worker.ready.set_exception(lost)
+        worker.ready.exception()  # retrieved here: no "never retrieved" warning
+
+
+LARGE = 32 * 1024  # a pipe holds 64 KiB: anything near it may block the writer until read
+
+
+async def _send(conn: Connection, task: Any) -> None:
+    """*task* down the worker's pipe; a large one is written from a thread."""
+    data = ForkingPickler.dumps(task)
+    if len(data) < LARGE:
+        conn.send_bytes(data)
+    else:
+        await asyncio.to_thread(conn.send_bytes, data)
 
 
 def _exception(value: Any, tb: str) -> BaseException:

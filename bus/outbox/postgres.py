@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from bus.errors import BrokerUnavailable, ConfigError
+from bus.errors import DatabaseUnavailable, OutboxMissing
 from bus.outbox.base import Row, SetAside, Status
 from bus.outbox.schema import CHANNEL, TABLE, Dialect, ddl
 from bus.settings import redact
@@ -96,7 +96,7 @@ class PostgresOutbox:
         try:
             pool = await asyncpg.create_pool(url, min_size=1, max_size=4, timeout=10)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            raise BrokerUnavailable(f"cannot reach the outbox at {redact(url)}: {exc}") from None
+            raise DatabaseUnavailable(f"cannot reach the outbox at {redact(url)}: {exc}") from None
         async with pool.acquire() as conn:
             if create:
                 await init(conn)
@@ -105,7 +105,7 @@ class PostgresOutbox:
                 found = await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", TABLE)
         if not found:  # closed once the connection is back in the pool: close() waits for it
             await pool.close()
-            raise ConfigError(
+            raise OutboxMissing(
                 f"no {TABLE} table at {redact(url)}: run `bus outbox init` "
                 "(or `bus outbox init --sql` for your migration tool)"
             )

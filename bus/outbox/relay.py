@@ -16,13 +16,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from bus.envelope import Event, decode_body, new_traceparent
 from bus.errors import (
     BrokerUnavailable,
-    ConfigError,
+    BusError,
+    DatabaseUnavailable,
     InvalidEvent,
+    OutboxMissing,
     PublishTimeout,
     UnknownEventType,
     UnroutableError,
@@ -37,6 +39,7 @@ from bus.signals import stop_on_signals
 from bus.topology.model import Topology
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BATCH = 1000  # rows per claim (a PostgreSQL claim takes whole transactions, so may take more)
 WINDOW = 1000  # confirms in flight
@@ -132,17 +135,17 @@ class Relay:
                 raise BrokerUnavailable("the broker connection is down; reconnecting")
             await self.publisher.connect()
             self._connected_once = True
-        claim = await self.outbox.claim(self.batch)
+        claim = await _outbox(self.outbox.claim(self.batch))
         self._outbox_ok = True
         if not claim.rows:
-            await claim.abandon()
+            await _outbox(claim.abandon())
             return 0
         try:
             done, aside, failed = await self._publish(claim.rows)
         except BaseException:
-            await claim.abandon()
+            await _outbox(claim.abandon())
             raise
-        await claim.finish(done, aside)
+        await _outbox(claim.finish(done, aside))
         for seq, reason in aside:
             log.error("outbox row %s set aside: %s", seq, reason)
         if failed:  # the rest waits for the next try; confirmed rows are gone already
@@ -253,8 +256,18 @@ class Relay:
 
 
 def _is_outbox_error(exc: BaseException) -> bool:
-    module = type(exc).__module__
-    return module.startswith(("asyncpg", "sqlite3", "aiosqlite"))
+    return isinstance(exc, DatabaseUnavailable)
+
+
+async def _outbox(call: Coroutine[Any, Any, T]) -> T:
+    """*call* to the outbox; whatever the driver raises (a refused connection, a lost one, a
+    PostgreSQL error) is `DatabaseUnavailable`: rows wait, and `/readyz` says why."""
+    try:
+        return await call
+    except (BusError, asyncio.CancelledError):
+        raise
+    except Exception as exc:
+        raise DatabaseUnavailable(f"the outbox: {type(exc).__name__}: {exc}") from exc
 
 
 async def _open_when_ready(url: str, stop: asyncio.Event) -> OutboxStore | None:
@@ -266,9 +279,7 @@ async def _open_when_ready(url: str, stop: asyncio.Event) -> OutboxStore | None:
     while not stop.is_set():
         try:
             return await open_outbox(url)
-        except (ConfigError, BrokerUnavailable) as exc:
-            if isinstance(exc, ConfigError) and "bus outbox init" not in str(exc):
-                raise  # a wrong URL: waiting will not help
+        except (OutboxMissing, DatabaseUnavailable) as exc:  # a wrong URL is not waited on
             if str(exc) != said:
                 log.warning("relay waiting: %s", exc)
                 said = str(exc)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from bus.errors import ConfigError
+from bus.errors import OutboxMissing
 from bus.outbox.base import Row, SetAside, Status
 from bus.outbox.schema import TABLE, Dialect, ddl
 from bus.settings import sqlite_path
@@ -98,7 +98,7 @@ class SqliteOutbox:
         if create:
             await asyncio.to_thread(Path(path).parent.mkdir, parents=True, exist_ok=True)
         elif not await asyncio.to_thread(Path(path).exists):
-            raise ConfigError(f"no outbox database at {path}: run `bus outbox init`")
+            raise OutboxMissing(f"no outbox database at {path}: run `bus outbox init`")
         db = await aiosqlite.connect(path, timeout=30)
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA busy_timeout=30000")
@@ -111,7 +111,7 @@ class SqliteOutbox:
         )
         if not list(rows):
             await db.close()
-            raise ConfigError(f"no {TABLE} table in {path}: run `bus outbox init`")
+            raise OutboxMissing(f"no {TABLE} table in {path}: run `bus outbox init`")
         return cls(db)
 
     async def _take(self) -> bool:

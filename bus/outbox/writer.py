@@ -17,7 +17,7 @@ from typing import Any
 
 from bus import tracing
 from bus.envelope import Event, dumps, new_traceparent
-from bus.errors import ConfigError
+from bus.errors import ConfigError, InvalidEvent
 from bus.outbox.schema import COLUMNS, Dialect, insert_sql
 from bus.produce.validation import EventChecker
 from bus.settings import Settings
@@ -51,7 +51,9 @@ class Outbox:
         """A checked `Event`, as `Publisher` would build it. Raises UnknownEventType or
         InvalidEvent; data that is not JSON-serialisable raises InvalidEvent when written."""
         if id is not None and not id.strip():
-            raise ConfigError("event id must not be empty (leave it out for a random one)")
+            raise InvalidEvent(
+                "the event id is empty: give a non-empty id, or none for a random one"
+            )
         self._checker.check(event_type, data)
         kw: dict[str, Any] = {"id": id} if id is not None else {}
         return Event(

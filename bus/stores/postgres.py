@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from bus.errors import BrokerUnavailable
+from bus.errors import DatabaseUnavailable
 from bus.settings import redact
 from bus.stores import sql
 from bus.stores.base import DEFAULT_LEASE, DEFAULT_RETENTION, Claim
@@ -56,7 +56,7 @@ class PostgresStore:
         try:
             pool = await asyncpg.create_pool(url, min_size=1, max_size=10, timeout=10)
         except (OSError, asyncpg.PostgresError) as exc:
-            raise BrokerUnavailable(f"cannot reach the store at {redact(url)}: {exc}") from None
+            raise DatabaseUnavailable(f"cannot reach the store at {redact(url)}: {exc}") from None
         async with pool.acquire() as conn:
             # concurrent first starts of several replicas may race on CREATE TABLE
             await conn.execute("SELECT pg_advisory_lock(8164)")
@@ -71,7 +71,7 @@ class PostgresStore:
             await store._lock_identity()
         except (OSError, asyncpg.PostgresError) as exc:
             await pool.close()
-            raise BrokerUnavailable(f"cannot reach the store at {redact(url)}: {exc}") from None
+            raise DatabaseUnavailable(f"cannot reach the store at {redact(url)}: {exc}") from None
         return store
 
     async def _lock_identity(self) -> None:

@@ -28,6 +28,7 @@ from bus.durations import (
 )
 from bus.errors import TopologyError
 from bus.topology.routing import matches
+from bus.topology.suggest import did_you_mean
 
 Duration = Annotated[str, AfterValidator(normalise)]
 Rate = Annotated[str, AfterValidator(normalise_rate)]
@@ -395,7 +396,7 @@ def _pydantic_problems(exc: ValidationError) -> list[str]:
     for err in exc.errors():
         kind, msg = err["type"], err["msg"]
         if kind == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + did_you_mean(TopologyFile, tuple(err["loc"]))
         elif kind == "missing":
             msg = "is required"
         elif kind == "literal_error" and err["loc"] == ("version",):

@@ -270,6 +270,12 @@ def is_delay_object(d: Decl) -> bool:
     return d.name.startswith(f"{delays.PREFIX}.")
 
 
+def is_delay_hand_off(d: Decl) -> bool:
+    """A `bus.delay.out.<exchange>.<type>` queue: one topology's event, not the shared levels,
+    so `teardown` removes it with the topology."""
+    return isinstance(d, QueueDecl) and d.name.startswith(f"{delays.PREFIX}.out.")
+
+
 def _step(d: Decl, seen: Observed, recorded_bindings: set[BindingDecl]) -> Step:
     """What becomes of one wanted object."""
     if d.key in seen.drift:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from bus.ops.dlq import Parked
 from bus.ui.backend import Backend, Selection
+from bus.ui.browse import attempts_number
 from bus.ui.identity import require_bearer
 
 router = APIRouter(prefix="/api")
@@ -57,7 +58,8 @@ def story(p: Parked) -> dict[str, Any]:
         body = p.body.decode(errors="replace")
     headers = {k: _plain(v) for k, v in p.headers.items()}
     return {
-        "id": p.id, "type": p.type, "reason": p.reason, "attempts": p.attempts,
+        "id": p.id, "type": p.type, "reason": p.reason,
+        "attempts": attempts_number(p.attempts),
         "exception_type": p.exception_type, "exception_message": p.exception_message,
         "failed_at": p.failed_at, "stacktrace": p.stacktrace, "headers": headers, "body": body,
     }  # fmt: skip

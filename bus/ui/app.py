@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
-from bus.errors import BrokerUnavailable, BusError
+from bus.errors import BrokerUnavailable, BusError, DatabaseUnavailable
 from bus.topology.model import Topology
 from bus.topology.model import load as load_topology
 from bus.ui import api, pages
@@ -98,7 +98,11 @@ def _error(request: Request, status: int, detail: object) -> Response:
 async def _bus_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BusError)
     status = (
-        404 if isinstance(exc, NotFound) else 503 if isinstance(exc, BrokerUnavailable) else 400
+        404
+        if isinstance(exc, NotFound)
+        else 503
+        if isinstance(exc, BrokerUnavailable | DatabaseUnavailable)
+        else 400
     )
     return _error(request, status, str(exc))  # our messages redact URLs
 

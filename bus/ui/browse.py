@@ -32,6 +32,10 @@ MAX_AGE = 60.0
 RETURN_WAIT = 2.0
 
 
+def attempts_number(attempts: str) -> int | None:
+    return int(attempts) if attempts.isdigit() else None
+
+
 @dataclass(frozen=True, slots=True)
 class Summary:
     """One parked message as a list shows it (no body, no stack trace)."""
@@ -49,9 +53,11 @@ class Summary:
         return cls(p.id, p.type, p.reason, p.attempts, p.exception_type,
                    p.exception_message[:300], p.failed_at)  # fmt: skip
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> dict[str, Any]:
+        """For the JSON API: attempts is a number (None when unknown), as `bus dlq list --json`."""
         return {
-            "id": self.id, "type": self.type, "reason": self.reason, "attempts": self.attempts,
+            "id": self.id, "type": self.type, "reason": self.reason,
+            "attempts": attempts_number(self.attempts),
             "exception_type": self.exception_type, "exception_message": self.exception_message,
             "failed_at": self.failed_at,
         }  # fmt: skip

@@ -107,6 +107,7 @@ async def test_parked_messages_are_listed_shown_and_replayed_until_the_dlq_is_em
         for result in (missing, shown_missing):  # the same exit code for the same mistake
             assert result.returncode == 2, result.stderr
             assert "not found" in result.stderr or "no message" in result.stderr
+        assert "replayed" not in missing.stdout, f"a count before the error: {missing.stdout}"
 
 
 async def test_purge_refuses_without_a_terminal_unless_yes_and_delete_removes_single_ids(

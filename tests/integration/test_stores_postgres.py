@@ -14,7 +14,7 @@ from typing import ClassVar
 import pytest
 
 import bus.stores.postgres
-from bus.errors import BrokerUnavailable
+from bus.errors import DatabaseUnavailable
 from bus.stores import Claim, Store, open_store
 from bus.stores.postgres import PostgresStore
 from tests.unit.store_contract import DeadHolder, ReplicaStoreContract
@@ -25,7 +25,7 @@ POSTGRES_URL = os.environ.get("BUS_TEST_POSTGRES_URL", "postgresql://postgres@12
 async def _open() -> PostgresStore:
     try:
         return await PostgresStore.open(POSTGRES_URL)
-    except BrokerUnavailable as exc:
+    except DatabaseUnavailable as exc:
         pytest.fail(f"no PostgreSQL for the store tests: {exc} (set BUS_TEST_POSTGRES_URL)")
 
 
@@ -63,6 +63,6 @@ async def test_open_store_postgresql_url() -> None:
 
 
 async def test_unreachable_postgres_is_reported_with_the_password_redacted() -> None:
-    with pytest.raises(BrokerUnavailable, match=r"postgres:\*\*\*@127\.0\.0\.1:1/") as info:
+    with pytest.raises(DatabaseUnavailable, match=r"postgres:\*\*\*@127\.0\.0\.1:1/") as info:
         await PostgresStore.open("postgresql://postgres:s3cret@127.0.0.1:1/test")
     assert "s3cret" not in str(info.value)

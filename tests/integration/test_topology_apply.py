@@ -206,13 +206,14 @@ async def test_teardown_asks_refuses_full_queues_unless_forced_and_removes_what_
     forced = await tool("topology", "teardown", "--force", "--yes")
     assert forced.returncode == 0, forced.stderr
     assert f"delete queue {prefix}.email.dlq (1 messages)" in forced.stdout
-    assert "teardown: 7 deleted, 0 kept" in forced.stdout, (
-        forced.stdout
-    )  # 5 queues, record, exchange
-    for queue in (f"{prefix}.email", f"{prefix}.email.dlq", f"bus.state.{prefix}.email"):
+    # 5 queues, record, exchange, and the 4 events' delay hand-off queues
+    assert "teardown: 11 deleted, 0 kept" in forced.stdout, forced.stdout
+    out = f"bus.delay.out.{prefix}.events.order.placed"
+    for queue in (f"{prefix}.email", f"{prefix}.email.dlq", f"bus.state.{prefix}.email", out):
         assert not await _queue_exists(amqp_url, queue), queue
     plan = await tool("topology", "plan")
     assert "plan: 7 to create" in plan.stdout, plan.stdout  # the exchange is gone too
+    assert "8 of 105 objects to create" in plan.stdout, "the hand-off queues stayed"
     nothing = await tool("topology", "teardown", "--yes")
     assert nothing.returncode == 0 and "teardown: 0 deleted" in nothing.stdout
 

@@ -146,3 +146,17 @@ def test_each_demo_run_gets_a_prefix_of_its_own() -> None:
     prefixes = {run_prefix() for _ in range(50)}
     assert len(prefixes) == 50
     assert all(p.startswith("demo-") and _PREFIX.match(p) for p in prefixes)
+
+
+def test_a_flag_takes_no_value_and_its_help_shows_none() -> None:
+    for args in (("topology", "plan", "--help"), ("topology", "apply", "--help"),
+                 ("dlq", "replay", "--help")):  # fmt: skip
+        done = bus(*args)
+        assert done.returncode == 0, done.stderr
+        assert "<bool>" not in done.stdout, f"`bus {' '.join(args)}` shows <bool>:\n{done.stdout}"
+
+
+def test_the_readme_does_not_call_publish_delay_unbuilt() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert "--delay" in bus("publish", "--help").stdout
+    assert "delayed publish is not built" not in readme, "the README says --delay is not built"

@@ -4,7 +4,9 @@ Every file parses; every command a container runs is a real `bus` command; every
 the topology has its compose service, Deployment, PodDisruptionBudget and ScaledObject, except a
 subscriber listed in EMBEDDED, which runs inside its host's process and is checked there; the
 Kubernetes manifests validate against the Kubernetes schemas; generated files match a fresh
-generation.
+generation. A subscriber added to the topology fails one test that names the seven deploy files
+it needs (`deploy_gaps`): compose.yaml, prometheus.yml, k8s/NAME.yaml, k8s/kustomization.yaml,
+k8s/keda.yaml, and the two generated ones, rabbitmq/definitions.json and k8s/topology.yaml.
 """
 
 from __future__ import annotations
@@ -632,3 +634,54 @@ def test_the_image_ships_the_ui_templates_and_static_files() -> None:
     for pattern in ("ui/templates/*.html", "ui/static/*"):
         assert pattern in shipped, f"pip install . (the image) would leave out bus/{pattern}"
         assert list((ROOT / "bus").glob(pattern)), pattern
+
+
+# --- adding a subscriber: every file to touch, in one message ---------------------------------
+
+
+def deploy_gaps(names: list[str]) -> list[str]:
+    """For each subscriber in *names* (services of their own), the deploy files that lack it,
+    each with what to add. A new subscriber needs all of them; generated ones say how."""
+    services = compose()["services"]
+    prometheus = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
+    deployments, pdbs, scaled = (
+        by_name("Deployment"), by_name("PodDisruptionBudget"), by_name("ScaledObject"),
+    )  # fmt: skip
+    resources = set(kustomization()["resources"])
+    declared = {s.name for s in topology().subscribers()}
+    definitions = (DEPLOY / "rabbitmq" / "definitions.json").read_text()
+    copy = (K8S / "topology.yaml").read_text()
+    gaps = []
+    for name in names:
+        if name not in services:
+            gaps.append(f"deploy/compose.yaml: a service `{name}` (command run {name})")
+        if f"{name}:{METRICS_PORT}" not in prometheus:
+            gaps.append(f"deploy/prometheus/prometheus.yml: the target {name}:{METRICS_PORT}")
+        if name not in deployments or name not in pdbs:
+            gaps.append(f"deploy/k8s/{name}.yaml: its Deployment and PodDisruptionBudget")
+        if f"{name}.yaml" not in resources:
+            gaps.append(f"deploy/k8s/kustomization.yaml: {name}.yaml under resources")
+        if name not in scaled:
+            gaps.append(f"deploy/k8s/keda.yaml: a ScaledObject for {name}")
+        if name not in declared or f'"{name}' not in definitions:
+            gaps.append(
+                "deploy/rabbitmq/definitions.json: bus topology export --format definitions "
+                "-o deploy/rabbitmq/definitions.json"
+            )
+        if f"  {name}:" not in copy:
+            gaps.append("deploy/k8s/topology.yaml: cp topology/topology.yaml deploy/k8s/")
+    return gaps
+
+
+def test_every_subscriber_is_in_every_deploy_file() -> None:
+    gaps = deploy_gaps([s.name for s in subscribers()])
+    assert not gaps, "a subscriber is missing from deploy/; add:\n  " + "\n  ".join(gaps)
+
+
+def test_a_new_subscriber_is_told_the_seven_deploy_files_it_needs() -> None:
+    gaps = deploy_gaps(["loyalty"])
+    assert [g.split(":")[0] for g in gaps] == [
+        "deploy/compose.yaml", "deploy/prometheus/prometheus.yml", "deploy/k8s/loyalty.yaml",
+        "deploy/k8s/kustomization.yaml", "deploy/k8s/keda.yaml",
+        "deploy/rabbitmq/definitions.json", "deploy/k8s/topology.yaml",
+    ], gaps  # fmt: skip

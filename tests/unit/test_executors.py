@@ -6,20 +6,26 @@ import asyncio
 import os
 import threading
 import time
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
 from bus import Context, Router
+from bus.consume import workers
 from bus.consume.context import ProcessContext
 from bus.consume.executors import Runner
 from bus.consume.limits import Limits
 from bus.consume.router import Executor
-from bus.errors import HandlerTimeout
+from bus.consume.workers import ProcessPool
+from bus.errors import HandlerTimeout, WorkerLost
 from bus.testing import TestBus
 from bus.topology.model import Topology, from_dict
-from tests.executor_handlers import Job
+from tests.executor_handlers import Job, crunch, measure
 from tests.executor_handlers import router as jobs_router
 
 done = Router()
@@ -236,3 +242,104 @@ def test_handlers_choose_their_executor_by_how_they_are_written() -> None:
 
 def test_handler_timeout_is_named_bus_handler_timeout() -> None:
     assert f"{HandlerTimeout.__module__}.{HandlerTimeout.__qualname__}" == "bus.HandlerTimeout"
+
+
+sleeper = Router()
+
+
+@sleeper.on("job.blocking")
+def sleep_in_thread(job: Job, ctx: Any) -> None:
+    time.sleep(job.seconds)
+
+
+def _blocking_handler() -> Any:
+    (handler,) = sleeper.handlers
+    return handler
+
+
+async def test_a_thread_handler_over_its_timeout_gives_its_slot_to_the_next_event() -> None:
+    sub = topology(concurrency=1, timeout="300ms").subscriber("jobs")
+    runner = Runner.for_subscriber(sub)
+    ctx: Any = _FakeContext()
+    try:
+        with pytest.raises(HandlerTimeout):
+            await runner.run(_blocking_handler(), Job(job_id="stuck", seconds=3), ctx)
+        started = time.monotonic()
+        await runner.run(_blocking_handler(), Job(job_id="next", seconds=0.05), ctx)
+        assert time.monotonic() - started < 1, "the next event waited for the stuck thread"
+    finally:
+        await runner.close()
+
+
+async def test_a_thread_handler_timeout_counts_from_its_start_not_from_its_queueing() -> None:
+    # one thread, two 0.3 s jobs: the second waits 0.3 s for the thread, then runs 0.3 s;
+    # each ran well inside its 0.5 s timeout
+    sub = topology(concurrency=1, prefetch=1, timeout="500ms").subscriber("jobs")
+    runner = Runner.for_subscriber(sub)
+    ctx: Any = _FakeContext()
+    try:
+        await asyncio.gather(
+            *(runner.run(_blocking_handler(), Job(job_id=f"q-{i}", seconds=0.3), ctx)
+              for i in range(2))
+        )  # fmt: skip
+    finally:
+        await runner.close()
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+async def test_a_worker_that_misses_its_start_deadline_is_lost_not_a_handler_timeout(
+    timeout: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workers, "SPAWN_DEADLINE", 0.5)
+    pool = ProcessPool(1, name="slow", preload=("tests.slow_import",))
+    try:
+        with pytest.raises(WorkerLost, match=r"did not start within 0\.5s"):
+            await pool.run(crunch, Job(job_id="j"), ProcessContext.__new__(ProcessContext), timeout)
+        assert pool.workers == 0, "the worker that did not start is still in the pool"
+    finally:
+        await pool.close(grace=0.5)
+
+
+def _process_ctx() -> ProcessContext:
+    fake: Any = SimpleNamespace(
+        id="e-1", type="job.cpu", source="test", time=None, attempt=1, subscriber="jobs",
+        routing_key="job.cpu", correlation_id=None, headers={},
+    )  # fmt: skip
+    return ProcessContext(fake)
+
+
+async def test_the_process_pool_never_blocks_the_loop_on_a_start_a_join_or_a_large_send(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop_thread = threading.get_ident()
+    on_loop: list[str] = []
+
+    def watch(cls: Any, name: str, big: bool = False) -> None:
+        original = getattr(cls, name)
+
+        def watched(self: Any, *args: Any, **kwargs: Any) -> Any:
+            size = memoryview(args[0]).nbytes if big else 0
+            if threading.get_ident() == loop_thread and (not big or size > 64 * 1024):
+                on_loop.append(f"{cls.__name__}.{name}")
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, watched)
+
+    watch(BaseProcess, "start")
+    watch(BaseProcess, "join")
+    watch(Connection, "send_bytes", big=True)
+    monkeypatch.setattr(Connection, "send", _send_as_bytes)
+    pool = ProcessPool(1, name="watched")
+    try:
+        await pool.run(measure, {"blob": "x" * 512 * 1024}, _process_ctx(), 10.0)
+        with pytest.raises(HandlerTimeout):
+            await pool.run(crunch, Job(job_id="long", seconds=30), _process_ctx(), 0.3)
+        await pool.run(measure, {"blob": "y"}, _process_ctx(), 10.0)
+    finally:
+        await pool.close(grace=1.0)
+    assert on_loop == [], f"blocking calls ran on the event loop: {sorted(set(on_loop))}"
+
+
+def _send_as_bytes(self: Connection, obj: Any) -> None:
+    """`Connection.send` through `send_bytes`, so the watch sees every payload's size."""
+    self.send_bytes(ForkingPickler.dumps(obj))

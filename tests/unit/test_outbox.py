@@ -22,6 +22,7 @@ from bus.outbox.base import Row, Status
 from bus.outbox.relay import Relay
 from bus.outbox.schema import Dialect, ddl, dialect_of, insert_sql, script
 from bus.topology.model import Topology, from_dict
+from tests.conftest import wait_for
 
 DOC = {
     "version": 1,
@@ -116,7 +117,7 @@ def test_add_sync_writes_the_envelope_a_publisher_would_send(
         ("order.cancelled", {}, {}, UnknownEventType),
         ("order.placed", {"no": "order_id"}, {}, InvalidEvent),
         ("order.shipped", {"when": datetime.now(UTC)}, {}, InvalidEvent),
-        ("order.shipped", {}, {"id": " "}, ConfigError),
+        ("order.shipped", {}, {"id": " "}, InvalidEvent),  # as Publisher says it
     ],
     ids=["undeclared type", "schema failure", "not JSON", "empty id"],
 )
@@ -316,3 +317,38 @@ def test_an_empty_claim_is_given_back(topology: Topology) -> None:
     relay, outbox, _ = relay_with(topology, [], {})
     assert asyncio.run(relay.step()) == 0
     assert outbox.claims[0].abandoned
+
+
+class OutboxGoingAway(FakeOutbox):
+    """Answers claims until `down`, then refuses connections (PostgreSQL stopped)."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.down = False
+        self.refused = 0
+
+    async def claim(self, limit: int) -> FakeClaim:
+        if self.down:
+            self.refused += 1
+            raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
+        return self.claims[-1]
+
+
+def test_readyz_turns_503_when_the_outbox_database_refuses_connections(
+    topology: Topology,
+) -> None:
+    relay, _, _ = relay_with(topology, [], {})
+    outbox = relay.outbox = OutboxGoingAway()
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay.run(stop))
+        await wait_for(lambda: relay.ready, 5, "ready before the database goes away")
+        outbox.down = True
+        await wait_for(lambda: outbox.refused >= 2, 5, "claims refused twice")
+        assert not relay.ready, "ready while the outbox refuses connections"
+        assert relay.why_not_ready() == "the outbox is not reachable"
+        stop.set()
+        await task
+
+    asyncio.run(scenario())

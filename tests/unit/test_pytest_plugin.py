@@ -119,3 +119,34 @@ def test_a_missing_topology_fails_the_test_with_its_path(project: pytest.Pyteste
     result = project.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*nowhere.yaml*"])
+
+
+ONLY_LEDGER = """\
+import pytest
+
+import ledger_handlers
+
+
+@pytest.mark.testbus(subscribers=["ledger"])
+async def test_only_the_named_subscriber_runs(testbus):
+    await testbus.publish("invoice.issued", {"invoice_id": "i-2"}, id="op-2")
+    await testbus.settle()
+    assert ledger_handlers.booked == ["i-2"]
+    assert testbus.handled("mailer") == []
+"""
+
+
+def test_the_testbus_marker_loads_only_the_subscribers_it_names(
+    project: pytest.Pytester,
+) -> None:
+    # a second subscriber whose handlers module does not exist: loading it would fail the test
+    topology = TOPOLOGY + (
+        "  mailer:\n    handlers: mailer_handlers:router\n"
+        '    bindings:\n      - {exchange: billing, keys: ["invoice.#"]}\n'
+    )
+    (project.path / "config" / "bus.yaml").write_text(topology)
+    (project.path / "test_ledger.py").unlink()
+    project.makepyfile(test_only_ledger=ONLY_LEDGER)
+    project.makeini("[pytest]\nasyncio_mode = auto\nbus_topology = config/bus.yaml\n")
+    result = project.runpytest_subprocess("-p", "no:cacheprovider", "--strict-markers")
+    result.assert_outcomes(passed=1)

@@ -183,7 +183,8 @@ def test_topology_error_message_lists_every_problem_on_its_own_line() -> None:
     ],
 )
 def test_unknown_keys_are_reported_with_their_path(raw: dict[str, Any], path: str) -> None:
-    assert f"{path}: unknown key" in problems_of(raw)
+    problems = problems_of(raw)
+    assert any(p.startswith(f"{path}: unknown key") for p in problems), problems
 
 
 def test_event_on_an_undeclared_exchange_is_an_error() -> None:
@@ -360,3 +361,20 @@ def test_bad_concurrency_rate_limit_and_timeout_are_reported_at_once_with_their_
         'subscribers.email.rate_limit: "10/week" is not a rate (use e.g. 10/s, 600/m, 100/h)',
         'subscribers.email.timeout: "2 minutes" is not a duration (use e.g. 250ms, 30s, 5m, 1h, 1d)',
     ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (doc(subscribers__email__prefecth=10),
+         "subscribers.email.prefecth: unknown key (did you mean 'prefetch'?)"),
+        (doc(defaults__retry__delay=["1s"]),
+         "defaults.retry.delay: unknown key (did you mean 'delays'?)"),
+        (doc(evnets={}), "evnets: unknown key (did you mean 'events'?)"),
+        (doc(events__x={"exchange": "events", "schemaa": {}}),
+         "events.x.schemaa: unknown key (did you mean 'schema'?)"),
+        (doc(colour="blue"), "colour: unknown key"),
+    ],
+)  # fmt: skip
+def test_an_unknown_key_suggests_the_nearest_known_one(raw: dict[str, Any], problem: str) -> None:
+    assert problem in problems_of(raw)

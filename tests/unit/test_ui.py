@@ -268,3 +268,17 @@ def test_instants_are_shown_to_the_second() -> None:
 
     assert when("2026-12-01T07:34:21.724191Z") == "2026-12-01 07:34:21Z"
     assert when("") == "-" and when("yesterday") == "yesterday"
+
+
+def test_the_ui_json_gives_attempts_as_a_number() -> None:
+    from bus.ops.dlq import Parked
+    from bus.ui.api import story
+    from bus.ui.browse import Summary
+
+    parked = Parked("e-1", "order.placed", "retries-exhausted", "3", "TimeoutError", "slow",
+                    "2026-01-01T00:00:00Z", "", {}, b"{}")  # fmt: skip
+    unknown = Parked(**{**parked.__dict__, "attempts": "?"})
+    assert Summary.of(parked).as_dict()["attempts"] == 3
+    assert story(parked)["attempts"] == 3
+    assert Summary.of(unknown).as_dict()["attempts"] is None
+    assert story(unknown)["attempts"] is None
