@@ -135,6 +135,9 @@ def test_settings_hold_every_bus_variable_the_library_reads() -> None:
     root = Path(__file__).resolve().parents[2]
     known = set(TEXT) | set(SECONDS)
     cli_only = {"BUS_UI_PORT", "BUS_UI_HOST"}  # options of `bus ui`, read by typer
+    # read before any settings exist: the loop a command starts on, and the index
+    # `bus run --processes N` gives each child
+    cli_only |= {"BUS_LOOP", "BUS_PROCESS_INDEX"}
     used = {
         name
         for path in (root / "bus").rglob("*.py")
