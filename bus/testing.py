@@ -243,7 +243,7 @@ class TestBus:
             event_type, data, id=id, correlation_id=correlation_id,
             causation_id=causation_id, traceparent=traceparent,
         )  # fmt: skip
-        wire = encode(event)
+        wire = encode(event, publisher.key(event_type, event.data))
         exchange = self.topology.events[event_type].exchange
         if seconds is not None:
             wire.headers[DELAY_HEADER] = seconds

@@ -26,13 +26,17 @@ from bus.amqp.flow import Flow
 from bus.consume.acks import Acker
 from bus.consume.claims import Claims
 from bus.consume.consumer import Consumer
-from bus.consume.dispatch import Ack, Dispatcher, Duplicate, Outcome, Park, Retry
+from bus.consume.dispatch import Ack, Dispatcher, Duplicate, Outcome, Park, Requeue, Retry
 from bus.consume.handoff import HandOff
 from bus.consume.router import Router
 from bus.consume.watchdog import Watchdog
 from bus.durations import label
 from bus.errors import ConfigError
 from bus.metrics import Metrics
+from bus.ordering.gate import Ended
+from bus.ordering.intake import Intake
+from bus.ordering.partitioner import Partitioner
+from bus.ordering.partitions import HELD_BY
 from bus.produce.publisher import Publisher
 from bus.settings import DEFAULT_RECONNECT_INTERVAL
 from bus.stores.base import DEFAULT_LEASE, Store
@@ -102,6 +106,9 @@ class Runtime:
         self._counters: dict[tuple[str, str], Any] = {}
         self._timers: dict[str, Any] = {}
         self._consumer: Consumer | None = None
+        self._consumers: list[Consumer] = []  # an ordered subscriber's: its partitions'
+        self._partitioner: Partitioner | None = None
+        self.intake: Intake | None = None
         self._publisher: Publisher | None = None  # these two from start()
         self._dispatcher: Dispatcher | None = None
         self._inflight = 0
@@ -140,15 +147,21 @@ class Runtime:
         prefetch = max(self.sub.prefetch, self.router.largest_batch)
         await channel.set_qos(prefetch_count=prefetch)
         self._consumer = Consumer(channel, self.sub.queue, self._on_message)
+        if self.sub.ordered:
+            await self._start_ordered(channel)
+        queue = self.sub.queue
         try:  # on the aiormq channel: the robust one would declare it again on every reopen
             # and give up reopening for good while the queue is missing
             underlay = await channel.get_underlay_channel()
-            await underlay.queue_declare(self.sub.queue, passive=True)
+            for queue in (self.sub.queue, *self.sub.partition_queues):
+                await underlay.queue_declare(queue, passive=True)
             await self._consumer.start()
+            for consumer in self._consumers:
+                await consumer.start()
         except aiormq.exceptions.ChannelNotFoundEntity:
             await self.stop(0)
             raise ConfigError(
-                f"queue {self.sub.queue!r} of subscriber {self.sub.name!r} does not exist: "
+                f"queue {queue!r} of subscriber {self.sub.name!r} does not exist: "
                 "run `bus topology apply` first"
             ) from None
         self._claims.start()
@@ -161,6 +174,23 @@ class Runtime:
             "subscriber %s consuming %s (prefetch %d)", self.sub.name, self.sub.queue,
             prefetch, extra={"subscriber": self.sub.name},
         )  # fmt: skip
+
+    async def _start_ordered(self, channel: AbstractRobustChannel) -> None:
+        """The subscriber's queue feeds the partitioner; each partition queue feeds the intake."""
+        assert self._publishing is not None
+        self._partitioner = Partitioner(
+            self.sub, await self._publishing.channel(publisher_confirms=True, on_return_raises=True)
+        )
+        self._consumer = Consumer(channel, self.sub.queue, self._on_route)
+        self.intake = Intake(self._process_ordered, self._set_aside)
+        for i, queue in enumerate(self.sub.partition_queues):
+            hold = self.sub.hold_queue(i)
+
+            async def arrive(m: Delivery, queue: str = queue, hold: str = hold) -> None:
+                self._acks.delivered(m)
+                await self.intake.arrive(queue, hold, m)  # type: ignore[union-attr]
+
+            self._consumers.append(Consumer(channel, queue, arrive))
 
     @property
     def ready(self) -> bool:
@@ -189,6 +219,8 @@ class Runtime:
         self.metrics.ready.labels(self.sub.name).set_function(lambda: 0.0)  # and forget us
         if self._consumer is not None:
             await self._consumer.cancel()
+        for consumer in self._consumers:
+            await consumer.cancel()
         if self._dispatcher is not None:  # waiting batches run now, not at their flush
             self._dispatcher.flush_batches()
         drained = True
@@ -215,22 +247,72 @@ class Runtime:
 
     async def _on_message(self, message: Delivery) -> None:
         self._acks.delivered(message)
+        await self._process(message)
+
+    async def _process(self, message: Delivery) -> Outcome | None:
+        """Dispatch and perform; None when it went back to the queue unhandled."""
         if self._stopping:
             self._acks.settled(message)  # never acked: requeued by the broker when we close
-            return
+            return None
         self._inflight += 1
         self._idle.clear()
         try:
             assert self._dispatcher is not None  # consuming starts after it exists
-            await self._perform(message, await self._dispatcher.dispatch(message))
+            outcome = await self._dispatcher.dispatch(message)
+            await self._perform(message, outcome)
+            return outcome
         except Exception:  # a bug or a store outage must not kill the consumer
             log.exception("unexpected error handling a delivery; returning it to the queue")
             await asyncio.sleep(1.0)  # a brake: a persistent fault must not become a hot loop
             await self._requeue(message)
+            return None
         finally:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+
+    # -- an ordered subscriber ---------------------------------------------------------------
+
+    async def _on_route(self, m: Delivery) -> None:
+        """From the subscriber's queue to its partition, confirmed, then acked."""
+        self._acks.delivered(m)
+        if self._stopping:
+            self._acks.settled(m)
+            return
+        assert self._partitioner is not None
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            await self._partitioner.route(m)  # first: the publishes keep the deliveries' order
+        except Exception as exc:
+            log.warning("could not move %s to its partition (%s); returned to %s",
+                        m.message_id, exc, self.sub.queue)  # fmt: skip
+            await self._requeue(m)
+        else:
+            self._acks.ack(m)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def _process_ordered(self, m: Delivery) -> Ended | None:
+        outcome = await self._process(m)
+        if outcome is None or isinstance(outcome, Retry | Requeue):
+            return Ended.RETRY  # back on the ladder or in the queue: the key waits for it
+        return Ended.DONE
+
+    async def _set_aside(self, m: Delivery, hold: str, held_by: str) -> None:
+        """Send an event of a held key round its partition's hold queue, then ack it."""
+        assert self._handoff is not None
+        headers = {**m.headers, HELD_BY: held_by}
+        try:
+            await self._handoff.republish(m, hold, headers)
+        except Exception as exc:
+            log.warning("could not set %s aside (%s); returned to its partition",
+                        m.message_id, exc)  # fmt: skip
+            await self._requeue(m)
+            return
+        self._acks.ack(m)
 
     async def _perform(self, m: Delivery, outcome: Outcome) -> None:
         """Carry out what the dispatcher decided; only this touches the broker."""
