@@ -1,0 +1,179 @@
+"""Ordered subscribers on the real broker: one event per key at a time, in publish order, across
+replicas and retries, while other keys keep going."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from bus import Context, Router
+from bus.errors import InvalidEvent
+from bus.produce.publisher import Publisher
+from bus.stores import MemoryStore
+from tests.conftest import wait_for
+from tests.integration.helpers import applied, from_dict, queue_depth, running, topology_doc
+
+pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
+
+
+def ordered_topology(prefix: str, *, delays: list[str], partitions: int = 4) -> Any:
+    exchange = f"{prefix}.events"
+    doc = topology_doc(
+        prefix,
+        {"fulfillment": {"keys": ["order.*"], "ordered": True, "partitions": partitions}},
+        delays=delays,
+        events={
+            "order.placed": {"exchange": exchange, "key": "order_id"},
+            "order.cancelled": {"exchange": exchange, "key": "order_id"},
+        },
+    )
+    return from_dict(doc, source=f"test:{prefix}")
+
+
+@dataclass
+class Run:
+    key: str
+    seq: int
+    attempt: int
+    replica: str
+    start: float
+    end: float = 0.0
+    ok: bool = False
+
+
+class Recorder:
+    """Every handler run of every replica, with start and end times."""
+
+    def __init__(self) -> None:
+        self.runs: list[Run] = []
+        self.running: dict[str, int] = defaultdict(int)
+        self.overlaps: list[str] = []
+
+    def router(self, replica: str, fails: Any) -> Router:
+        router = Router()
+
+        @router.on("order.*")
+        async def handle(event: dict[str, Any], ctx: Context) -> None:
+            key = event["order_id"]
+            run = Run(key, event["seq"], ctx.attempt, replica, time.monotonic())
+            self.runs.append(run)
+            self.running[key] += 1
+            if self.running[key] > 1:
+                self.overlaps.append(f"{key} #{event['seq']} ran beside another of its key")
+            try:
+                await asyncio.sleep(random.uniform(0.0005, 0.004))
+                if fails(event, ctx):
+                    raise ConnectionError(f"{key} #{event['seq']} fails on attempt {ctx.attempt}")
+                run.ok = True
+            finally:
+                self.running[key] -= 1
+                run.end = time.monotonic()
+
+        return router
+
+    def handled(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = defaultdict(list)
+        for r in self.runs:
+            if r.ok:
+                out[r.key].append(r.seq)
+        return out
+
+    def ok_count(self) -> int:
+        return sum(r.ok for r in self.runs)
+
+
+async def test_two_replicas_handle_each_key_in_publish_order_through_retries(
+    amqp_url: str, prefix: str
+) -> None:
+    keys, per_key = 30, 8
+    topology = ordered_topology(prefix, delays=["200ms", "400ms"])
+    rec = Recorder()
+
+    def every_seventh_fails_once(event: dict[str, Any], ctx: Context) -> bool:
+        return bool(event["n"] % 7 == 0 and ctx.attempt == 1)
+
+    store = MemoryStore()  # shared by the replicas, as a database is
+    events = [
+        ("order.placed" if s == 0 else "order.cancelled",
+         {"order_id": f"o-{k}", "seq": s, "n": s * keys + k})
+        for s in range(per_key) for k in range(keys)
+    ]  # fmt: skip
+    async with (
+        applied(amqp_url, topology),
+        running(
+            amqp_url, topology, "fulfillment", rec.router("a", every_seventh_fails_once), store
+        ),
+        running(
+            amqp_url, topology, "fulfillment", rec.router("b", every_seventh_fails_once), store
+        ),
+        Publisher(amqp_url, topology) as pub,
+    ):
+        await pub.publish_many(events)
+        await wait_for(lambda: rec.ok_count() >= keys * per_key, timeout=60,
+                       message=f"{keys * per_key} events handled")  # fmt: skip
+        await asyncio.sleep(0.5)  # a duplicate would show up now
+    failures = sum(1 for _, d in events if d["n"] % 7 == 0)
+    assert rec.overlaps == []
+    assert rec.ok_count() == keys * per_key, "each event handled once"
+    assert len(rec.runs) == keys * per_key + failures, "each 7th failed once, then ran once more"
+    order = rec.handled()
+    wrong = {k: v for k, v in order.items() if v != list(range(per_key))}
+    assert not wrong, f"keys out of publish order: {wrong}"
+    for key in order:  # never two of one key at once, by the recorded times
+        spans = sorted((r.start, r.end) for r in rec.runs if r.key == key)
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), key
+    print(f"replicas: {sorted({r.replica for r in rec.runs})}, failures retried: {failures}")
+
+
+async def test_a_held_key_does_not_stop_the_other_keys(amqp_url: str, prefix: str) -> None:
+    topology = ordered_topology(prefix, delays=["500ms", "1s", "2s"], partitions=1)
+    rec = Recorder()
+    started = time.monotonic()
+    hold_for = 2.5
+
+    def stuck_fails_for_a_while(event: dict[str, Any], ctx: Context) -> bool:
+        return bool(event["order_id"] == "stuck" and time.monotonic() - started < hold_for)
+
+    sent: dict[tuple[str, int], float] = {}
+    async with (
+        applied(amqp_url, topology),
+        running(amqp_url, topology, "fulfillment", rec.router("a", stuck_fails_for_a_while)),
+        Publisher(amqp_url, topology) as pub,
+    ):
+        for seq in range(3):  # all in the one partition, with the others
+            await pub.publish("order.placed", {"order_id": "stuck", "seq": seq, "n": 0})
+        for seq in range(60):
+            key = f"o-{seq % 6}"
+            sent[(key, seq)] = time.monotonic()
+            await pub.publish("order.placed", {"order_id": key, "seq": seq, "n": 0})
+            await asyncio.sleep(0.05)
+        await wait_for(lambda: rec.handled().get("stuck") == [0, 1, 2], timeout=20,
+                       message="the held key's events, once it recovered")  # fmt: skip
+        assert await queue_depth(amqp_url, f"{prefix}.fulfillment.p0.hold") == 0
+    latency = [r.end - sent[(r.key, r.seq)] for r in rec.runs if r.key != "stuck" and r.ok]
+    assert len(latency) == 60
+    print(f"other keys while one was held: worst latency {max(latency) * 1000:.0f} ms")
+    assert max(latency) < 1.0, "other keys waited for the held one"
+    stuck = [r for r in rec.runs if r.key == "stuck"]
+    assert [r.seq for r in stuck if r.ok] == [0, 1, 2]
+    assert min(r.start for r in stuck if r.seq == 1) > max(r.end for r in stuck if r.seq == 0)
+    assert rec.overlaps == []
+
+
+async def test_a_keyed_event_without_its_key_is_refused_before_anything_is_sent(
+    amqp_url: str, prefix: str
+) -> None:
+    topology = ordered_topology(prefix, delays=["200ms"])
+    async with applied(amqp_url, topology), Publisher(amqp_url, topology) as pub:
+        with pytest.raises(InvalidEvent, match="ordered by `order_id`"):
+            await pub.publish("order.placed", {"seq": 1})
+        with pytest.raises(InvalidEvent):
+            await pub.publish_many([("order.placed", {"order_id": "o-1"}), ("order.placed", {})])
+        assert await queue_depth(amqp_url, f"{prefix}.fulfillment") == 0
