@@ -17,6 +17,7 @@ from bus.cli.common import (
     topology_of,
 )
 from bus.errors import BusError, TopologyError
+from bus.ordering.repartition import Repartition, repartitions
 from bus.settings import redact
 from bus.topology import apply as applier
 from bus.topology.model import Topology
@@ -61,12 +62,24 @@ async def _plan(url: str, t: Topology, prune: bool, execute: bool) -> list[Step]
     conn = await connect_plain(url, "topology")
     try:
         want = desired(t)
-        steps = diff(want, await applier.observe(conn, want), prune=prune)
+        seen = await applier.observe(conn, want)
+        steps = diff(want, seen, prune=prune)
+        moves = repartitions(t, seen)
+        _report_moves(moves)
+        busy = [m for m in moves if m.busy]
+        if execute and busy:
+            raise BusError(busy[0].refusal())
         if execute:
             await applier.apply(conn, steps, want)
         return steps
     finally:
         await conn.close()
+
+
+def _report_moves(moves: list[Repartition]) -> None:
+    """Changes of an ordered subscriber's `partitions`: what moves, what `apply` waits for."""
+    for m in moves:
+        console.print(Text(m.line(), style="yellow" if m.busy else "cyan"), soft_wrap=True)
 
 
 def _report(all_steps: list[Step], verb: str) -> int:

@@ -18,7 +18,14 @@ from bus.errors import InvalidEvent
 from bus.produce.publisher import Publisher
 from bus.stores import MemoryStore
 from tests.conftest import wait_for
-from tests.integration.helpers import applied, from_dict, queue_depth, running, topology_doc
+from tests.integration.helpers import (
+    applied,
+    delete_topology,
+    from_dict,
+    queue_depth,
+    running,
+    topology_doc,
+)
 
 pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
 
@@ -177,3 +184,30 @@ async def test_a_keyed_event_without_its_key_is_refused_before_anything_is_sent(
         with pytest.raises(InvalidEvent):
             await pub.publish_many([("order.placed", {"order_id": "o-1"}), ("order.placed", {})])
         assert await queue_depth(amqp_url, f"{prefix}.fulfillment") == 0
+
+
+async def test_changing_partitions_is_refused_while_events_are_queued_then_applied_once_drained(
+    amqp_url: str, prefix: str
+) -> None:
+    from bus.cli.topology import _plan
+    from bus.errors import BusError
+    from bus.topology.plan import Action
+
+    two = ordered_topology(prefix, delays=["200ms"], partitions=2)
+    four = ordered_topology(prefix, delays=["200ms"], partitions=4)
+    rec = Recorder()
+    async with applied(amqp_url, two), Publisher(amqp_url, two) as pub:
+        await pub.publish("order.placed", {"order_id": "o-1", "seq": 0, "n": 1})
+        with pytest.raises(BusError, match=r"partitions of fulfillment change 2 -> 4 .*"
+                           rf"{prefix}\.fulfillment \(1\)"):  # fmt: skip
+            await _plan(amqp_url, four, prune=False, execute=True)
+        assert await queue_depth(amqp_url, f"{prefix}.fulfillment.p3") == 0  # nothing made
+        async with running(amqp_url, two, "fulfillment", rec.router("a", lambda e, c: False)):
+            await wait_for(lambda: rec.ok_count() == 1, message="drained")
+        steps = await _plan(amqp_url, four, prune=False, execute=True)
+        made = [s.decl.key for s in steps if s.action is Action.CREATE]
+        assert f"queue {prefix}.fulfillment.p3" in made
+        async with running(amqp_url, four, "fulfillment", rec.router("a", lambda e, c: False)):
+            await pub.publish("order.placed", {"order_id": "o-2", "seq": 0, "n": 1})
+            await wait_for(lambda: rec.ok_count() == 2, message="handled on four partitions")
+    await delete_topology(amqp_url, four)  # p2 and p3 too
