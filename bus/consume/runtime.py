@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,7 @@ from bus.ordering.gate import Ended
 from bus.ordering.intake import Intake
 from bus.ordering.partitioner import Partitioner
 from bus.ordering.partitions import HELD_BY
+from bus.ordering.reporter import Reporter
 from bus.produce.publisher import Publisher
 from bus.settings import DEFAULT_RECONNECT_INTERVAL
 from bus.stores.base import DEFAULT_LEASE, Store
@@ -109,6 +111,7 @@ class Runtime:
         self._consumers: list[Consumer] = []  # an ordered subscriber's: its partitions'
         self._partitioner: Partitioner | None = None
         self.intake: Intake | None = None
+        self.reporter: Reporter | None = None
         self._publisher: Publisher | None = None  # these two from start()
         self._dispatcher: Dispatcher | None = None
         self._inflight = 0
@@ -191,6 +194,13 @@ class Runtime:
                 await self.intake.arrive(queue, hold, m)  # type: ignore[union-attr]
 
             self._consumers.append(Consumer(channel, queue, arrive))
+        intake = self.intake
+        self.metrics.held_keys.labels(self.sub.name).set_function(intake.held_keys)
+        self.metrics.oldest_hold.labels(self.sub.name).set_function(
+            lambda: intake.oldest_hold(time.time())
+        )
+        self.reporter = Reporter(self.sub, intake, self._publishing)
+        self.reporter.start()
 
     @property
     def ready(self) -> bool:
@@ -221,6 +231,8 @@ class Runtime:
             await self._consumer.cancel()
         for consumer in self._consumers:
             await consumer.cancel()
+        if self.reporter is not None:
+            await self.reporter.stop()
         if self._dispatcher is not None:  # waiting batches run now, not at their flush
             self._dispatcher.flush_batches()
         drained = True

@@ -39,6 +39,22 @@ class Intake:
         """Held keys per partition queue."""
         return {q: g.holds() for q, g in self._gates.items()}
 
+    def active(self) -> list[str]:
+        """Partition queues this process consumes as their active consumer, as far as it can
+        tell: it had a delivery from each on a channel still open."""
+        return [q for q, ch in self._channels.items() if not getattr(ch, "is_closed", True)]
+
+    def held_keys(self) -> float:
+        """Keys held now, over the partitions this process is active on."""
+        active = set(self.active())
+        return float(sum(len(g.holds()) for q, g in self._gates.items() if q in active))
+
+    def oldest_hold(self, now: float) -> float:
+        """Seconds the longest-held key has waited (0 when none is held)."""
+        active = set(self.active())
+        since = [h.since for q, g in self._gates.items() if q in active for h in g.holds()]
+        return now - min(since) if since else 0.0
+
     def _gate(self, partition: str, m: Delivery) -> Gate[Delivery]:
         gate = self._gates.get(partition)
         if gate is None:

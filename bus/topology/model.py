@@ -187,6 +187,10 @@ class Subscriber:
         """`Q.p<index>.hold`: where a held key's later events wait, a lap at a time."""
         return f"{self.queue}.p{index}.hold"
 
+    def partition_report_queue(self, index: int) -> str:
+        """A one-message queue: the newest report of `Q.p<index>`'s active consumer."""
+        return f"bus.state.{self.queue}.p{index}"
+
     @property
     def partition_queues(self) -> tuple[str, ...]:
         return tuple(self.partition_queue(i) for i in range(self.partitions))

@@ -211,3 +211,41 @@ async def test_changing_partitions_is_refused_while_events_are_queued_then_appli
             await pub.publish("order.placed", {"order_id": "o-2", "seq": 0, "n": 1})
             await wait_for(lambda: rec.ok_count() == 2, message="handled on four partitions")
     await delete_topology(amqp_url, four)  # p2 and p3 too
+
+
+async def test_status_and_metrics_show_the_active_consumer_and_the_held_keys(
+    amqp_url: str, prefix: str
+) -> None:
+    from bus.amqp.connection import connect_plain
+    from bus.ops.status import collect
+
+    topology = ordered_topology(prefix, delays=["2s"], partitions=1)
+    rec = Recorder()
+    async with (
+        applied(amqp_url, topology),
+        running(amqp_url, topology, "fulfillment",
+                rec.router("a", lambda e, c: e["seq"] == 0 and c.attempt == 1)) as rt,
+        Publisher(amqp_url, topology) as pub,
+    ):  # fmt: skip
+        for seq in range(3):
+            await pub.publish("order.placed", {"order_id": "stuck", "seq": seq, "n": 0})
+        assert rt.intake is not None and rt.reporter is not None
+        await wait_for(lambda: rt.intake.held_keys() == 1, message="the key held")  # type: ignore[union-attr]
+        await rt.reporter.report()
+        conn = await connect_plain(amqp_url)
+        try:
+            [state] = await collect(conn, topology)
+        finally:
+            await conn.close()
+        [p0] = state.partitions
+        assert p0.queue.name == f"{prefix}.fulfillment.p0" and p0.queue.consumers == 1
+        assert p0.owner == rt.reporter.owner
+        [held] = p0.held
+        assert held.key == "stuck" and held.aside == 2
+        labels = {"subscriber": "fulfillment"}
+        sample = rt.metrics.registry.get_sample_value
+        assert sample("bus_ordering_held_keys", labels) == 1
+        assert 0 < (sample("bus_ordering_oldest_hold_seconds", labels) or 0) < 5
+        await wait_for(lambda: rec.handled().get("stuck") == [0, 1, 2], timeout=15,
+                       message="the key released")  # fmt: skip
+        assert rt.intake.held_keys() == 0
