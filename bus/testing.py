@@ -51,7 +51,7 @@ from bus.durations import parse_ms
 from bus.envelope import Wire, decode_body, encode
 from bus.errors import ConfigError, UnroutableError
 from bus.ordering.gate import Ended, Gate, Verdict
-from bus.ordering.partitions import HELD_BY, key_of
+from bus.ordering.partitions import HELD_BY, LAP, key_of
 from bus.produce.publisher import DELAY_HEADER, Publisher
 from bus.retry import attempt_of
 from bus.stores.base import DEFAULT_LEASE
@@ -177,7 +177,9 @@ class TestBus:
         self._duplicates: dict[str, list[str]] = {n: [] for n in names}
         self._batching: list[asyncio.Task[None]] = []  # deliveries waiting for their batch
         # an ordered subscriber's events pass the gate `bus run` uses (bus.ordering.gate)
-        self._gates: dict[str, Gate[_Message]] = {n: Gate() for n in names if self._subs[n].ordered}
+        self._gates: dict[str, Gate[_Message]] = {
+            n: Gate("testbus") for n in names if self._subs[n].ordered
+        }
 
     async def __aenter__(self) -> Self:
         for dispatcher in self._dispatchers.values():  # process workers spawn on first use
@@ -360,15 +362,17 @@ class TestBus:
     async def _deliver_ordered(self, name: str, gate: Gate[_Message], m: _Message) -> None:
         """As `bus run` does for a partition: run, or go round the hold queue while held."""
         key, event_id = key_of(m.headers, m.message_id), m.message_id or ""
-        verdict = gate.admit(key, event_id, m, from_lap=HELD_BY in m.headers)
+        lap_tag = m.headers.get(LAP)
+        verdict = gate.admit(key, event_id, m, lap=lap_tag, now=self._now)
         if verdict is not Verdict.RUN:  # ASIDE (one handler at a time: never WAIT here)
-            holder = next((h.held_by for h in gate.holds() if h.key == key), "")
-            lap = m.copy(m.exchange, m.routing_key, {**m.headers, HELD_BY: holder})
+            headers = {**m.headers, HELD_BY: gate.held_by(key) or "", LAP: gate.tag}
+            lap = m.copy(m.exchange, m.routing_key, headers)
             heapq.heappush(
                 self._delayed, (self._now + HOLD_LAP_MS / 1000, next(self._seq), name, lap)
             )
             return
         m.headers.pop(HELD_BY, None)
+        m.headers.pop(LAP, None)
         outcome = await self._dispatchers[name].dispatch(m)
         self._perform(name, m, outcome)
         retry = isinstance(outcome, Retry | Requeue)

@@ -24,6 +24,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustC
 from bus.amqp.connection import connect
 from bus.amqp.delivery import Delivery
 from bus.amqp.flow import Flow
+from bus.amqp.plumbing import queue_counts
 from bus.consume.acks import Acker
 from bus.consume.claims import Claims
 from bus.consume.consumer import Consumer
@@ -35,13 +36,13 @@ from bus.durations import label
 from bus.errors import ConfigError
 from bus.metrics import Metrics
 from bus.ordering.gate import Ended
-from bus.ordering.intake import Intake
+from bus.ordering.intake import Decided, Intake
 from bus.ordering.partitioner import Partitioner
-from bus.ordering.partitions import HELD_BY
+from bus.ordering.partitions import partition_of
 from bus.ordering.reporter import Reporter
 from bus.produce.publisher import Publisher
 from bus.settings import DEFAULT_RECONNECT_INTERVAL
-from bus.stores.base import DEFAULT_LEASE, Store
+from bus.stores.base import DEFAULT_LEASE, HoldStore, Store
 from bus.topology.model import Subscriber, Topology
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,9 @@ class Runtime:
             self.sub, await self._publishing.channel(publisher_confirms=True, on_return_raises=True)
         )
         self._consumer = Consumer(channel, self.sub.queue, self._on_route)
-        self.intake = Intake(self._process_ordered, self._set_aside)
+        self.intake = Intake(
+            self._process_ordered, self._set_aside, load=self._load_holds, record=self._record_hold
+        )
         for i, queue in enumerate(self.sub.partition_queues):
             hold = self.sub.hold_queue(i)
 
@@ -261,8 +264,9 @@ class Runtime:
         self._acks.delivered(message)
         await self._process(message)
 
-    async def _process(self, message: Delivery) -> Outcome | None:
-        """Dispatch and perform; None when it went back to the queue unhandled."""
+    async def _process(self, message: Delivery, decided: Decided | None = None) -> Outcome | None:
+        """Dispatch and perform; None when it went back to the queue unhandled. *decided*
+        hears how it ended before that is performed (an ordered key's hold is recorded)."""
         if self._stopping:
             self._acks.settled(message)  # never acked: requeued by the broker when we close
             return None
@@ -271,6 +275,8 @@ class Runtime:
         try:
             assert self._dispatcher is not None  # consuming starts after it exists
             outcome = await self._dispatcher.dispatch(message)
+            if decided is not None:
+                await decided(_ended(outcome))
             await self._perform(message, outcome)
             return outcome
         except Exception:  # a bug or a store outage must not kill the consumer
@@ -307,16 +313,34 @@ class Runtime:
             if self._inflight == 0:
                 self._idle.set()
 
-    async def _process_ordered(self, m: Delivery) -> Ended | None:
-        outcome = await self._process(m)
-        if outcome is None or isinstance(outcome, Retry | Requeue):
-            return Ended.RETRY  # back on the ladder or in the queue: the key waits for it
-        return Ended.DONE
+    async def _process_ordered(self, m: Delivery, decided: Decided) -> Ended | None:
+        outcome = await self._process(m, decided)
+        return None if outcome is None else _ended(outcome)
 
-    async def _set_aside(self, m: Delivery, hold: str, held_by: str) -> None:
+    async def _load_holds(self, partition: str) -> tuple[list[tuple[str, str, float]], bool]:
+        """Held keys of *partition* from the store, and whether its hold queue has laps out."""
+        index = self.sub.partition_queues.index(partition)
+        held: list[tuple[str, str, float]] = []
+        if isinstance(self.store, HoldStore):
+            held = [
+                h for h in await self.store.holds(self.sub.name)
+                if partition_of(h[0], self.sub.partitions) == index
+            ]  # fmt: skip
+        assert self._publishing is not None
+        counts = await queue_counts(self._publishing, self.sub.hold_queue(index))
+        return held, bool(counts and counts.messages)
+
+    async def _record_hold(self, key: str, event_id: str, held: bool) -> None:
+        if not isinstance(self.store, HoldStore):
+            return
+        if held:
+            await self.store.hold(self.sub.name, key, event_id)
+        else:
+            await self.store.unhold(self.sub.name, key, event_id)
+
+    async def _set_aside(self, m: Delivery, hold: str, headers: dict[str, Any]) -> None:
         """Send an event of a held key round its partition's hold queue, then ack it."""
         assert self._handoff is not None
-        headers = {**m.headers, HELD_BY: held_by}
         try:
             await self._handoff.republish(m, hold, headers)
         except Exception as exc:
@@ -386,3 +410,8 @@ class Runtime:
                         extra={"event_id": m.message_id, "subscriber": self.sub.name})  # fmt: skip
         else:
             self._count(outcome.event_type, RETRIED)
+
+
+def _ended(outcome: Outcome) -> Ended:
+    """For an ordered key: back on the ladder or in the queue, the key waits for the event."""
+    return Ended.RETRY if isinstance(outcome, Retry | Requeue) else Ended.DONE

@@ -18,6 +18,7 @@ events step aside too while any of its earlier ones are out on a lap.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, TypeVar
@@ -58,23 +59,36 @@ class Hold:
 
 
 class Gate(Generic[T]):
-    """Admits events of each key one at a time; `T` is whatever the shell keeps (a delivery)."""
+    """Admits events of each key one at a time; `T` is whatever the shell keeps (a delivery).
 
-    def __init__(self) -> None:
+    *tag* marks the laps this gate sends (a lap of another gate, such as the replica's that had
+    the partition before, is not counted as one of ours). *held*: keys held when the gate
+    starts, from the store. Until *calm_at* (a time), fresh events of every key go round a
+    lap: laps sent by the partition's previous owner may still be out, and must not be passed.
+    """
+
+    def __init__(
+        self, tag: str = "", *, held: Iterable[tuple[str, str, float]] = (), calm_at: float = 0.0
+    ) -> None:
+        self.tag = tag
+        self.calm_at = calm_at
         self._keys: dict[str, _Key[T]] = {}
+        for key, event_id, since in held:
+            self._keys[key] = _Key(held_by=event_id, held_since=since)
 
-    def admit(self, key: str, event_id: str, item: T, *, from_lap: bool) -> Verdict:
-        """What to do with *item*, an event of *key*; *from_lap*: it comes back from a hold lap."""
+    def admit(self, key: str, event_id: str, item: T, *, lap: str | None, now: float) -> Verdict:
+        """What to do with *item*, an event of *key*; *lap*: the tag of the lap it comes back
+        from, None for a fresh event."""
         k = self._keys.get(key)
         if k is None:
             k = self._keys[key] = _Key()
-        if from_lap and k.out:
+        if lap is not None and lap == self.tag and k.out:
             k.out -= 1
         if k.held_by is not None and k.held_by != event_id:
             k.out += 1
             return Verdict.ASIDE
-        if k.held_by is None and not from_lap and k.out:  # earlier ones are still on a lap
-            k.out += 1
+        if lap is None and k.held_by != event_id and (k.out or now < self.calm_at):
+            k.out += 1  # earlier ones of its key may still be out on a lap
             return Verdict.ASIDE
         if k.running:
             k.waiting.append((event_id, item))
@@ -82,14 +96,18 @@ class Gate(Generic[T]):
         k.running = True
         return Verdict.RUN
 
+    def held_by(self, key: str) -> str | None:
+        k = self._keys.get(key)
+        return k.held_by if k is not None else None
+
     def done(self, key: str, event_id: str, ended: Ended, now: float) -> tuple[T | None, list[T]]:
         """*event_id* of *key* ended: the next of the key to run, and those to send aside."""
         k = self._keys.get(key)
-        if k is None:  # forgotten meanwhile (`forget`): its next events come again anyway
+        if k is None:  # forgotten meanwhile: its next events come again anyway
             return None, []
         k.running = False
         if ended is Ended.RETRY:
-            if k.held_by != event_id:
+            if k.held_by is None:
                 k.held_since = now
             k.held_by = event_id
             aside = [item for _, item in k.waiting]
@@ -113,8 +131,3 @@ class Gate(Generic[T]):
             if k.held_by is not None
         ]
         return sorted(held, key=lambda h: h.since)
-
-    def forget(self) -> None:
-        """Drop every key: the channel that delivered them closed, so the broker gives each
-        unacknowledged event again, to us or to the replica that took the partition over."""
-        self._keys.clear()

@@ -9,6 +9,7 @@ from typing import Any
 from bus.envelope import H_KEY, header_text
 
 HELD_BY = "bus-held-by"  # on an event sent round a hold lap: the id of the event its key waits for
+LAP = "bus-lap"  # on an event sent round a hold lap: the tag of the gate that sent it
 
 
 def partition_of(key: str, partitions: int) -> int:

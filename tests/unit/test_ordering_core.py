@@ -137,54 +137,73 @@ def test_bad_ordering_topology_is_one_line_per_problem() -> None:
 
 
 def test_one_event_per_key_at_a_time_in_order_and_keys_in_parallel() -> None:
-    gate: Gate[str] = Gate()
-    assert gate.admit("a", "a1", "a1", from_lap=False) is Verdict.RUN
-    assert gate.admit("b", "b1", "b1", from_lap=False) is Verdict.RUN  # another key: parallel
-    assert gate.admit("a", "a2", "a2", from_lap=False) is Verdict.WAIT
-    assert gate.admit("a", "a3", "a3", from_lap=False) is Verdict.WAIT
+    gate: Gate[str] = Gate("t")
+    assert gate.admit("a", "a1", "a1", lap=None, now=0) is Verdict.RUN
+    assert gate.admit("b", "b1", "b1", lap=None, now=0) is Verdict.RUN  # another key: parallel
+    assert gate.admit("a", "a2", "a2", lap=None, now=0) is Verdict.WAIT
+    assert gate.admit("a", "a3", "a3", lap=None, now=0) is Verdict.WAIT
     assert gate.done("a", "a1", Ended.DONE, 0) == ("a2", [])
     assert gate.done("a", "a2", Ended.DONE, 0) == ("a3", [])
     assert gate.done("a", "a3", Ended.DONE, 0) == (None, [])
-    assert gate.admit("a", "a4", "a4", from_lap=False) is Verdict.RUN
+    assert gate.admit("a", "a4", "a4", lap=None, now=0) is Verdict.RUN
 
 
 def test_a_retry_holds_only_its_key_and_sends_its_waiting_events_aside() -> None:
-    gate: Gate[str] = Gate()
-    gate.admit("a", "a1", "a1", from_lap=False)
-    gate.admit("a", "a2", "a2", from_lap=False)
+    gate: Gate[str] = Gate("t")
+    gate.admit("a", "a1", "a1", lap=None, now=0)
+    gate.admit("a", "a2", "a2", lap=None, now=0)
     assert gate.done("a", "a1", Ended.RETRY, 100.0) == (None, ["a2"])
     [hold] = gate.holds()
     assert (hold.key, hold.held_by, hold.since, hold.aside) == ("a", "a1", 100.0, 1)
-    assert gate.admit("a", "a3", "a3", from_lap=False) is Verdict.ASIDE  # fresh: aside too
-    assert gate.admit("b", "b1", "b1", from_lap=False) is Verdict.RUN  # other keys flow
-    assert gate.admit("a", "a2", "a2", from_lap=True) is Verdict.ASIDE  # back from a lap: again
+    assert gate.admit("a", "a3", "a3", lap=None, now=0) is Verdict.ASIDE  # fresh: aside too
+    assert gate.admit("b", "b1", "b1", lap=None, now=0) is Verdict.RUN  # other keys flow
+    assert gate.admit("a", "a2", "a2", lap="t", now=0) is Verdict.ASIDE  # back from a lap: again
     # the event holding the key comes back from its retry queue and succeeds
-    assert gate.admit("a", "a1", "a1", from_lap=False) is Verdict.RUN
+    assert gate.admit("a", "a1", "a1", lap=None, now=0) is Verdict.RUN
     assert gate.done("a", "a1", Ended.DONE, 0) == (None, [])
     assert gate.holds() == []
     # a fresh event must not pass the ones still out on a lap
-    assert gate.admit("a", "a4", "a4", from_lap=False) is Verdict.ASIDE
-    assert gate.admit("a", "a2", "a2", from_lap=True) is Verdict.RUN
-    assert gate.admit("a", "a3", "a3", from_lap=True) is Verdict.WAIT
+    assert gate.admit("a", "a4", "a4", lap=None, now=0) is Verdict.ASIDE
+    assert gate.admit("a", "a2", "a2", lap="t", now=0) is Verdict.RUN
+    assert gate.admit("a", "a3", "a3", lap="t", now=0) is Verdict.WAIT
     assert gate.done("a", "a2", Ended.DONE, 0) == ("a3", [])
-    assert gate.admit("a", "a4", "a4", from_lap=True) is Verdict.WAIT
+    assert gate.admit("a", "a4", "a4", lap="t", now=0) is Verdict.WAIT
     assert gate.done("a", "a3", Ended.DONE, 0) == ("a4", [])
     assert gate.done("a", "a4", Ended.DONE, 0) == (None, [])
-    assert gate.admit("a", "a5", "a5", from_lap=False) is Verdict.RUN
+    assert gate.admit("a", "a5", "a5", lap=None, now=0) is Verdict.RUN
 
 
 def test_a_parked_event_releases_its_key() -> None:
-    gate: Gate[str] = Gate()
-    gate.admit("a", "a1", "a1", from_lap=False)
+    gate: Gate[str] = Gate("t")
+    gate.admit("a", "a1", "a1", lap=None, now=0)
     gate.done("a", "a1", Ended.RETRY, 0)
-    assert gate.admit("a", "a1", "a1", from_lap=False) is Verdict.RUN  # last attempt
+    assert gate.admit("a", "a1", "a1", lap=None, now=0) is Verdict.RUN  # last attempt
     assert gate.done("a", "a1", Ended.DONE, 0) == (None, [])  # parked: DONE for the key
-    assert gate.admit("a", "a2", "a2", from_lap=False) is Verdict.RUN
+    assert gate.admit("a", "a2", "a2", lap=None, now=0) is Verdict.RUN
 
 
-def test_a_forgotten_gate_ignores_the_end_of_an_event_it_no_longer_knows() -> None:
-    gate: Gate[str] = Gate()
-    gate.admit("a", "a1", "a1", from_lap=False)
-    gate.forget()
+def test_a_gate_ignores_the_end_of_an_event_it_does_not_know() -> None:
+    gate: Gate[str] = Gate("t")
     assert gate.done("a", "a1", Ended.RETRY, 0) == (None, [])
-    assert gate.admit("a", "a2", "a2", from_lap=False) is Verdict.RUN
+    assert gate.admit("a", "a2", "a2", lap=None, now=0) is Verdict.RUN
+
+
+def test_keys_held_by_the_previous_owner_stay_held_until_their_event_comes_back() -> None:
+    gate: Gate[str] = Gate("new", held=[("a", "a1", 50.0)])
+    [hold] = gate.holds()
+    assert (hold.key, hold.held_by, hold.since) == ("a", "a1", 50.0)
+    assert gate.admit("a", "a2", "a2", lap="old", now=0) is Verdict.ASIDE  # the old owner's lap
+    assert gate.admit("a", "a3", "a3", lap=None, now=0) is Verdict.ASIDE
+    assert gate.admit("a", "a1", "a1", lap=None, now=0) is Verdict.RUN
+    assert gate.done("a", "a1", Ended.DONE, 0) == (None, [])
+    assert gate.admit("a", "a2", "a2", lap="new", now=0) is Verdict.RUN
+
+
+def test_after_a_takeover_fresh_events_take_a_lap_until_calm() -> None:
+    gate: Gate[str] = Gate("new", calm_at=10.0)
+    assert gate.admit("b", "b2", "b2", lap=None, now=9.0) is Verdict.ASIDE
+    assert gate.admit("b", "b1", "b1", lap="old", now=9.5) is Verdict.RUN  # the old owner's lap
+    assert gate.done("b", "b1", Ended.DONE, 9.6) == (None, [])
+    assert gate.admit("b", "b3", "b3", lap=None, now=11.0) is Verdict.ASIDE  # b2 still out
+    assert gate.admit("b", "b2", "b2", lap="new", now=11.0) is Verdict.RUN
+    assert gate.admit("c", "c1", "c1", lap=None, now=11.0) is Verdict.RUN  # calm: no lap
