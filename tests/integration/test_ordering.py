@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -249,3 +253,74 @@ async def test_status_and_metrics_show_the_active_consumer_and_the_held_keys(
         await wait_for(lambda: rec.handled().get("stuck") == [0, 1, 2], timeout=15,
                        message="the key released")  # fmt: skip
         assert rt.intake.held_keys() == 0
+
+
+def _replica(url: str, files: tuple[str, str, str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.integration.ordering_replica", url, *files],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+async def test_a_sigkilled_replica_hands_its_partitions_over_with_order_kept(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    keys, per_key = 30, 8
+    topology = ordered_topology(prefix, delays=["300ms", "600ms"])
+    topo_file, store, record = tmp_path / "t.json", tmp_path / "s.db", tmp_path / "r.jsonl"
+    topo_file.write_text(json.dumps(topology.spec.model_dump(by_alias=True, exclude_none=True)))
+    files = (str(topo_file), str(store), str(record))
+    events = [
+        ("order.placed", {"order_id": f"o-{k}", "seq": s, "n": s * keys + k})
+        for s in range(per_key) for k in range(keys)
+    ]  # fmt: skip
+
+    def lines() -> list[dict[str, Any]]:
+        if not record.exists():
+            return []
+        return [json.loads(x) for x in record.read_text().splitlines() if x.endswith("}")]
+
+    def oks() -> set[tuple[str, int]]:
+        return {(x["key"], x["seq"]) for x in lines() if x["what"] == "ok"}
+
+    async with applied(amqp_url, topology), Publisher(amqp_url, topology) as pub:
+        first = await asyncio.to_thread(_replica, amqp_url, files)
+        second = await asyncio.to_thread(_replica, amqp_url, files)
+        third = None
+        try:
+            await pub.publish_many(events)
+            await wait_for(lambda: len(oks()) >= 60, timeout=30, message="a quarter handled")
+            active = {x["pid"] for x in lines()}
+            assert active == {first.pid}, "the first replica is active on every partition"
+            first.kill()  # SIGKILL: no drain, unacked deliveries go to the standby
+            killed_at = time.time()
+            third = await asyncio.to_thread(_replica, amqp_url, files)
+            await wait_for(lambda: len(oks()) == keys * per_key, timeout=60,
+                           message="every event handled after the kill")  # fmt: skip
+        finally:
+            for proc in (first, second, third):
+                if proc is not None and proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(10)
+    runs = lines()
+    handed = {x["pid"] for x in runs if x["at"] > killed_at}
+    assert handed and first.pid not in handed
+    starts = [x["at"] for x in runs if x["at"] > killed_at]
+    print(f"first event after the kill ran {min(starts) - killed_at:.2f}s later, on {handed}")
+    for k in range(keys):
+        key = f"o-{k}"
+        mine = [x for x in runs if x["key"] == key]
+        firsts: list[int] = []
+        for x in mine:
+            if x["what"] == "ok" and x["seq"] not in firsts:
+                firsts.append(x["seq"])
+        assert firsts == list(range(per_key)), f"{key} out of order: {firsts}"
+        # never two of a key at once: a run cut off by the kill ends at the kill
+        spans: dict[tuple[int, int, int], list[float]] = {}
+        for x in mine:
+            spans.setdefault((x["seq"], x["attempt"], x["pid"]), []).append(x["at"])
+        intervals = sorted((v[0], v[1] if len(v) > 1 else killed_at) for v in spans.values())
+        for a, b in itertools.pairwise(intervals):
+            assert a[1] <= b[0] + 0.001, f"{key}: two at once {a} {b}"
