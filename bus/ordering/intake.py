@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,10 @@ class _Partition:
     channel: object
     gate: Gate[Delivery] | None = None  # None while the held keys load
     pending: list[Delivery] = field(default_factory=list)
+    # events going round the hold queue, sent one after another in the order of their verdicts
+    # (a task per send could let a later verdict's send overtake an earlier one)
+    asides: deque[tuple[Delivery, dict[str, Any]]] = field(default_factory=deque)
+    sending: bool = False
 
 
 class Intake:
@@ -122,7 +127,10 @@ class Intake:
         verdicts = [(m, self._decide(gate, m)) for m in pending]  # all before any await
         p.gate = gate
         for m, verdict in verdicts:
-            self._spawn(self._act(p, gate, m, verdict))
+            if verdict is Verdict.ASIDE:
+                self._set_aside(p, gate, m)
+            elif verdict is Verdict.RUN:
+                self._spawn(self._run(p, gate, m))
 
     def _decide(self, gate: Gate[Delivery], m: Delivery) -> Verdict:
         headers = m.headers
@@ -133,15 +141,26 @@ class Intake:
 
     async def _act(self, p: _Partition, gate: Gate[Delivery], m: Delivery, v: Verdict) -> None:
         if v is Verdict.ASIDE:
-            await self._aside(p, gate, m)
+            self._set_aside(p, gate, m)
         elif v is Verdict.RUN:
             await self._run(p, gate, m)
         # WAIT: the event of its key that runs now starts it when it ends
 
-    async def _aside(self, p: _Partition, gate: Gate[Delivery], m: Delivery) -> None:
+    def _set_aside(self, p: _Partition, gate: Gate[Delivery], m: Delivery) -> None:
+        """Queue *m* for the hold queue now (its place in line is taken here, synchronously)."""
         key = key_of(m.headers, m.message_id)
-        headers = {**m.headers, HELD_BY: gate.held_by(key) or "", LAP: gate.tag}
-        await self.aside(m, p.hold, headers)
+        p.asides.append((m, {**m.headers, HELD_BY: gate.held_by(key) or "", LAP: gate.tag}))
+        if not p.sending:
+            p.sending = True
+            self._spawn(self._send_asides(p))
+
+    async def _send_asides(self, p: _Partition) -> None:
+        try:
+            while p.asides:
+                m, headers = p.asides.popleft()
+                await self.aside(m, p.hold, headers)
+        finally:
+            p.sending = False
 
     async def _run(self, p: _Partition, gate: Gate[Delivery], m: Delivery) -> None:
         key = key_of(m.headers, m.message_id)
@@ -162,8 +181,8 @@ class Intake:
             ended = await self.process(current, decided)
             nxt, aside = gate.done(key, event_id, Ended.RETRY if ended is None else ended,
                                    time.time())  # fmt: skip
-            for item in aside:  # in their order: one channel keeps it
-                self._spawn(self._aside(p, gate, item))
+            for item in aside:  # in line now, in their order
+                self._set_aside(p, gate, item)
             current = nxt
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -316,7 +316,11 @@ async def test_a_sigkilled_replica_hands_its_partitions_over_with_order_kept(
         for x in mine:
             if x["what"] == "ok" and x["seq"] not in firsts:
                 firsts.append(x["seq"])
-        assert firsts == list(range(per_key)), f"{key} out of order: {firsts}"
+        story = "\n".join(
+            f"{x['at'] - killed_at:+.3f} pid {x['pid']} #{x['seq']} try {x['attempt']} {x['what']}"
+            for x in mine
+        )
+        assert firsts == list(range(per_key)), f"{key} out of order: {firsts}\n{story}"
         # never two of a key at once: a run cut off by the kill ends at the kill
         spans: dict[tuple[int, int, int], list[float]] = {}
         for x in mine:
