@@ -328,3 +328,31 @@ async def test_a_sigkilled_replica_hands_its_partitions_over_with_order_kept(
         intervals = sorted((v[0], v[1] if len(v) > 1 else killed_at) for v in spans.values())
         for a, b in itertools.pairwise(intervals):
             assert a[1] <= b[0] + 0.001, f"{key}: two at once {a} {b}"
+
+
+async def test_a_retry_delay_longer_than_consumer_timeout_keeps_order_and_the_channel(
+    nodes: Any, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    node = nodes.new(f"ord-ct-{prefix[-4:]}", config=["consumer_timeout = 2000"])
+    await asyncio.to_thread(nodes.start, [node])
+    url = node.url()
+    try:
+        topology = ordered_topology(prefix, delays=["5s"], partitions=1)
+        rec = Recorder()
+        async with (
+            applied(url, topology),
+            running(url, topology, "fulfillment",
+                    rec.router("a", lambda e, c: e["seq"] == 0 and c.attempt == 1)) as rt,
+            Publisher(url, topology) as pub,
+        ):  # fmt: skip
+            for seq in range(4):
+                await pub.publish("order.placed", {"order_id": "slow", "seq": seq, "n": 0})
+            await pub.publish("order.placed", {"order_id": "fast", "seq": 0, "n": 0})
+            await wait_for(lambda: rec.handled().get("slow") == [0, 1, 2, 3], timeout=30,
+                           message="the held key, after a retry longer than consumer_timeout")  # fmt: skip
+            assert rt.ready, "the consumer channel survived"
+        assert rec.handled()["fast"] == [0]
+        assert "new channel" not in caplog.text and "PRECONDITION_FAILED" not in caplog.text
+        assert "consumer ack timed out" not in caplog.text
+    finally:
+        await asyncio.to_thread(node.stop)
