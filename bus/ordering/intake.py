@@ -38,6 +38,7 @@ Aside = Callable[
 Load = Callable[[str], Awaitable[tuple[list[tuple[str, str, float]], bool]]]
 Record = Callable[[str, str, bool], Awaitable[None]]  # (key, event id, held?)
 
+_BROKER_DEATH = ("x-death", "x-first-death", "x-last-death")
 CALM = 3.0  # seconds after a takeover during which fresh events take a lap: > 2 hold laps
 
 
@@ -149,7 +150,9 @@ class Intake:
     def _set_aside(self, p: _Partition, gate: Gate[Delivery], m: Delivery) -> None:
         """Queue *m* for the hold queue now (its place in line is taken here, synchronously)."""
         key = key_of(m.headers, m.message_id)
-        p.asides.append((m, {**m.headers, HELD_BY: gate.held_by(key) or "", LAP: gate.tag}))
+        # without the broker's x-death* of earlier laps: a lap is our republish, not a cycle
+        headers = {k: v for k, v in m.headers.items() if not k.startswith(_BROKER_DEATH)}
+        p.asides.append((m, {**headers, HELD_BY: gate.held_by(key) or "", LAP: gate.tag}))
         if not p.sending:
             p.sending = True
             self._spawn(self._send_asides(p))

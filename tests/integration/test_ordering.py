@@ -250,8 +250,18 @@ async def test_status_and_metrics_show_the_active_consumer_and_the_held_keys(
         sample = rt.metrics.registry.get_sample_value
         assert sample("bus_ordering_held_keys", labels) == 1
         assert 0 < (sample("bus_ordering_oldest_hold_seconds", labels) or 0) < 5
-        await wait_for(lambda: rec.handled().get("stuck") == [0, 1, 2], timeout=15,
-                       message="the key released")  # fmt: skip
+        try:
+            await wait_for(lambda: rec.handled().get("stuck") == [0, 1, 2], timeout=15,
+                           message="the key released")  # fmt: skip
+        except BaseException:
+            q = f"{prefix}.fulfillment"
+            depths = {
+                n: await queue_depth(amqp_url, n)
+                for n in (q, f"{q}.p0", f"{q}.p0.hold", f"{q}.retry.2s", f"{q}.dlq")
+            }
+            print("state at the timeout:", depths, [(r.seq, r.attempt, r.ok) for r in rec.runs],
+                  rt.intake.holds())  # fmt: skip
+            raise
         assert rt.intake.held_keys() == 0
 
 
