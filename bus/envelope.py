@@ -26,6 +26,7 @@ H_TYPE = "cloudEvents_type"
 H_TIME = "cloudEvents_time"
 H_TRACEPARENT = "traceparent"
 H_CAUSATION = "bus-causation-id"
+H_KEY = "bus-key"  # the ordering key: the value of the field the event type names as its `key`
 H_AGAIN = "bus-replay-again"  # set by `bus replay --again`: its run handles the event once more
 
 
@@ -97,8 +98,9 @@ def dumps(data: Any) -> bytes:
         raise InvalidEvent(f"event data is not JSON-serialisable: {exc}") from None
 
 
-def encode(event: Event) -> Wire:
-    """The wire form of *event*: routing key and `type` are the event type, `message_id` its id."""
+def encode(event: Event, key: str | None = None) -> Wire:
+    """The wire form of *event*: routing key and `type` are the event type, `message_id` its id;
+    *key*, the event's ordering key (`key_at`), goes in the `bus-key` header."""
     headers: dict[str, Any] = {
         H_SPECVERSION: SPECVERSION,
         H_ID: event.id,
@@ -110,6 +112,8 @@ def encode(event: Event) -> Wire:
         headers[H_TRACEPARENT] = event.traceparent
     if event.causation_id:
         headers[H_CAUSATION] = event.causation_id
+    if key is not None:
+        headers[H_KEY] = key
     return Wire(
         body=dumps(event.data),
         message_id=event.id,
@@ -119,6 +123,21 @@ def encode(event: Event) -> Wire:
         headers=headers,
         correlation_id=event.correlation_id,
     )
+
+
+def key_at(data: Any, path: str) -> str | None:
+    """The ordering key of *data*: the value at the dotted *path* (``order.id``) as text, or None
+    when a step is missing or the value is null, a mapping or a list."""
+    value = data
+    for step in path.split("."):
+        if not isinstance(value, Mapping) or step not in value:
+            return None
+        value = value[step]
+    if value is None or isinstance(value, Mapping | list):
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else _JSON.encode(value)
 
 
 def header_text(value: Any) -> str | None:

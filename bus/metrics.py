@@ -66,6 +66,16 @@ class Metrics:
         self.outbox_set_aside = Gauge(
             "bus_outbox_set_aside", "Outbox rows the relay could not publish, kept", registry=r
         )
+        self.held_keys = Gauge(
+            "bus_ordering_held_keys",
+            "Keys of an ordered subscriber held back behind an event on the retry ladder",
+            ["subscriber"], registry=r,
+        )  # fmt: skip
+        self.oldest_hold = Gauge(
+            "bus_ordering_oldest_hold_seconds",
+            "Seconds the longest-held key of an ordered subscriber has waited",
+            ["subscriber"], registry=r,
+        )  # fmt: skip
         self.relay_published = Counter(
             "bus_relay_published_total", "Outbox rows published and removed", ["type"], registry=r
         )

@@ -48,13 +48,15 @@ from types import TracebackType
 from typing import Any, Self
 
 from bus.consume.claims import Claims
-from bus.consume.dispatch import Ack, Dispatcher, Duplicate, Outcome, Park, Retry
+from bus.consume.dispatch import Ack, Dispatcher, Duplicate, Outcome, Park, Requeue, Retry
 from bus.consume.executors import Runner
 from bus.consume.handlers import import_router
 from bus.consume.router import Router
 from bus.durations import parse_ms
 from bus.envelope import Wire, decode_body, encode
 from bus.errors import ConfigError, UnroutableError
+from bus.ordering.gate import Ended, Gate, Verdict
+from bus.ordering.partitions import HELD_BY, LAP, key_of
 from bus.produce.publisher import DELAY_HEADER, Publisher
 from bus.retry import attempt_of
 from bus.stores.base import DEFAULT_LEASE
@@ -62,6 +64,7 @@ from bus.stores.memory import MemoryStore
 from bus.topology.delays import Delay, seconds_of
 from bus.topology.model import ExchangeType, Subscriber, Topology
 from bus.topology.model import load as load_topology
+from bus.topology.plan import HOLD_LAP_MS
 from bus.topology.routing import matches
 
 __all__ = ["Handled", "Parked", "TestBus"]
@@ -178,6 +181,10 @@ class TestBus:
         self._parked: dict[str, list[Parked]] = {n: [] for n in names}
         self._duplicates: dict[str, list[str]] = {n: [] for n in names}
         self._batching: list[asyncio.Task[None]] = []  # deliveries waiting for their batch
+        # an ordered subscriber's events pass the gate `bus run` uses (bus.ordering.gate)
+        self._gates: dict[str, Gate[_Message]] = {
+            n: Gate("testbus") for n in names if self._subs[n].ordered
+        }
 
     async def __aenter__(self) -> Self:
         for dispatcher in self._dispatchers.values():  # process workers spawn on first use
@@ -248,7 +255,7 @@ class TestBus:
             event_type, data, id=id, correlation_id=correlation_id,
             causation_id=causation_id, traceparent=traceparent,
         )  # fmt: skip
-        wire = encode(event)
+        wire = encode(event, publisher.key(event_type, event.data))
         exchange = self.topology.events[event_type].exchange
         if seconds is not None:
             wire.headers[DELAY_HEADER] = seconds
@@ -337,6 +344,10 @@ class TestBus:
         return self._epoch + timedelta(seconds=self._now)
 
     async def _deliver(self, name: str, m: _Message) -> None:
+        gate = self._gates.get(name)
+        if gate is not None:
+            await self._deliver_ordered(name, gate, m)
+            return
         dispatcher = self._dispatchers[name]
         if self._batching and dispatcher.claims.holds(m.message_id or ""):
             # a copy of this id waits in a batch: on the broker its flush completes it while
@@ -352,6 +363,25 @@ class TestBus:
         self._batching.append(task)
         while not task.done() and dispatcher.batch_waiting == waiting:  # noqa: ASYNC110 - turns
             await asyncio.sleep(0)
+
+    async def _deliver_ordered(self, name: str, gate: Gate[_Message], m: _Message) -> None:
+        """As `bus run` does for a partition: run, or go round the hold queue while held."""
+        key, event_id = key_of(m.headers, m.message_id), m.message_id or ""
+        lap_tag = m.headers.get(LAP)
+        verdict = gate.admit(key, event_id, m, lap=lap_tag, now=self._now)
+        if verdict is not Verdict.RUN:  # ASIDE (one handler at a time: never WAIT here)
+            headers = {**m.headers, HELD_BY: gate.held_by(key) or "", LAP: gate.tag}
+            lap = m.copy(m.exchange, m.routing_key, headers)
+            heapq.heappush(
+                self._delayed, (self._now + HOLD_LAP_MS / 1000, next(self._seq), name, lap)
+            )
+            return
+        m.headers.pop(HELD_BY, None)
+        m.headers.pop(LAP, None)
+        outcome = await self._dispatchers[name].dispatch(m)
+        self._perform(name, m, outcome)
+        retry = isinstance(outcome, Retry | Requeue)
+        gate.done(key, event_id, Ended.RETRY if retry else Ended.DONE, self._now)
 
     async def _deliver_batched(self, name: str, m: _Message) -> None:
         self._perform(name, m, await self._dispatchers[name].dispatch(m))

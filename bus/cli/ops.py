@@ -14,6 +14,7 @@ from rich.text import Text
 
 from bus.amqp.connection import connect_plain
 from bus.cli.common import TopologyOption, UrlOption, console, run_async, settings, topology_of
+from bus.ops.partitions import PartitionState
 from bus.ops.status import SubscriberState, collect
 from bus.signals import stop_on_signals
 from bus.topology.model import Topology
@@ -106,4 +107,22 @@ def _table(states: list[SubscriberState], at: str = "") -> Table:
             retrying,
             dlq,
         )
+        for p in st.partitions:  # an ordered subscriber's partitions, one row each
+            table.add_row("", Text(p.queue.name), str(p.queue.ready), str(p.queue.consumers),
+                          Text(_partition_text(p)), "")  # fmt: skip
     return table
+
+
+def _partition_text(p: PartitionState) -> str:
+    """`active host:pid; held: o-7 (12s, 3 waiting); hold 3`, for one partition row."""
+    if not p.queue.exists:
+        return "not applied"
+    parts = [f"active {p.owner}" if p.owner else "active: no report (idle or stopped)"]
+    now = time.time()
+    if p.held:
+        held = ", ".join(f"{h.key} ({now - h.since:.0f}s, {h.aside} waiting)" for h in p.held[:5])
+        more = f" +{len(p.held) - 5}" if len(p.held) > 5 else ""
+        parts.append(f"held: {held}{more}")
+    if p.hold.ready:
+        parts.append(f"in hold queue {p.hold.ready}")
+    return "; ".join(parts)

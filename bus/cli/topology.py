@@ -18,6 +18,7 @@ from bus.cli.common import (
     topology_of,
 )
 from bus.errors import BusError, NoHistory, TopologyError
+from bus.ordering.repartition import Repartition, repartitions
 from bus.settings import redact
 from bus.topology import apply as applier
 from bus.topology.model import Topology
@@ -70,7 +71,13 @@ async def _plan(url: str, t: Topology, prune: bool, execute: bool) -> tuple[list
     conn = await connect_plain(url, "topology")
     try:
         want = desired(t, applier.release(conn))
-        steps = diff(want, await applier.observe(conn, want), prune=prune)
+        seen = await applier.observe(conn, want)
+        steps = diff(want, seen, prune=prune)
+        moves = repartitions(t, seen)
+        _report_moves(moves)
+        busy = [m for m in moves if m.busy]
+        if execute and busy:
+            raise BusError(busy[0].refusal())
         refused = await applier.apply(conn, steps, want) if execute else []
         await _backfill(conn, t, steps, execute)
         return steps, refused
@@ -98,6 +105,12 @@ async def _backfill(
             f"into {sub.queue}",
             markup=False,
         )
+
+
+def _report_moves(moves: list[Repartition]) -> None:
+    """Changes of an ordered subscriber's `partitions`: what moves, what `apply` waits for."""
+    for m in moves:
+        console.print(Text(m.line(), style="yellow" if m.busy else "cyan"), soft_wrap=True)
 
 
 def _report(all_steps: list[Step], verb: str) -> int:

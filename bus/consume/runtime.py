@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,10 +24,11 @@ from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustC
 from bus.amqp.connection import connect
 from bus.amqp.delivery import Delivery
 from bus.amqp.flow import Flow
+from bus.amqp.plumbing import queue_counts
 from bus.consume.acks import Acker
 from bus.consume.claims import Claims
 from bus.consume.consumer import Consumer
-from bus.consume.dispatch import Ack, Dispatcher, Duplicate, Outcome, Park, Retry
+from bus.consume.dispatch import Ack, Dispatcher, Duplicate, Outcome, Park, Requeue, Retry
 from bus.consume.handoff import HandOff
 from bus.consume.router import Router
 from bus.consume.watchdog import Watchdog
@@ -34,9 +36,14 @@ from bus.durations import label
 from bus.errors import ConfigError
 from bus.loop import name_of
 from bus.metrics import Metrics, type_label
+from bus.ordering.gate import Ended
+from bus.ordering.intake import Decided, Intake
+from bus.ordering.partitioner import Partitioner
+from bus.ordering.partitions import partition_of
+from bus.ordering.reporter import Reporter
 from bus.produce.publisher import Publisher
 from bus.settings import DEFAULT_RECONNECT_INTERVAL
-from bus.stores.base import DEFAULT_LEASE, Store
+from bus.stores.base import DEFAULT_LEASE, HoldStore, Store
 from bus.topology.model import Subscriber, Topology
 
 log = logging.getLogger(__name__)
@@ -107,6 +114,10 @@ class Runtime:
         self._timers: dict[str, Any] = {}
         self._declared = frozenset(topology.events)  # metric labels: these, else `undeclared`
         self._consumer: Consumer | None = None
+        self._consumers: list[Consumer] = []  # an ordered subscriber's: its partitions'
+        self._partitioner: Partitioner | None = None
+        self.intake: Intake | None = None
+        self.reporter: Reporter | None = None
         self._publisher: Publisher | None = None  # these two from start()
         self._dispatcher: Dispatcher | None = None
         self._inflight = 0
@@ -146,15 +157,21 @@ class Runtime:
         prefetch = max(self.sub.prefetch, self.router.largest_batch)
         await channel.set_qos(prefetch_count=prefetch)
         self._consumer = Consumer(channel, self.sub.queue, self._on_message)
+        if self.sub.ordered:
+            await self._start_ordered(channel)
+        queue = self.sub.queue
         try:  # on the aiormq channel: the robust one would declare it again on every reopen
             # and give up reopening for good while the queue is missing
             underlay = await channel.get_underlay_channel()
-            await underlay.queue_declare(self.sub.queue, passive=True)
+            for queue in (self.sub.queue, *self.sub.partition_queues):
+                await underlay.queue_declare(queue, passive=True)
             await self._consumer.start()
+            for consumer in self._consumers:
+                await consumer.start()
         except aiormq.exceptions.ChannelNotFoundEntity:
             await self.stop(0)
             raise ConfigError(
-                f"queue {self.sub.queue!r} of subscriber {self.sub.name!r} does not exist: "
+                f"queue {queue!r} of subscriber {self.sub.name!r} does not exist: "
                 "run `bus topology apply` first"
             ) from None
         self._claims.start()
@@ -167,6 +184,32 @@ class Runtime:
             "subscriber %s consuming %s (prefetch %d, %s loop)", self.sub.name, self.sub.queue,
             prefetch, name_of(), extra={"subscriber": self.sub.name},
         )  # fmt: skip
+
+    async def _start_ordered(self, channel: AbstractRobustChannel) -> None:
+        """The subscriber's queue feeds the partitioner; each partition queue feeds the intake."""
+        assert self._publishing is not None
+        self._partitioner = Partitioner(
+            self.sub, await self._publishing.channel(publisher_confirms=True, on_return_raises=True)
+        )
+        self._consumer = Consumer(channel, self.sub.queue, self._on_route)
+        self.intake = Intake(
+            self._process_ordered, self._set_aside, load=self._load_holds, record=self._record_hold
+        )
+        for i, queue in enumerate(self.sub.partition_queues):
+            hold = self.sub.hold_queue(i)
+
+            async def arrive(m: Delivery, queue: str = queue, hold: str = hold) -> None:
+                self._acks.delivered(m)
+                await self.intake.arrive(queue, hold, m)  # type: ignore[union-attr]
+
+            self._consumers.append(Consumer(channel, queue, arrive))
+        intake = self.intake
+        self.metrics.held_keys.labels(self.sub.name).set_function(intake.held_keys)
+        self.metrics.oldest_hold.labels(self.sub.name).set_function(
+            lambda: intake.oldest_hold(time.time())
+        )
+        self.reporter = Reporter(self.sub, intake, self._publishing)
+        self.reporter.start()
 
     @property
     def ready(self) -> bool:
@@ -195,6 +238,10 @@ class Runtime:
         self.metrics.ready.labels(self.sub.name).set_function(lambda: 0.0)  # and forget us
         if self._consumer is not None:
             await self._consumer.cancel()
+        for consumer in self._consumers:
+            await consumer.cancel()
+        if self.reporter is not None:
+            await self.reporter.stop()
         if self._dispatcher is not None:  # waiting batches run now, not at their flush
             self._dispatcher.flush_batches()
         drained = True
@@ -221,22 +268,93 @@ class Runtime:
 
     async def _on_message(self, message: Delivery) -> None:
         self._acks.delivered(message)
+        await self._process(message)
+
+    async def _process(self, message: Delivery, decided: Decided | None = None) -> Outcome | None:
+        """Dispatch and perform; None when it went back to the queue unhandled. *decided*
+        hears how it ended before that is performed (an ordered key's hold is recorded)."""
         if self._stopping:
             self._acks.settled(message)  # never acked: requeued by the broker when we close
-            return
+            return None
         self._inflight += 1
         self._idle.clear()
         try:
             assert self._dispatcher is not None  # consuming starts after it exists
-            await self._perform(message, await self._dispatcher.dispatch(message))
+            outcome = await self._dispatcher.dispatch(message)
+            if decided is not None:
+                await decided(_ended(outcome))
+            await self._perform(message, outcome)
+            return outcome
         except Exception:  # a bug, or a store outage past the claims' patience
             log.exception("unexpected error handling a delivery; returning it to the queue")
             await asyncio.sleep(1.0)  # a brake: a persistent fault must not become a hot loop
             await self._requeue(message)
+            return None
         finally:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+
+    # -- an ordered subscriber ---------------------------------------------------------------
+
+    async def _on_route(self, m: Delivery) -> None:
+        """From the subscriber's queue to its partition, confirmed, then acked."""
+        self._acks.delivered(m)
+        if self._stopping:
+            self._acks.settled(m)
+            return
+        assert self._partitioner is not None
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            await self._partitioner.route(m)  # first: the publishes keep the deliveries' order
+        except Exception as exc:
+            log.warning("could not move %s to its partition (%s); returned to %s",
+                        m.message_id, exc, self.sub.queue)  # fmt: skip
+            await self._requeue(m)
+        else:
+            self._acks.ack(m)
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    async def _process_ordered(self, m: Delivery, decided: Decided) -> Ended | None:
+        outcome = await self._process(m, decided)
+        return None if outcome is None else _ended(outcome)
+
+    async def _load_holds(self, partition: str) -> tuple[list[tuple[str, str, float]], bool]:
+        """Held keys of *partition* from the store, and whether its hold queue has laps out."""
+        index = self.sub.partition_queues.index(partition)
+        held: list[tuple[str, str, float]] = []
+        if isinstance(self.store, HoldStore):
+            held = [
+                h for h in await self.store.holds(self.sub.name)
+                if partition_of(h[0], self.sub.partitions) == index
+            ]  # fmt: skip
+        assert self._publishing is not None
+        counts = await queue_counts(self._publishing, self.sub.hold_queue(index))
+        return held, bool(counts and counts.messages)
+
+    async def _record_hold(self, key: str, event_id: str, held: bool) -> None:
+        if not isinstance(self.store, HoldStore):
+            return
+        if held:
+            await self.store.hold(self.sub.name, key, event_id)
+        else:
+            await self.store.unhold(self.sub.name, key, event_id)
+
+    async def _set_aside(self, m: Delivery, hold: str, headers: dict[str, Any]) -> None:
+        """Send an event of a held key round its partition's hold queue, then ack it."""
+        assert self._handoff is not None
+        try:
+            await self._handoff.republish(m, hold, headers)
+        except Exception as exc:
+            log.warning("could not set %s aside (%s); returned to its partition",
+                        m.message_id, exc)  # fmt: skip
+            await self._requeue(m)
+            return
+        self._acks.ack(m)
 
     async def _perform(self, m: Delivery, outcome: Outcome) -> None:
         """Carry out what the dispatcher decided; only this touches the broker."""
@@ -298,3 +416,8 @@ class Runtime:
                         extra={"event_id": m.message_id, "subscriber": self.sub.name})  # fmt: skip
         else:
             self._count(outcome.event_type, RETRIED)
+
+
+def _ended(outcome: Outcome) -> Ended:
+    """For an ordered key: back on the ladder or in the queue, the key waits for the event."""
+    return Ended.RETRY if isinstance(outcome, Retry | Requeue) else Ended.DONE

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from aio_pika.abc import AbstractConnection
 
 from bus.amqp.plumbing import queue_counts
 from bus.topology.model import Topology
+
+if TYPE_CHECKING:
+    from bus.ops.partitions import PartitionState
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,7 @@ class SubscriberState:
     queue: QueueState
     retries: list[QueueState]
     dlq: QueueState
+    partitions: list[PartitionState] = field(default_factory=list)  # an ordered subscriber's
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -37,6 +42,8 @@ async def queue_state(conn: AbstractConnection, name: str) -> QueueState:
 
 
 async def collect(conn: AbstractConnection, topology: Topology) -> list[SubscriberState]:
+    from bus.ops.partitions import partition_states  # it builds on this module's QueueState
+
     out = []
     for sub in topology.subscribers():
         out.append(
@@ -45,6 +52,7 @@ async def collect(conn: AbstractConnection, topology: Topology) -> list[Subscrib
                 queue=await queue_state(conn, sub.queue),
                 retries=[await queue_state(conn, q) for q in sub.retry_queues],
                 dlq=await queue_state(conn, sub.dlq),
+                partitions=await partition_states(conn, sub) if sub.ordered else [],
             )
         )
     return out

@@ -193,6 +193,10 @@ class Publisher:
         """Raise UnknownEventType or InvalidEvent before anything is sent."""
         self._checker.check(event_type, data)
 
+    def key(self, event_type: str, data: Any) -> str | None:
+        """The `bus-key` header of a checked event: its ordering key, None for an unkeyed type."""
+        return self._checker.key(event_type, data)
+
     # -- publishing --------------------------------------------------------------------------
 
     async def publish(
@@ -272,7 +276,7 @@ class Publisher:
         """
         first_timeout = self.deadline if timer else None
         exchange_name = self.topology.events[event.type].exchange
-        wire = encode(event)
+        wire = encode(event, self.key(event.type, event.data))
         routing_key = event.type
         if delay is not None:  # into the delay levels, which end at exchange_name
             wire.headers[DELAY_HEADER] = delay

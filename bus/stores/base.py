@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 # Seconds a claim holds before another replica may take it over. The runtime renews the lease
 # while the handler runs, so a live handler keeps it however long it takes, and a crashed
@@ -40,3 +40,20 @@ class Store(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class HoldStore(Protocol):
+    """Where an ordered subscriber's held keys outlive the replica that held them."""
+
+    async def hold(self, subscriber: str, key: str, event_id: str) -> None:
+        """*key* waits for *event_id*, which went to retry (kept since the first hold)."""
+        ...
+
+    async def unhold(self, subscriber: str, key: str, event_id: str) -> None:
+        """*event_id* succeeded or parked: its key no longer waits for it."""
+        ...
+
+    async def holds(self, subscriber: str) -> list[tuple[str, str, float]]:
+        """Every held key of *subscriber*: (key, event id, since as epoch seconds)."""
+        ...

@@ -11,6 +11,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._done: dict[tuple[str, str], float] = {}
         self._leases: dict[tuple[str, str], float] = {}
+        self._holds: dict[tuple[str, str], tuple[str, float]] = {}
 
     async def claim(self, subscriber: str, event_id: str, lease: float = DEFAULT_LEASE) -> Claim:
         key = (subscriber, event_id)
@@ -41,6 +42,17 @@ class MemoryStore:
         for k in old:
             del self._done[k]
         return len(old)
+
+    async def hold(self, subscriber: str, key: str, event_id: str) -> None:
+        since = self._holds.get((subscriber, key), ("", time.time()))[1]
+        self._holds[(subscriber, key)] = (event_id, since)
+
+    async def unhold(self, subscriber: str, key: str, event_id: str) -> None:
+        if self._holds.get((subscriber, key), ("",))[0] == event_id:
+            del self._holds[(subscriber, key)]
+
+    async def holds(self, subscriber: str) -> list[tuple[str, str, float]]:
+        return [(k, e, t) for (s, k), (e, t) in self._holds.items() if s == subscriber]
 
     async def close(self) -> None:
         return None

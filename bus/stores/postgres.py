@@ -64,6 +64,7 @@ class PostgresStore:
                 await conn.execute(sql.CREATE)
                 await conn.execute(sql.CREATE_INDEX)
                 await conn.execute(sql.ADD_OWNER_IF_MISSING)
+                await conn.execute(sql.CREATE_HOLDS)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(8164)")
         store = cls(pool, url)
@@ -141,6 +142,16 @@ class PostgresStore:
 
     async def release(self, subscriber: str, event_id: str) -> None:
         await self._pool.execute(sql.dollar(sql.RELEASE, 3), subscriber, event_id, self.owner)
+
+    async def hold(self, subscriber: str, key: str, event_id: str) -> None:
+        await self._pool.execute(sql.dollar(sql.HOLD, 4), subscriber, key, event_id, time.time())
+
+    async def unhold(self, subscriber: str, key: str, event_id: str) -> None:
+        await self._pool.execute(sql.dollar(sql.UNHOLD, 3), subscriber, key, event_id)
+
+    async def holds(self, subscriber: str) -> list[tuple[str, str, float]]:
+        rows = await self._pool.fetch(sql.dollar(sql.HOLDS, 1), subscriber)
+        return [(str(r["hold_key"]), str(r["event_id"]), float(r["since"])) for r in rows]
 
     async def prune(self, older_than: float = DEFAULT_RETENTION) -> int:
         status = await self._pool.execute(sql.dollar(sql.PRUNE, 1), time.time() - older_than)

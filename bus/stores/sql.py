@@ -51,6 +51,27 @@ RELEASE = f"""DELETE FROM {TABLE}
 WHERE subscriber = {{0}} AND event_id = {{1}} AND state = 'claimed' AND owner = {{2}}"""
 PRUNE = f"DELETE FROM {TABLE} WHERE state = 'done' AND updated_at < {{0}}"
 
+# Keys of ordered subscribers held behind an event on the retry ladder (bus.ordering): written
+# when an event goes to retry, deleted when it succeeds or parks, read when a replica takes a
+# partition over.
+HOLD_TABLE = "bus_hold"
+CREATE_HOLDS = f"""
+CREATE TABLE IF NOT EXISTS {HOLD_TABLE} (
+    subscriber  TEXT NOT NULL,
+    hold_key    TEXT NOT NULL,
+    event_id    TEXT NOT NULL,
+    since       DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (subscriber, hold_key)
+)
+"""
+HOLD = f"""
+INSERT INTO {HOLD_TABLE} (subscriber, hold_key, event_id, since) VALUES ({{0}}, {{1}}, {{2}}, {{3}})
+ON CONFLICT (subscriber, hold_key) DO UPDATE SET event_id = excluded.event_id
+"""
+UNHOLD = f"""DELETE FROM {HOLD_TABLE}
+WHERE subscriber = {{0}} AND hold_key = {{1}} AND event_id = {{2}}"""
+HOLDS = f"SELECT hold_key, event_id, since FROM {HOLD_TABLE} WHERE subscriber = {{0}}"
+
 
 def qmark(sql: str, n: int) -> str:
     """SQLite's numbered parameters: `{2}` is the third argument wherever it stands (plain `?`

@@ -45,6 +45,7 @@ class SqliteStore:
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.execute(sql.CREATE)
         await db.execute(sql.CREATE_INDEX)
+        await db.execute(sql.CREATE_HOLDS)
         columns = {row[1] for row in await db.execute_fetchall(f"PRAGMA table_info({sql.TABLE})")}
         if "owner" not in columns:
             with contextlib.suppress(sqlite3.OperationalError):  # another process was first
@@ -111,6 +112,17 @@ class SqliteStore:
 
     async def release(self, subscriber: str, event_id: str) -> None:
         await self._write(sql.qmark(sql.RELEASE, 3), (subscriber, event_id, self.owner))
+
+    async def hold(self, subscriber: str, key: str, event_id: str) -> None:
+        await self._write(sql.qmark(sql.HOLD, 4), (subscriber, key, event_id, time.time()))
+
+    async def unhold(self, subscriber: str, key: str, event_id: str) -> None:
+        await self._write(sql.qmark(sql.UNHOLD, 3), (subscriber, key, event_id))
+
+    async def holds(self, subscriber: str) -> list[tuple[str, str, float]]:
+        async with self._lock:
+            rows = await self._db.execute_fetchall(sql.qmark(sql.HOLDS, 1), (subscriber,))
+        return [(str(k), str(e), float(t)) for k, e, t in rows]
 
     async def prune(self, older_than: float = DEFAULT_RETENTION) -> int:
         async with self._lock:

@@ -106,6 +106,8 @@ class EventSpec(_Strict):
     exchange: str
     description: str = ""
     json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    # the ordering key: a field of the data (dotted path), sent as header `bus-key`
+    key: Annotated[str, Field(pattern=r"^[^.\s]+(\.[^.\s]+)*$")] | None = None
 
 
 class BindingSpec(_Strict):
@@ -132,6 +134,12 @@ class SubscriberSpec(_Strict):
     publishes: list[str] = Field(default_factory=list)
     # copy this long of history into the queue when `bus topology apply` first creates it
     backfill: Duration | None = None
+    # events of one key (`events.<type>.key`) one at a time, in publish order
+    ordered: bool = False
+    partitions: Annotated[int, Field(ge=1, le=1024)] | None = None  # default DEFAULT_PARTITIONS
+
+
+DEFAULT_PARTITIONS = 4
 
 
 class ScheduleSpec(_Strict):
@@ -199,6 +207,8 @@ class Subscriber:
     timeout: str | None = None  # "2m": a handler running longer fails with HandlerTimeout
     backfill: str | None = None  # "7d": history copied in when its queue is first created
     processes: int = 1  # consumer processes `bus run` starts (bus.consume.processes)
+    ordered: bool = False
+    partitions: int = 0  # ordered: how many partition queues; 0 when not ordered
 
     @property
     def rate(self) -> float | None:
@@ -219,6 +229,22 @@ class Subscriber:
     @property
     def retry_queues(self) -> tuple[str, ...]:
         return tuple(self.retry_queue(d) for d in self.delays)
+
+    def partition_queue(self, index: int) -> str:
+        """`Q.p<index>`: an ordered subscriber's partition, one active consumer at a time."""
+        return f"{self.queue}.p{index}"
+
+    def hold_queue(self, index: int) -> str:
+        """`Q.p<index>.hold`: where a held key's later events wait, a lap at a time."""
+        return f"{self.queue}.p{index}.hold"
+
+    def partition_report_queue(self, index: int) -> str:
+        """A one-message queue: the newest report of `Q.p<index>`'s active consumer."""
+        return f"bus.state.{self.queue}.p{index}"
+
+    @property
+    def partition_queues(self) -> tuple[str, ...]:
+        return tuple(self.partition_queue(i) for i in range(self.partitions))
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +305,8 @@ class Topology:
             timeout=s.timeout or d.timeout,
             backfill=s.backfill,
             processes=s.processes or 1,
+            ordered=s.ordered,
+            partitions=(s.partitions or DEFAULT_PARTITIONS) if s.ordered else 0,
         )
 
     def history(self, exchange: str) -> History | None:
@@ -469,6 +497,7 @@ def _check_subscribers(doc: _Raw) -> list[str]:
             problems.append(f"{where}.retry.delays: the same delay appears twice")
         unique = list(dict.fromkeys(d for d in labels if d))  # a repeat is reported above
         owned = [queue, f"{queue}.dlq", *(f"{queue}.retry.{d}" for d in unique)]
+        owned += _partition_queues(queue, sub)
         for q in owned:
             if q in owners:
                 problems.append(
@@ -479,6 +508,7 @@ def _check_subscribers(doc: _Raw) -> list[str]:
         for i, b in enumerate(bindings if isinstance(bindings, list) else []):
             problems += _check_binding(doc, f"{where}.bindings[{i}]", _mapping(b))
         problems += _check_backfill(doc, where, sub)
+        problems += _check_ordered(doc, where, sub)
         publishes = sub.get("publishes", [])
         for i, etype in enumerate(publishes if isinstance(publishes, list) else []):
             if isinstance(etype, str) and etype not in doc.events:
@@ -512,6 +542,43 @@ def _check_backfill(doc: _Raw, where: str, sub: dict[str, Any]) -> list[str]:
                 f"exchange {exchange!r} ({kept})"
             )
     return list(dict.fromkeys(problems))
+
+
+def _partition_queues(queue: str, sub: dict[str, Any]) -> list[str]:
+    if sub.get("ordered") is not True:
+        return []
+    n = sub.get("partitions", DEFAULT_PARTITIONS)
+    n = n if isinstance(n, int) and 0 < n <= 1024 else 0
+    return [q for i in range(n) for q in (f"{queue}.p{i}", f"{queue}.p{i}.hold")]
+
+
+def _check_ordered(doc: _Raw, where: str, sub: dict[str, Any]) -> list[str]:
+    """An ordered subscriber receives only keyed types; `partitions` needs `ordered`."""
+    if sub.get("ordered") is not True:
+        if "partitions" in sub:
+            return [f"{where}.partitions: only an ordered subscriber has partitions "
+                    "(add `ordered: true`)"]  # fmt: skip
+        return []
+    received: list[str] = []
+    bindings = sub.get("bindings", [])
+    for b in bindings if isinstance(bindings, list) else []:
+        binding = _mapping(b)
+        exchange = binding.get("exchange")
+        keys = _strings(binding.get("keys", [])) or ["#"]
+        kind = doc.exchange_type(exchange) if isinstance(exchange, str) else "topic"
+        for etype in doc.events:
+            if doc.event_exchange(etype) != exchange or etype in received:
+                continue
+            if kind == ExchangeType.FANOUT or any(
+                matches(k, etype) if kind == "topic" else k == etype for k in keys
+            ):
+                received.append(etype)
+    return [
+        f"{where}.ordered: it receives {etype!r}, which declares no `key` "
+        f"(add `key: <field>` under events.{etype})"
+        for etype in received
+        if not isinstance(_mapping(doc.events.get(etype)).get("key"), str)
+    ]
 
 
 def _check_binding(doc: _Raw, where: str, binding: dict[str, Any]) -> list[str]:

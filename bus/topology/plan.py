@@ -32,9 +32,12 @@ class Role(StrEnum):
     DLQ = "dlq"
     DELAY = "delay"  # the shared delay levels (bus.topology.delays), owned by no subscriber
     HISTORY = "history"  # an exchange's event log, a stream queue owned by no subscriber
+    PARTITION = "partition"  # an ordered subscriber's Q.p<i>
+    HOLD = "hold"  # an ordered subscriber's Q.p<i>.hold
 
 
 HISTORY_OWNER = "bus.history"  # the owner of every history stream: never a subscriber
+HOLD_LAP_MS = 1000  # a held key's later events come back to their partition this often
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,27 @@ def main_queue_arguments(sub: Subscriber) -> dict[str, Any]:
     }
     if sub.queue_type is QueueType.QUORUM and sub.delivery_limit:
         args["x-delivery-limit"] = sub.delivery_limit
+    if sub.ordered:  # one partitioner at a time, so events reach their partition in order
+        args["x-single-active-consumer"] = True
+    return args
+
+
+def partition_queue_arguments(sub: Subscriber) -> dict[str, Any]:
+    """`Q.p<i>`: like `Q` (rejects park in `Q.dlq`), one active consumer at a time."""
+    return {**main_queue_arguments(sub), "x-single-active-consumer": True}
+
+
+def hold_queue_arguments(sub: Subscriber, index: int) -> dict[str, Any]:
+    """`Q.p<i>.hold`: a lap of `HOLD_LAP_MS`, then back to `Q.p<i>`, in the order they came."""
+    args: dict[str, Any] = {
+        **_type_arguments(sub),
+        "x-message-ttl": HOLD_LAP_MS,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": sub.partition_queue(index),
+    }
+    if sub.queue_type is QueueType.QUORUM:
+        args["x-dead-letter-strategy"] = "at-least-once"
+        args["x-overflow"] = "reject-publish"
     return args
 
 
@@ -149,6 +173,12 @@ def subscriber_objects(sub: Subscriber, release: Release = OLDEST) -> list[Decl]
         for d in sub.delays
     ]
     decls.append(QueueDecl(sub.dlq, sub.name, Role.DLQ, dlq_arguments(sub, release)))
+    for i in range(sub.partitions):
+        decls += [
+            QueueDecl(sub.partition_queue(i), sub.name, Role.PARTITION,
+                      partition_queue_arguments(sub)),
+            QueueDecl(sub.hold_queue(i), sub.name, Role.HOLD, hold_queue_arguments(sub, i)),
+        ]  # fmt: skip
     decls += [BindingDecl(sub.queue, b.exchange, b.key) for b in sub.bindings]
     return decls
 

@@ -21,6 +21,7 @@ from typing import ClassVar
 import pytest
 
 from bus.stores import Claim, Store
+from bus.stores.base import HoldStore
 
 DAY = 86_400.0
 TINY_LEASE = 0.05
@@ -53,6 +54,20 @@ class StoreContract:
         shifted = ShiftedClock()
         monkeypatch.setattr(self.clock_module, "time", shifted)
         yield shifted
+
+    async def test_a_held_key_is_seen_by_another_replica_until_its_event_resolves(
+        self, store: Store, other: Store, sub: str
+    ) -> None:
+        assert isinstance(store, HoldStore) and isinstance(other, HoldStore)
+        await store.hold(sub, "o-1", "e-1")
+        await store.hold(sub, "o-1", "e-1")  # again: still one hold, since the first
+        [(key, event_id, since)] = await other.holds(sub)
+        assert (key, event_id) == ("o-1", "e-1") and abs(since - time.time()) < 60
+        await other.unhold(sub, "o-1", "e-other")  # not the event it waits for: kept
+        assert [h[:2] for h in await store.holds(sub)] == [("o-1", "e-1")]
+        await other.unhold(sub, "o-1", "e-1")
+        assert await store.holds(sub) == []
+        assert await store.holds(f"{sub}-else") == []
 
     async def test_first_claim_is_ours(self, store: Store, sub: str) -> None:
         assert await store.claim(sub, "e-1") is Claim.CLAIMED

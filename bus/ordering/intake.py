@@ -1,0 +1,194 @@
+"""A partition's deliveries through the gate: run, wait their turn, or go round the hold queue.
+
+The shell around `bus.ordering.gate.Gate` for one process. Each partition queue gets a gate per
+channel: deliveries on a new channel mean the old one closed (the broker gave its unacknowledged
+events again, maybe to another replica) or the partition was just taken over. Before the new
+gate admits anything it reads the partition's held keys from the store, so a key held by a
+replica that died stays held; its first deliveries wait in order meanwhile.
+
+Each event's verdict is taken the moment it arrives, before any await, so verdicts follow the
+order of the partition queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from bus.amqp.delivery import Delivery
+from bus.ordering.gate import Ended, Gate, Hold, Verdict
+from bus.ordering.partitions import HELD_BY, LAP, key_of
+
+log = logging.getLogger(__name__)
+
+Decided = Callable[[Ended], Awaitable[None]]
+# dispatch and perform a delivery, calling back once decided and before performing;
+# None: it went back to its queue unhandled
+Process = Callable[[Delivery, Decided], Awaitable[Ended | None]]
+Aside = Callable[
+    [Delivery, str, dict[str, Any]], Awaitable[None]
+]  # (delivery, hold queue, headers)
+# the partition's held keys from the store, and whether its hold queue holds laps
+Load = Callable[[str], Awaitable[tuple[list[tuple[str, str, float]], bool]]]
+Record = Callable[[str, str, bool], Awaitable[None]]  # (key, event id, held?)
+
+_BROKER_DEATH = ("x-death", "x-first-death", "x-last-death")
+CALM = 3.0  # seconds after a takeover during which fresh events take a lap: > 2 hold laps
+
+
+@dataclass
+class _Partition:
+    queue: str
+    hold: str
+    channel: object
+    gate: Gate[Delivery] | None = None  # None while the held keys load
+    pending: list[Delivery] = field(default_factory=list)
+    # events going round the hold queue, sent one after another in the order of their verdicts
+    # (a task per send could let a later verdict's send overtake an earlier one)
+    asides: deque[tuple[Delivery, dict[str, Any]]] = field(default_factory=deque)
+    sending: bool = False
+
+
+class Intake:
+    """`await arrive(partition, hold_queue, delivery)` for each delivery of a partition queue."""
+
+    def __init__(
+        self, process: Process, aside: Aside, *, load: Load | None = None,
+        record: Record | None = None,
+    ) -> None:  # fmt: skip
+        """*process* dispatches a delivery and performs its outcome (ack, retry, park);
+        *aside* sends one round its partition's hold queue, then acks it; *load* and *record*
+        read and write held keys in the store (without them holds live in memory only)."""
+        self.process = process
+        self.aside = aside
+        self.load = load
+        self.record = record
+        self._parts: dict[str, _Partition] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- what operators see ---------------------------------------------------------------------
+
+    def holds(self) -> dict[str, list[Hold]]:
+        """Held keys per partition queue."""
+        return {q: p.gate.holds() for q, p in self._parts.items() if p.gate is not None}
+
+    def active(self) -> list[str]:
+        """Partition queues this process consumes as their active consumer, as far as it can
+        tell: it had a delivery from each on a channel still open."""
+        return [q for q, p in self._parts.items() if not getattr(p.channel, "is_closed", True)]
+
+    def held_keys(self) -> float:
+        """Keys held now, over the partitions this process is active on."""
+        holds = self.holds()
+        return float(sum(len(holds.get(q, [])) for q in self.active()))
+
+    def oldest_hold(self, now: float) -> float:
+        """Seconds the longest-held key has waited (0 when none is held)."""
+        holds = self.holds()
+        since = [h.since for q in self.active() for h in holds.get(q, [])]
+        return now - min(since) if since else 0.0
+
+    # -- deliveries -------------------------------------------------------------------------------
+
+    async def arrive(self, partition: str, hold_queue: str, m: Delivery) -> None:
+        p = self._parts.get(partition)
+        if p is None or p.channel is not m.channel:
+            if p is not None:
+                log.info("%s comes on a new channel: its keys start afresh", partition)
+            p = self._parts[partition] = _Partition(partition, hold_queue, m.channel)
+            self._spawn(self._open(p))
+        if p.gate is None:
+            p.pending.append(m)  # admitted in this order once the held keys are read
+            return
+        await self._act(p, p.gate, m, self._decide(p.gate, m))
+
+    async def _open(self, p: _Partition) -> None:
+        held: list[tuple[str, str, float]] = []
+        laps_out = False
+        while self.load is not None:
+            try:
+                held, laps_out = await self.load(p.queue)
+                break
+            except Exception as exc:  # the store is down: its deliveries wait, unacked
+                log.warning("cannot read the held keys of %s yet (%s); retrying in 1 s",
+                            p.queue, exc)  # fmt: skip
+                await asyncio.sleep(1.0)
+        calm_at = time.time() + CALM if laps_out else 0.0
+        gate: Gate[Delivery] = Gate(uuid.uuid4().hex[:12], held=held, calm_at=calm_at)
+        if held or laps_out:
+            log.info("%s: %d keys held by the previous owner, %s", p.queue, len(held),
+                     "laps still out" if laps_out else "no laps out")  # fmt: skip
+        pending, p.pending = p.pending, []
+        verdicts = [(m, self._decide(gate, m)) for m in pending]  # all before any await
+        p.gate = gate
+        for m, verdict in verdicts:
+            if verdict is Verdict.ASIDE:
+                self._set_aside(p, gate, m)
+            elif verdict is Verdict.RUN:
+                self._spawn(self._run(p, gate, m))
+
+    def _decide(self, gate: Gate[Delivery], m: Delivery) -> Verdict:
+        headers = m.headers
+        lap = headers.get(LAP)
+        lap_tag = lap.decode() if isinstance(lap, bytes) else (str(lap) if lap else None)
+        key = key_of(headers, m.message_id)
+        return gate.admit(key, m.message_id or "", m, lap=lap_tag, now=time.time())
+
+    async def _act(self, p: _Partition, gate: Gate[Delivery], m: Delivery, v: Verdict) -> None:
+        if v is Verdict.ASIDE:
+            self._set_aside(p, gate, m)
+        elif v is Verdict.RUN:
+            await self._run(p, gate, m)
+        # WAIT: the event of its key that runs now starts it when it ends
+
+    def _set_aside(self, p: _Partition, gate: Gate[Delivery], m: Delivery) -> None:
+        """Queue *m* for the hold queue now (its place in line is taken here, synchronously)."""
+        key = key_of(m.headers, m.message_id)
+        # without the broker's x-death* of earlier laps: a lap is our republish, not a cycle
+        headers = {k: v for k, v in m.headers.items() if not k.startswith(_BROKER_DEATH)}
+        p.asides.append((m, {**headers, HELD_BY: gate.held_by(key) or "", LAP: gate.tag}))
+        if not p.sending:
+            p.sending = True
+            self._spawn(self._send_asides(p))
+
+    async def _send_asides(self, p: _Partition) -> None:
+        try:
+            while p.asides:
+                m, headers = p.asides.popleft()
+                await self.aside(m, p.hold, headers)
+        finally:
+            p.sending = False
+
+    async def _run(self, p: _Partition, gate: Gate[Delivery], m: Delivery) -> None:
+        key = key_of(m.headers, m.message_id)
+        current: Delivery | None = m
+        while current is not None:
+            current.headers.pop(HELD_BY, None)  # it runs now: a retry copy is no lap
+            current.headers.pop(LAP, None)
+            event_id = current.message_id or ""
+
+            async def decided(ended: Ended, event_id: str = event_id) -> None:
+                if self.record is None:
+                    return
+                if ended is Ended.RETRY:  # before the retry copy is acked: durable first
+                    await self.record(key, event_id, True)
+                elif gate.held_by(key) == event_id:  # before its ack: a crash runs it again
+                    await self.record(key, event_id, False)
+
+            ended = await self.process(current, decided)
+            nxt, aside = gate.done(key, event_id, Ended.RETRY if ended is None else ended,
+                                   time.time())  # fmt: skip
+            for item in aside:  # in line now, in their order
+                self._set_aside(p, gate, item)
+            current = nxt
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,24 @@
+"""Which partition a key falls in: a hash that every process and every version agrees on."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+from bus.envelope import H_KEY, header_text
+
+HELD_BY = "bus-held-by"  # on an event sent round a hold lap: the id of the event its key waits for
+LAP = "bus-lap"  # on an event sent round a hold lap: the tag of the gate that sent it
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition of *key* among *partitions*: CRC-32 of its UTF-8, stable across processes
+    (unlike `hash()`, which is salted per process)."""
+    return zlib.crc32(key.encode()) % partitions
+
+
+def key_of(headers: Mapping[str, Any], message_id: str | None) -> str:
+    """A delivery's ordering key: its `bus-key` header; without one (a foreign producer that
+    did not set it), its own id, so it is ordered with nothing."""
+    return header_text(headers.get(H_KEY)) or f"id:{message_id or ''}"

@@ -1,0 +1,209 @@
+"""bus.ordering's pure core: the key of an event, its partition, and the gate that runs one
+event per key at a time, in order, with a durable hold while one of them retries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bus.envelope import H_KEY, Event, encode, key_at
+from bus.errors import InvalidEvent, TopologyError
+from bus.ordering.gate import Ended, Gate, Verdict
+from bus.ordering.partitions import key_of, partition_of
+from bus.produce.validation import EventChecker
+from bus.topology.model import from_dict
+from bus.topology.plan import Role, subscriber_objects
+
+
+def _topology(**sub: Any) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "exchanges": {"events": {"type": "topic"}},
+        "events": {
+            "order.placed": {"exchange": "events", "key": "order_id"},
+            "order.cancelled": {"exchange": "events", "key": "order.id"},
+            "mail.sent": {"exchange": "events"},
+        },
+        "subscribers": {
+            "fulfillment": {
+                "handlers": "x.handlers:router",
+                "bindings": [{"exchange": "events", "keys": ["order.*"]}],
+                **sub,
+            }
+        },
+    }
+
+
+# -- the key -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "path", "key"),
+    [
+        ({"order_id": "o-1"}, "order_id", "o-1"),
+        ({"order": {"id": 42}}, "order.id", "42"),
+        ({"order": {"id": True}}, "order.id", "true"),
+        ({"order_id": None}, "order_id", None),
+        ({"order_id": {"a": 1}}, "order_id", None),
+        ({"order": "o-1"}, "order.id", None),
+        ({}, "order_id", None),
+        ("text", "order_id", None),
+    ],
+)
+def test_key_is_the_value_at_the_dotted_path_as_text(data: Any, path: str, key: str | None) -> None:
+    assert key_at(data, path) == key
+
+
+def test_a_keyed_event_carries_its_key_in_the_bus_key_header() -> None:
+    wire = encode(Event("order.placed", {"order_id": "o-1"}), key="o-1")
+    assert wire.headers[H_KEY] == "o-1"
+    assert H_KEY not in encode(Event("mail.sent", {})).headers
+
+
+def test_a_keyed_type_without_its_key_field_is_refused_before_sending() -> None:
+    checker = EventChecker(from_dict(_topology(ordered=True)))
+    assert checker.key("order.cancelled", {"order": {"id": "o-9"}}) == "o-9"
+    assert checker.key("mail.sent", {}) is None
+    with pytest.raises(InvalidEvent, match=r"ordered by `order_id`"):
+        checker.check("order.placed", {"id": "o-1"})
+
+
+def test_publisher_and_testbus_set_the_header_through_one_place() -> None:
+    from bus.produce.publisher import Publisher
+
+    pub = Publisher("memory://", from_dict(_topology()), source="t")
+    assert pub.key("order.placed", {"order_id": 7}) == "7"
+
+
+# -- the partition -----------------------------------------------------------------------------
+
+
+def test_partition_of_a_key_is_stable_and_spreads_keys() -> None:
+    # crc32 of the UTF-8: no per-process salt, so every replica and producer agrees
+    assert (partition_of("o-1", 4), partition_of("o-1", 8)) == (2, 2)
+    counts = [0] * 4
+    for i in range(1000):
+        counts[partition_of(f"order-{i}", 4)] += 1
+    assert min(counts) > 200, counts
+
+
+def test_a_delivery_without_bus_key_is_ordered_by_its_own_id() -> None:
+    assert key_of({H_KEY: "o-1"}, "e-1") == "o-1"
+    assert key_of({H_KEY: b"o-1"}, "e-1") == "o-1"
+    assert key_of({}, "e-1") == "id:e-1"
+
+
+# -- the topology ------------------------------------------------------------------------------
+
+
+def test_ordered_subscriber_owns_partition_and_hold_queues_with_single_active_consumer() -> None:
+    sub = from_dict(_topology(ordered=True, partitions=3)).subscriber("fulfillment")
+    assert sub.partition_queues == ("fulfillment.p0", "fulfillment.p1", "fulfillment.p2")
+    queues = {d.name: d for d in subscriber_objects(sub) if hasattr(d, "role")}
+    assert queues["fulfillment"].arguments["x-single-active-consumer"] is True
+    p1 = queues["fulfillment.p1"]
+    assert p1.role is Role.PARTITION and p1.arguments["x-single-active-consumer"] is True
+    assert p1.arguments["x-dead-letter-routing-key"] == "fulfillment.dlq"
+    hold = queues["fulfillment.p1.hold"]
+    assert hold.role is Role.HOLD
+    assert hold.arguments["x-dead-letter-routing-key"] == "fulfillment.p1"
+    assert hold.arguments["x-message-ttl"] == 1000
+
+
+def test_partitions_default_to_four_and_unordered_subscribers_have_none() -> None:
+    assert from_dict(_topology(ordered=True)).subscriber("fulfillment").partitions == 4
+    plain = from_dict(_topology()).subscriber("fulfillment")
+    assert plain.partitions == 0 and plain.partition_queues == ()
+    names = [getattr(d, "name", "") for d in subscriber_objects(plain)]
+    assert not any(".p" in n for n in names)
+
+
+def test_bad_ordering_topology_is_one_line_per_problem() -> None:
+    raw = _topology(ordered=True, partitions=0)
+    raw["subscribers"]["fulfillment"]["bindings"] = [{"exchange": "events", "keys": ["#"]}]
+    raw["subscribers"]["other"] = {"handlers": "x.h:router", "partitions": 2}
+    with pytest.raises(TopologyError) as err:
+        from_dict(raw)
+    text = str(err.value)
+    assert "subscribers.fulfillment.partitions: Input should be greater than or equal to 1" in text
+    assert (
+        "subscribers.fulfillment.ordered: it receives 'mail.sent', which declares no `key`" in text
+    )
+    assert "subscribers.other.partitions: only an ordered subscriber has partitions" in text
+
+
+# -- the gate ----------------------------------------------------------------------------------
+
+
+def test_one_event_per_key_at_a_time_in_order_and_keys_in_parallel() -> None:
+    gate: Gate[str] = Gate("t")
+    assert gate.admit("a", "a1", "a1", lap=None, now=0) is Verdict.RUN
+    assert gate.admit("b", "b1", "b1", lap=None, now=0) is Verdict.RUN  # another key: parallel
+    assert gate.admit("a", "a2", "a2", lap=None, now=0) is Verdict.WAIT
+    assert gate.admit("a", "a3", "a3", lap=None, now=0) is Verdict.WAIT
+    assert gate.done("a", "a1", Ended.DONE, 0) == ("a2", [])
+    assert gate.done("a", "a2", Ended.DONE, 0) == ("a3", [])
+    assert gate.done("a", "a3", Ended.DONE, 0) == (None, [])
+    assert gate.admit("a", "a4", "a4", lap=None, now=0) is Verdict.RUN
+
+
+def test_a_retry_holds_only_its_key_and_sends_its_waiting_events_aside() -> None:
+    gate: Gate[str] = Gate("t")
+    gate.admit("a", "a1", "a1", lap=None, now=0)
+    gate.admit("a", "a2", "a2", lap=None, now=0)
+    assert gate.done("a", "a1", Ended.RETRY, 100.0) == (None, ["a2"])
+    [hold] = gate.holds()
+    assert (hold.key, hold.held_by, hold.since, hold.aside) == ("a", "a1", 100.0, 1)
+    assert gate.admit("a", "a3", "a3", lap=None, now=0) is Verdict.ASIDE  # fresh: aside too
+    assert gate.admit("b", "b1", "b1", lap=None, now=0) is Verdict.RUN  # other keys flow
+    assert gate.admit("a", "a2", "a2", lap="t", now=0) is Verdict.ASIDE  # back from a lap: again
+    # the event holding the key comes back from its retry queue and succeeds
+    assert gate.admit("a", "a1", "a1", lap=None, now=0) is Verdict.RUN
+    assert gate.done("a", "a1", Ended.DONE, 0) == (None, [])
+    assert gate.holds() == []
+    # a fresh event must not pass the ones still out on a lap
+    assert gate.admit("a", "a4", "a4", lap=None, now=0) is Verdict.ASIDE
+    assert gate.admit("a", "a2", "a2", lap="t", now=0) is Verdict.RUN
+    assert gate.admit("a", "a3", "a3", lap="t", now=0) is Verdict.WAIT
+    assert gate.done("a", "a2", Ended.DONE, 0) == ("a3", [])
+    assert gate.admit("a", "a4", "a4", lap="t", now=0) is Verdict.WAIT
+    assert gate.done("a", "a3", Ended.DONE, 0) == ("a4", [])
+    assert gate.done("a", "a4", Ended.DONE, 0) == (None, [])
+    assert gate.admit("a", "a5", "a5", lap=None, now=0) is Verdict.RUN
+
+
+def test_a_parked_event_releases_its_key() -> None:
+    gate: Gate[str] = Gate("t")
+    gate.admit("a", "a1", "a1", lap=None, now=0)
+    gate.done("a", "a1", Ended.RETRY, 0)
+    assert gate.admit("a", "a1", "a1", lap=None, now=0) is Verdict.RUN  # last attempt
+    assert gate.done("a", "a1", Ended.DONE, 0) == (None, [])  # parked: DONE for the key
+    assert gate.admit("a", "a2", "a2", lap=None, now=0) is Verdict.RUN
+
+
+def test_a_gate_ignores_the_end_of_an_event_it_does_not_know() -> None:
+    gate: Gate[str] = Gate("t")
+    assert gate.done("a", "a1", Ended.RETRY, 0) == (None, [])
+    assert gate.admit("a", "a2", "a2", lap=None, now=0) is Verdict.RUN
+
+
+def test_keys_held_by_the_previous_owner_stay_held_until_their_event_comes_back() -> None:
+    gate: Gate[str] = Gate("new", held=[("a", "a1", 50.0)])
+    [hold] = gate.holds()
+    assert (hold.key, hold.held_by, hold.since) == ("a", "a1", 50.0)
+    assert gate.admit("a", "a2", "a2", lap="old", now=0) is Verdict.ASIDE  # the old owner's lap
+    assert gate.admit("a", "a3", "a3", lap=None, now=0) is Verdict.ASIDE
+    assert gate.admit("a", "a1", "a1", lap=None, now=0) is Verdict.RUN
+    assert gate.done("a", "a1", Ended.DONE, 0) == (None, [])
+    assert gate.admit("a", "a2", "a2", lap="new", now=0) is Verdict.RUN
+
+
+def test_after_a_takeover_fresh_events_take_a_lap_until_calm() -> None:
+    gate: Gate[str] = Gate("new", calm_at=10.0)
+    assert gate.admit("b", "b2", "b2", lap=None, now=9.0) is Verdict.ASIDE
+    assert gate.admit("b", "b1", "b1", lap="old", now=9.5) is Verdict.RUN  # the old owner's lap
+    assert gate.done("b", "b1", Ended.DONE, 9.6) == (None, [])
+    assert gate.admit("b", "b3", "b3", lap=None, now=11.0) is Verdict.ASIDE  # b2 still out
+    assert gate.admit("b", "b2", "b2", lap="new", now=11.0) is Verdict.RUN
+    assert gate.admit("c", "c1", "c1", lap=None, now=11.0) is Verdict.RUN  # calm: no lap
