@@ -208,7 +208,7 @@ async def test_changing_partitions_is_refused_while_events_are_queued_then_appli
         assert await queue_depth(amqp_url, f"{prefix}.fulfillment.p3") == 0  # nothing made
         async with running(amqp_url, two, "fulfillment", rec.router("a", lambda e, c: False)):
             await wait_for(lambda: rec.ok_count() == 1, message="drained")
-        steps = await _plan(amqp_url, four, prune=False, execute=True)
+        steps, _refused = await _plan(amqp_url, four, prune=False, execute=True)
         made = [s.decl.key for s in steps if s.action is Action.CREATE]
         assert f"queue {prefix}.fulfillment.p3" in made
         async with running(amqp_url, four, "fulfillment", rec.router("a", lambda e, c: False)):
