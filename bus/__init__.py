@@ -1,7 +1,8 @@
 """bus: a Python event bus over RabbitMQ.
 
 from bus import Publisher, SyncPublisher, Outbox, Router, Context, Reject
-(SyncContext, ProcessContext: the ctx of thread and process handlers)
+(SyncContext, ProcessContext: the ctx of thread and process handlers; Saga, SagaContext:
+long-lived flows, one instance per key)
 """
 
 from bus.consume.batches import BatchContext
@@ -23,6 +24,7 @@ from bus.errors import (
 from bus.outbox import Outbox
 from bus.produce.publisher import Publisher
 from bus.produce.sync import SyncPublisher
+from bus.sagas import Saga, SagaContext
 
 __all__ = [
     "BatchContext",
@@ -39,6 +41,8 @@ __all__ = [
     "Publisher",
     "Reject",
     "Router",
+    "Saga",
+    "SagaContext",
     "SyncContext",
     "SyncPublisher",
     "TopologyError",
