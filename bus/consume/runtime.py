@@ -34,8 +34,9 @@ from bus.durations import label
 from bus.errors import ConfigError
 from bus.metrics import Metrics
 from bus.produce.publisher import Publisher
+from bus.sagas.hosting import Hosted, host_sagas
 from bus.settings import DEFAULT_RECONNECT_INTERVAL
-from bus.stores.base import DEFAULT_LEASE, Store
+from bus.stores.base import DEFAULT_LEASE, DEFAULT_SAGA_RETENTION, Store
 from bus.topology.model import Subscriber, Topology
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,11 @@ class Runtime:
         handoff: HandOffFactory = HandOff,
         consumer_timeout: float = 1800.0,
         reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL,
+        saga_retention: float = DEFAULT_SAGA_RETENTION,
     ) -> None:
         """*consumer_timeout*: the broker's, in seconds; a `timeout` not below it is refused
-        (ConfigError), and without a `timeout` a handler past half of it is warned about."""
+        (ConfigError), and without a `timeout` a handler past half of it is warned about.
+        *saga_retention*: seconds a completed saga instance is kept."""
         self.topology = topology
         self.sub = topology.subscriber(name)
         refuse_timeout_at_or_over(self.sub, consumer_timeout)
@@ -91,6 +94,8 @@ class Runtime:
         self.metrics = metrics or Metrics.default()
         self.lease = lease
         self.reconnect_interval = reconnect_interval
+        self.saga_retention = saga_retention
+        self._sagas: Hosted | None = None
         self._make_handoff = handoff
         self._connection: AbstractRobustConnection | None = None  # consuming and acks
         # follow-ups and retry hand-offs: under a broker alarm RabbitMQ stops reading a
@@ -125,9 +130,16 @@ class Runtime:
             connection=self._publishing,
         )  # fmt: skip
         await self._publisher.connect()
+        if self.router.sagas:
+            self._sagas = await host_sagas(
+                self.sub.name, self.router.sagas, self.store, topology=self.topology,
+                url=self.url, check=self._publisher.check, sends=self._publisher,
+                metrics=self.metrics, retention=self.saga_retention,
+                reconnect_interval=self.reconnect_interval,
+            )  # fmt: skip
         self._dispatcher = Dispatcher(
             self.topology, self.sub, self.router, self._claims, self._publisher,
-            observe=self._observe,
+            observe=self._observe, sagas=self._sagas.host if self._sagas else None,
         )  # fmt: skip
         await self._dispatcher.start()
         self._handoff = self._make_handoff(
@@ -204,6 +216,9 @@ class Runtime:
         if self._dispatcher is not None:  # its pools: threads and processes
             await self._dispatcher.close(1.0 if drained else 0.0)
         await self._claims.stop()
+        if self._sagas is not None:  # the relay finishes its batch; the rest waits in the store
+            await self._sagas.close()
+            self._sagas = None
         if self._publisher is not None:
             await self._publisher.close()
         for connection in (self._connection, self._publishing):

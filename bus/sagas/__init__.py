@@ -38,7 +38,7 @@ async def open_saga_store(store: Any, outbox: Any = None) -> SagaStore:
         found = getattr(store, "sagas", None)  # one per memory store: its processes' view
         if found is None:
             found = store.sagas = MemorySagaStore()
-        return found  # type: ignore[no-any-return]
+        return found
     raise ConfigError(f"sagas cannot keep their state in a {kind}")
 
 

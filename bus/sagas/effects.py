@@ -129,7 +129,7 @@ class Effects:
         waits = [asyncio.ensure_future(self._stop.wait())]
         if wake is not None:
             waits.append(asyncio.ensure_future(wake.wait()))
-        _, pending = await asyncio.wait(waits, timeout=seconds, return_when="FIRST_COMPLETED")
+        await asyncio.wait(waits, timeout=seconds, return_when="FIRST_COMPLETED")
         for w in waits:
             w.cancel()
 

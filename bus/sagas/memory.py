@@ -53,7 +53,7 @@ class MemorySagaStore:
             PendingTimeout(tm.id, tm.type, t.at + tm.seconds) for tm in t.timeouts
         )
 
-    async def list(
+    async def instances(
         self, subscriber: str, saga: str | None = None, status: str | None = None,
         limit: int = 100,
     ) -> list[Instance]:  # fmt: skip

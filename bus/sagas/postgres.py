@@ -77,7 +77,7 @@ class PostgresSagaStore:
                 )  # fmt: skip
             await conn.execute(SQL["processed"], t.subscriber, t.event_id, t.at)
 
-    async def list(
+    async def instances(
         self, subscriber: str, saga: str | None = None, status: str | None = None,
         limit: int = 100,
     ) -> list[Instance]:  # fmt: skip
@@ -93,7 +93,8 @@ class PostgresSagaStore:
         return Detail(
             found,
             tuple(StepRecord(r[0], r[1], r[2], r[3]) for r in steps),
-            () if found.status != "running"
+            ()
+            if found.status != "running"
             else tuple(PendingTimeout(r[0], r[1], r[2]) for r in pending),
         )
 

@@ -117,10 +117,7 @@ class Saga(Generic[S]):
         """The instance key carried by *event* (a model or the decoded JSON)."""
         value: Any = event
         for part in self.key.split("."):
-            if isinstance(value, Mapping):
-                value = value.get(part)
-            else:
-                value = getattr(value, part, None)
+            value = value.get(part) if isinstance(value, Mapping) else getattr(value, part, None)
             if value is None:
                 raise Reject(f"saga {self.name!r}: the event has no key field {self.key!r}")
         return str(value)

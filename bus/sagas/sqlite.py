@@ -93,7 +93,7 @@ class SqliteSagaStore:
             )  # fmt: skip
         await db.execute(SQL["processed"], (t.subscriber, t.event_id, t.at))
 
-    async def list(
+    async def instances(
         self, subscriber: str, saga: str | None = None, status: str | None = None,
         limit: int = 100,
     ) -> list[Instance]:  # fmt: skip
@@ -111,7 +111,8 @@ class SqliteSagaStore:
         return Detail(
             found,
             tuple(StepRecord(r[0], r[1], r[2], r[3]) for r in steps),
-            () if found.status != "running"
+            ()
+            if found.status != "running"
             else tuple(PendingTimeout(r[0], r[1], r[2]) for r in pending),
         )
 

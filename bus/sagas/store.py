@@ -91,7 +91,7 @@ class SagaStore(Protocol):
         """Apply *t* in one transaction; `Conflict` when the version moved on."""
         ...
 
-    async def list(
+    async def instances(
         self, subscriber: str, saga: str | None = None, status: str | None = None,
         limit: int = 100,
     ) -> list[Instance]: ...  # fmt: skip

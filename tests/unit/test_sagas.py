@@ -8,24 +8,51 @@ import pytest
 
 from bus.testing import TestBus
 from bus.topology.model import Topology, from_dict
-from tests import saga_handlers
 
-KEYED = {"type": "object", "required": ["refund_id"], "properties": {"refund_id": {"type": "string"}}}
+KEYED = {
+    "type": "object",
+    "required": ["refund_id"],
+    "properties": {"refund_id": {"type": "string"}},
+}
 
 
 def topology() -> Topology:
-    events = ["refund.requested", "payment.refund_requested", "payment.refunded",
-              "refund.expired", "refund.completed", "refund.failed", "refund.counted"]
-    return from_dict({
-        "version": 1,
-        "exchanges": {"events": {"type": "topic"}},
-        "events": {e: {"exchange": "events", "schema": KEYED} for e in events},
-        "subscribers": {
-            "refunds": {"handlers": "tests.saga_handlers:router", "bindings": [{"exchange": "events", "keys": [
-                "refund.requested", "payment.refunded", "refund.expired", "refund.counted"]}]},
-            "audit": {"handlers": "tests.integration.helpers:EMPTY", "bindings": [{"exchange": "events", "keys": ["#"]}]},
-        },
-    })
+    events = [
+        "refund.requested",
+        "payment.refund_requested",
+        "payment.refunded",
+        "refund.expired",
+        "refund.completed",
+        "refund.failed",
+        "refund.counted",
+    ]
+    return from_dict(
+        {
+            "version": 1,
+            "exchanges": {"events": {"type": "topic"}},
+            "events": {e: {"exchange": "events", "schema": KEYED} for e in events},
+            "subscribers": {
+                "refunds": {
+                    "handlers": "tests.saga_handlers:router",
+                    "bindings": [
+                        {
+                            "exchange": "events",
+                            "keys": [
+                                "refund.requested",
+                                "payment.refunded",
+                                "refund.expired",
+                                "refund.counted",
+                            ],
+                        }
+                    ],
+                },
+                "audit": {
+                    "handlers": "tests.integration.helpers:EMPTY",
+                    "bindings": [{"exchange": "events", "keys": ["#"]}],
+                },
+            },
+        }
+    )
 
 
 async def published(tb: TestBus, subscriber: str = "audit") -> list[str]:
@@ -73,7 +100,7 @@ async def test_the_same_start_twice_makes_one_instance(tb: TestBus) -> None:
     await tb.publish("refund.requested", {"refund_id": "r-4", "amount": 9}, id="e-other")
     await tb.settle()
     assert tb.duplicates("refunds") == ["e-1"]
-    status, state = tb.saga("refund", "r-4")
+    _, state = tb.saga("refund", "r-4")
     assert state.amount == 1
 
 
