@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from bus.cli import demo, dlq, entry, export, ops, outbox, run, scheduler, topology, ui
+from bus.cli import demo, dlq, entry, export, ops, outbox, run, saga, scheduler, topology, ui
 from bus.cli.common import state, version_option
 
 app = typer.Typer(
@@ -20,7 +20,7 @@ app.add_typer(topology.app, name="topology")
 app.add_typer(dlq.app, name="dlq")
 run.register(app)
 ops.register(app)
-for _module in (export, demo, scheduler, outbox, ui):
+for _module in (export, demo, scheduler, outbox, ui, saga):
     _module.register(app, topology.app)
 
 

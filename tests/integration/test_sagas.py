@@ -129,7 +129,7 @@ async def test_the_refund_flow_completes_and_its_late_timeout_is_ignored(
         assert found.timeouts == ()
         # the 2 s timeout fires after the completion: acked, ignored, no compensation
         await wait_for(lambda: steps(metrics, "ignored") == 1, 20, "the late timeout, ignored")
-    counts = await audit.types()
+        counts = await audit.types()
     assert counts["refund.failed"] == 0 and counts["payment.refund_requested"] == 1
     assert (await status_of(store_url, "r-1"))[1]["status"] == "done"  # type: ignore[index]
 
@@ -166,10 +166,10 @@ async def test_one_instance_per_key_and_no_saga_parks(
         [parked] = await get_all(amqp_url, dlq)
         assert parked.headers["bus-dead-reason"] == "no-saga"
         assert parked.message_id == "e-x"
+        await wait_for(lambda: _has(audit, "payment.refund_requested"), 10, "the refund request")
+        assert (await audit.types())["payment.refund_requested"] == 1
     assert (await status_of(store_url, "r-3"))[1]["amount"] == 1  # type: ignore[index]
     assert await status_of(store_url, "nobody") is None
-    await wait_for(lambda: _has(audit, "payment.refund_requested"), 10, "the refund request")
-    assert (await audit.types())["payment.refund_requested"] == 1
 
 
 async def test_twenty_concurrent_steps_over_two_replicas_lose_no_update(
@@ -248,7 +248,7 @@ async def test_a_sigkill_before_or_after_the_commit_applies_each_step_once(
             finally:
                 proc.send_signal(signal.SIGTERM)
                 assert await asyncio.to_thread(proc.wait, 30) == 0
-    counts = await audit.types()
+        counts = await audit.types()
     assert counts["payment.refund_requested"] == 1 and counts["refund.completed"] == 1
     found = await detail(store_url, "r-5")
     assert found is not None and found.instance.status == "completed"
