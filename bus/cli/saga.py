@@ -30,7 +30,9 @@ def _object(i: Instance, d: Detail | None = None) -> dict[str, Any]:
         "version": i.version, "created_at": _time(i.created_at), "updated_at": _time(i.updated_at),
     }  # fmt: skip
     if d is not None:
-        out["steps"] = [{"event_id": s.event_id, "type": s.type, "at": _time(s.at)} for s in d.steps]
+        out["steps"] = [
+            {"event_id": s.event_id, "type": s.type, "at": _time(s.at)} for s in d.steps
+        ]
         out["timeouts"] = [{"id": t.id, "type": t.type, "due_at": _time(t.due_at)}
                            for t in d.timeouts]  # fmt: skip
     return out
@@ -59,7 +61,9 @@ async def _details(store_url: str, subscriber: str, saga: str | None, key: str |
 def list_(
     subscriber: str = typer.Argument(..., help="The subscriber hosting the sagas."),
     saga: str | None = typer.Option(None, "--saga", help="Only this saga (default: all)."),
-    status: str | None = typer.Option(None, "--status", help="running or completed (default: both)"),
+    status: str | None = typer.Option(
+        None, "--status", help="running or completed (default: both)"
+    ),
     limit: int = typer.Option(100, "--limit", help="At most this many, newest first."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
     store_url: str | None = StoreUrlOption,

@@ -32,7 +32,11 @@ from tests.integration.outbox_kit import fresh_postgres
 
 pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
 
-KEYED = {"type": "object", "required": ["refund_id"], "properties": {"refund_id": {"type": "string"}}}
+KEYED = {
+    "type": "object",
+    "required": ["refund_id"],
+    "properties": {"refund_id": {"type": "string"}},
+}
 TYPES = ["refund.requested", "payment.refund_requested", "payment.refunded", "refund.expired",
          "refund.completed", "refund.failed", "refund.counted"]  # fmt: skip
 STEPS = ["refund.requested", "payment.refunded", "refund.expired", "refund.counted"]
@@ -113,7 +117,9 @@ async def test_the_refund_flow_completes_and_its_late_timeout_is_ignored(
     async with applied(amqp_url, topology), replica(amqp_url, topology, store_url) as metrics:
         async with Publisher(amqp_url, topology) as pub:
             await pub.publish("refund.requested", {"refund_id": "r-1", "amount": 40}, id="e-1")
-            await wait_for(lambda: _has(audit, "payment.refund_requested"), 15, "the refund request")
+            await wait_for(
+                lambda: _has(audit, "payment.refund_requested"), 15, "the refund request"
+            )
             assert (await status_of(store_url, "r-1")) == (
                 "running", {"amount": 40, "status": "waiting", "count": 0}
             )  # fmt: skip
@@ -184,12 +190,8 @@ async def test_twenty_concurrent_steps_over_two_replicas_lose_no_update(
         async with Publisher(amqp_url, topology) as pub:
             await pub.publish("refund.requested", {"refund_id": "r-4"}, id="e-0")
             await wait_for(lambda: status_of(store_url, "r-4"), 15, "the instance")
-            await pub.publish_many(
-                [("refund.counted", {"refund_id": "r-4"}) for _ in range(20)]
-            )
-        await wait_for(
-            lambda: _count_is(store_url, "r-4", 20), 30, "the counter to reach 20"
-        )
+            await pub.publish_many([("refund.counted", {"refund_id": "r-4"}) for _ in range(20)])
+        await wait_for(lambda: _count_is(store_url, "r-4", 20), 30, "the counter to reach 20")
         assert steps(one, "ok") + steps(two, "ok") == 21
     found = await detail(store_url, "r-4")
     assert found is not None and len(found.steps) == 21
@@ -238,7 +240,9 @@ async def test_a_sigkill_before_or_after_the_commit_applies_each_step_once(
         async with Publisher(amqp_url, topology) as pub:
             await pub.publish("refund.requested", {"refund_id": "r-5", "amount": 3}, id="e-1")
             code = await asyncio.to_thread(proc.wait, 30)
-            assert code == -signal.SIGKILL, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            assert code == -signal.SIGKILL, (
+                proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            )
             proc = spawn(tmp_path, topo, amqp_url, store_url)
             try:
                 await wait_for(lambda: _has(audit, "payment.refund_requested"), 30, "the request")
