@@ -1,7 +1,8 @@
 """bus: a Python event bus over RabbitMQ.
 
 from bus import Publisher, SyncPublisher, Outbox, Router, Context, Reject
-(SyncContext, ProcessContext: the ctx of thread and process handlers)
+(SyncContext, ProcessContext: the ctx of thread and process handlers; Saga, SagaContext:
+long-lived flows, one instance per key)
 """
 
 __version__ = "0.1.0"  # the one place: pyproject.toml reads it, `bus --version` prints it
@@ -27,6 +28,7 @@ from bus.history import History, HistoryEvent
 from bus.outbox import Outbox
 from bus.produce.publisher import Publisher
 from bus.produce.sync import SyncPublisher
+from bus.sagas import Saga, SagaContext
 
 __all__ = [
     "BatchContext",
@@ -46,6 +48,8 @@ __all__ = [
     "Publisher",
     "Reject",
     "Router",
+    "Saga",
+    "SagaContext",
     "SyncContext",
     "SyncPublisher",
     "TopologyError",

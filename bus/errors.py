@@ -121,3 +121,9 @@ class Reject(Exception):
     def __init__(self, reason: str = "rejected by handler") -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class NoSaga(Reject):
+    """An event for a saga instance that does not exist, and that starts none: parked."""
+
+    dead_reason = "no-saga"

@@ -76,6 +76,26 @@ class Metrics:
             "Seconds the longest-held key of an ordered subscriber has waited",
             ["subscriber"], registry=r,
         )  # fmt: skip
+        self.saga_instances = Gauge(
+            "bus_saga_instances", "Saga instances in the store, by status (running|completed)",
+            ["subscriber", "saga", "status"], registry=r,
+        )  # fmt: skip
+        self.saga_steps = Counter(
+            "bus_saga_steps_total",
+            "Saga events handled, by outcome (ok|ignored|no-saga)",
+            ["subscriber", "saga", "outcome"],
+            registry=r,
+        )
+        self.saga_conflicts = Counter(
+            "bus_saga_conflicts_total",
+            "Saga steps run again because another step of the instance committed first",
+            ["subscriber", "saga"],
+            registry=r,
+        )
+        self.saga_step_seconds = Histogram(
+            "bus_saga_step_seconds", "Saga step time, from load to commit (reruns included)",
+            ["subscriber", "saga"], registry=r,
+        )  # fmt: skip
         self.relay_published = Counter(
             "bus_relay_published_total", "Outbox rows published and removed", ["type"], registry=r
         )

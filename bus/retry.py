@@ -42,6 +42,7 @@ class DeadReason(StrEnum):
     REJECTED = "rejected"
     INVALID = "invalid"
     NO_HANDLER = "no-handler"
+    NO_SAGA = "no-saga"  # an event for no saga instance that starts none
     DELIVERY_LIMIT = "delivery-limit"  # parked by the broker (quorum x-delivery-limit)
 
 

@@ -22,6 +22,7 @@ DEFAULT_RECONNECT_INTERVAL = 1.0  # aio-pika's 5 s is too long for a dropped con
 DEFAULT_GRACE_PERIOD = 25.0  # below Kubernetes' default terminationGracePeriodSeconds (30)
 DEFAULT_CLAIM_LEASE = 30.0
 DEFAULT_STORE_RETENTION = 7 * 86400.0
+DEFAULT_SAGA_RETENTION = 7 * 86400.0  # completed saga instances are kept this long
 DEFAULT_GAUGE_INTERVAL = 5.0
 DEFAULT_SCHEDULER_LOCK = "bus.scheduler.lock"
 
@@ -31,6 +32,7 @@ SECONDS = {
     "BUS_GRACE_PERIOD": ("grace_period", DEFAULT_GRACE_PERIOD),
     "BUS_CLAIM_LEASE_SECONDS": ("claim_lease", DEFAULT_CLAIM_LEASE),
     "BUS_STORE_RETENTION_SECONDS": ("store_retention", DEFAULT_STORE_RETENTION),
+    "BUS_SAGA_RETENTION_SECONDS": ("saga_retention", DEFAULT_SAGA_RETENTION),
     "BUS_GAUGE_INTERVAL": ("gauge_interval", DEFAULT_GAUGE_INTERVAL),
 }
 TEXT = {
@@ -62,6 +64,7 @@ class Settings(BaseModel):
     grace_period: float = DEFAULT_GRACE_PERIOD
     claim_lease: float = DEFAULT_CLAIM_LEASE
     store_retention: float = DEFAULT_STORE_RETENTION
+    saga_retention: float = DEFAULT_SAGA_RETENTION
     gauge_interval: float = DEFAULT_GAUGE_INTERVAL
     log_format: str = "text"
     log_level: str = "INFO"

@@ -59,6 +59,7 @@ from bus.ordering.gate import Ended, Gate, Verdict
 from bus.ordering.partitions import HELD_BY, LAP, key_of
 from bus.produce.publisher import DELAY_HEADER, Publisher
 from bus.retry import attempt_of
+from bus.sagas import MemorySagaStore, SagaHost
 from bus.stores.base import DEFAULT_LEASE
 from bus.stores.memory import MemoryStore
 from bus.topology.delays import Delay, seconds_of
@@ -163,15 +164,22 @@ class TestBus:
         self._routers: list[Router] = []
         self._epoch = datetime.now(UTC)
         self._now = 0.0
+        self.saga_store = MemorySagaStore()
+        self._saga_hosts: dict[str, SagaHost] = {}
         for name in running:
             router = (routers or {}).get(name) or import_router(self._subs[name].handlers)
             self._routers.append(router)
+            if router.sagas:  # same host as `bus run`, its effects sent after each commit
+                self._saga_hosts[name] = SagaHost(
+                    name, router.sagas, self.saga_store, self._publisher(name).check,
+                    sends=_Source(self, name), clock=lambda: self._clock().timestamp(),
+                )  # fmt: skip
             self._dispatchers[name] = Dispatcher(
                 self.topology, self._subs[name], router,
                 Claims(self.store, name, DEFAULT_LEASE), _Source(self, name), clock=self._clock,
                 runner=Runner.for_subscriber(self._subs[name], clock=self._virtual,
                                              sleep=self._advance),
-                batch_timer=False,
+                batch_timer=False, sagas=self._saga_hosts.get(name),
             )  # fmt: skip
         self._ready: deque[tuple[str, _Message]] = deque()
         self._waiting: dict[str, list[_Message]] = {n: [] for n in names}  # not running
@@ -220,6 +228,17 @@ class TestBus:
     def duplicates(self, subscriber: str) -> list[str]:
         """Ids delivered again after they were processed: acked without running the handler."""
         return list(self._duplicates[self._known(subscriber)])
+
+    def saga(self, name: str, key: str) -> tuple[str, Any] | None:
+        """`(status, state)` of the instance *key* of saga *name` ("running" or "completed",
+        the state model), or None when there is none."""
+        for subscriber, host in self._saga_hosts.items():
+            saga = host.sagas.get(name)
+            if saga is None:
+                continue
+            found = self.saga_store.get(subscriber, name, key)
+            return None if found is None else (found.status, saga.load_state(found.state))
+        raise KeyError(f"no running subscriber hosts a saga named {name!r}")
 
     def pending(self, subscriber: str) -> int:
         """Messages waiting for *subscriber*: ready, on the retry ladder, or not running."""

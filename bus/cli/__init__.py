@@ -16,6 +16,7 @@ from bus.cli import (
     ops,
     outbox,
     run,
+    saga,
     scheduler,
     topology,
     ui,
@@ -32,7 +33,7 @@ app.add_typer(topology.app, name="topology")
 app.add_typer(dlq.app, name="dlq")
 run.register(app)
 ops.register(app)
-for _module in (export, demo, scheduler, outbox, ui, history):
+for _module in (export, demo, scheduler, outbox, ui, history, saga):
     _module.register(app, topology.app)
 
 

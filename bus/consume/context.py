@@ -42,7 +42,7 @@ class Context:
     """Passed to every handler as its second argument."""
 
     __slots__ = ("_log", "_published", "attempt", "headers", "meta", "publisher", "routing_key",
-                 "subscriber")  # fmt: skip
+                 "sagas", "subscriber")  # fmt: skip
 
     def __init__(
         self,
@@ -52,6 +52,7 @@ class Context:
         routing_key: str,
         headers: Mapping[str, Any],
         publisher: Publishes,
+        sagas: Any = None,
     ) -> None:
         self.meta = meta
         self.attempt = attempt
@@ -59,6 +60,7 @@ class Context:
         self.routing_key = routing_key
         self.headers = headers
         self.publisher = publisher
+        self.sagas = sagas  # the subscriber's saga host (bus.sagas), if it hosts sagas
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
         self._published: Counter[str] | None = None
 

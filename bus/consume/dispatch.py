@@ -141,10 +141,12 @@ class Dispatcher:
         observe: Callable[[str, float], None] | None = None,
         runner: Runner | None = None,
         batch_timer: bool = True,
+        sagas: Any = None,
     ) -> None:
         """*runner* runs handlers where they belong, within limits (default: the one *sub*
         asks for, on the real clock); `close()` closes it. *batch_timer* False: a batch runs
-        only when full or on `flush_batches()` (TestBus)."""
+        only when full or on `flush_batches()` (TestBus). *sagas* (a `bus.sagas.SagaHost`)
+        runs the steps of the router's sagas: their handlers find it as `ctx.sagas`."""
         self.topology = topology
         self.sub = sub
         self.router = router
@@ -152,6 +154,7 @@ class Dispatcher:
         self.publisher = publisher
         self.clock = clock
         self.observe = observe  # (event type, handler seconds), after every handler run
+        self.sagas = sagas
         self.runner = runner or Runner.for_subscriber(sub)
         self._plain = self.runner.plain
         self._batch_timer = batch_timer
@@ -196,7 +199,8 @@ class Dispatcher:
         event: Any,
         attempt: int,
     ) -> Outcome:
-        ctx = Context(meta, attempt, self.sub.name, m.routing_key, headers, self.publisher)
+        ctx = Context(meta, attempt, self.sub.name, m.routing_key, headers, self.publisher,
+                      self.sagas)  # fmt: skip
         key = meta.id if H_AGAIN not in headers else idempotency_key(meta.id, headers)
         claim = await self.claims.claim(key)
         if claim is Claim.DONE:
@@ -221,7 +225,8 @@ class Dispatcher:
         except Reject as exc:
             await self.claims.release(key)
             ctx.log.warning("rejected %s %s: %s", meta.type, meta.id, exc.reason)
-            return self._fail(m, dead(self.sub, DeadReason.REJECTED), attempt, handler, exc,
+            reason = DeadReason(getattr(exc, "dead_reason", DeadReason.REJECTED))
+            return self._fail(m, dead(self.sub, reason), attempt, handler, exc,
                               meta.type)  # fmt: skip
         except Exception as exc:
             await self.claims.release(key)

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from bus.durations import parse_ms
+from bus.sagas.saga import Saga, Step
 from bus.topology.routing import is_pattern, matches
 
 HandlerFunc = Callable[[Any, Any], Any]  # async def, or a plain def (thread or process)
@@ -58,6 +59,7 @@ class Router:
 
     def __init__(self) -> None:
         self._handlers: list[Handler] = []
+        self.sagas: list[Saga[Any]] = []
         self._cache: dict[str, Handler | None] = {}
         self.shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
 
@@ -104,6 +106,20 @@ class Router:
 
         return register
 
+    def include_saga(self, saga: Saga[Any]) -> None:
+        """Host *saga*: each of its steps handles its event type (one of the subscriber's
+        bindings), one instance per key, in the subscriber's store."""
+        if any(s.name == saga.name for s in self.sagas):
+            raise TypeError(f"saga {saga.name!r} is included twice")
+        self.sagas.append(saga)
+        for step in saga.steps:
+            self._add_step(step)
+        saga.on_step(self._add_step)  # steps declared after the include
+
+    def _add_step(self, step: Step) -> None:
+        self._handlers.append(Handler(step.event_type, step.name, step.handle, step.adapter))
+        self._cache.clear()
+
     @property
     def executors(self) -> set[Executor]:
         """The executors its handlers need."""
@@ -117,6 +133,9 @@ class Router:
     def include(self, other: Router) -> None:
         """Add every handler of *other* (for splitting a service's handlers over modules)."""
         self._handlers.extend(other._handlers)
+        for saga in other.sagas:
+            self.sagas.append(saga)
+            saga.on_step(self._add_step)
         self.shutdown_hooks.extend(other.shutdown_hooks)
         self._cache.clear()
 

@@ -42,8 +42,9 @@ from bus.ordering.partitioner import Partitioner
 from bus.ordering.partitions import partition_of
 from bus.ordering.reporter import Reporter
 from bus.produce.publisher import Publisher
+from bus.sagas.hosting import Hosted, host_sagas
 from bus.settings import DEFAULT_RECONNECT_INTERVAL
-from bus.stores.base import DEFAULT_LEASE, HoldStore, Store
+from bus.stores.base import DEFAULT_LEASE, DEFAULT_SAGA_RETENTION, HoldStore, Store
 from bus.topology.model import Subscriber, Topology
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,11 @@ class Runtime:
         handoff: HandOffFactory = HandOff,
         consumer_timeout: float = 1800.0,
         reconnect_interval: float = DEFAULT_RECONNECT_INTERVAL,
+        saga_retention: float = DEFAULT_SAGA_RETENTION,
     ) -> None:
         """*consumer_timeout*: the broker's, in seconds; a `timeout` not below it is refused
-        (ConfigError), and without a `timeout` a handler past half of it is warned about."""
+        (ConfigError), and without a `timeout` a handler past half of it is warned about.
+        *saga_retention*: seconds a completed saga instance is kept."""
         self.topology = topology
         self.sub = topology.subscriber(name)
         refuse_timeout_at_or_over(self.sub, consumer_timeout)
@@ -99,6 +102,8 @@ class Runtime:
         self.metrics = metrics or Metrics.default()
         self.lease = lease
         self.reconnect_interval = reconnect_interval
+        self.saga_retention = saga_retention
+        self._sagas: Hosted | None = None
         self._make_handoff = handoff
         self._connection: AbstractRobustConnection | None = None  # consuming and acks
         # follow-ups and retry hand-offs: under a broker alarm RabbitMQ stops reading a
@@ -141,9 +146,16 @@ class Runtime:
             connection=self._publishing,
         )  # fmt: skip
         await self._publisher.connect()
+        if self.router.sagas:
+            self._sagas = await host_sagas(
+                self.sub.name, self.router.sagas, self.store, topology=self.topology,
+                url=self.url, check=self._publisher.check, sends=self._publisher,
+                metrics=self.metrics, retention=self.saga_retention,
+                reconnect_interval=self.reconnect_interval,
+            )  # fmt: skip
         self._dispatcher = Dispatcher(
             self.topology, self.sub, self.router, self._claims, self._publisher,
-            observe=self._observe,
+            observe=self._observe, sagas=self._sagas.host if self._sagas else None,
         )  # fmt: skip
         await self._dispatcher.start()
         self._handoff = self._make_handoff(
@@ -234,16 +246,7 @@ class Runtime:
         Returns False when handlers were still running at the deadline (their messages are
         not acked and the broker redelivers them).
         """
-        self._stopping = True
-        self.metrics.ready.labels(self.sub.name).set_function(lambda: 0.0)  # and forget us
-        if self._consumer is not None:
-            await self._consumer.cancel()
-        for consumer in self._consumers:
-            await consumer.cancel()
-        if self.reporter is not None:
-            await self.reporter.stop()
-        if self._dispatcher is not None:  # waiting batches run now, not at their flush
-            self._dispatcher.flush_batches()
+        await self._stop_consuming()
         drained = True
         try:  # wait_for(..., 0) times out even on a set event: ask first
             if not self._idle.is_set():
@@ -254,15 +257,35 @@ class Runtime:
         await self._acks.drain()
         if self._watchdog is not None:
             await self._watchdog.stop()
+        await self._close(drained)
+        return drained
+
+    async def _stop_consuming(self) -> None:
+        """No new deliveries: cancel every consumer; waiting batches run now."""
+        self._stopping = True
+        self.metrics.ready.labels(self.sub.name).set_function(lambda: 0.0)  # and forget us
+        if self._consumer is not None:
+            await self._consumer.cancel()
+        for consumer in self._consumers:
+            await consumer.cancel()
+        if self.reporter is not None:
+            await self.reporter.stop()
+        if self._dispatcher is not None:  # waiting batches run now, not at their flush
+            self._dispatcher.flush_batches()
+
+    async def _close(self, drained: bool) -> None:
+        """After the drain: the pools, the claims, the sagas' relay, the connections."""
         if self._dispatcher is not None:  # its pools: threads and processes
             await self._dispatcher.close(1.0 if drained else 0.0)
         await self._claims.stop()
+        if self._sagas is not None:  # the relay finishes its batch; the rest waits in the store
+            await self._sagas.close()
+            self._sagas = None
         if self._publisher is not None:
             await self._publisher.close()
         for connection in (self._connection, self._publishing):
             if connection is not None and not connection.is_closed:
                 await connection.close()
-        return drained
 
     # -- one delivery ------------------------------------------------------------------------
 

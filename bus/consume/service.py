@@ -72,7 +72,7 @@ async def serve(
     runtime = Runtime(
         topology, name, router, url=settings.url, store=store, metrics=metrics, lease=lease,
         handoff=handoff, consumer_timeout=consumer_timeout,
-        reconnect_interval=settings.reconnect_interval,
+        reconnect_interval=settings.reconnect_interval, saga_retention=settings.saga_retention,
     )  # fmt: skip
     http = None
     gauges = None

@@ -10,6 +10,7 @@ from typing import Protocol, runtime_checkable
 # process blocks the id for at most this long.
 DEFAULT_LEASE = 30.0
 DEFAULT_RETENTION = 7 * 86400.0
+DEFAULT_SAGA_RETENTION = 7 * 86400.0  # completed saga instances are kept this long
 
 
 class Claim(StrEnum):

@@ -65,6 +65,8 @@ class PostgresStore:
                 await conn.execute(sql.CREATE_INDEX)
                 await conn.execute(sql.ADD_OWNER_IF_MISSING)
                 await conn.execute(sql.CREATE_HOLDS)
+                for statement in sql.saga_ddl("jsonb"):
+                    await conn.execute(statement)
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(8164)")
         store = cls(pool, url)
@@ -74,6 +76,15 @@ class PostgresStore:
             await pool.close()
             raise DatabaseUnavailable(f"cannot reach the store at {redact(url)}: {exc}") from None
         return store
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The connection pool (the saga tables share the database)."""
+        return self._pool
+
+    @property
+    def url(self) -> str:
+        return self._url
 
     async def _lock_identity(self) -> None:
         conn = await asyncpg.connect(self._url, timeout=10)

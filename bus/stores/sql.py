@@ -81,3 +81,53 @@ def qmark(sql: str, n: int) -> str:
 
 def dollar(sql: str, n: int) -> str:
     return sql.format(*(f"${i}" for i in range(1, n + 1)))
+
+
+# Sagas (bus.sagas): one row per instance, one per step it ran, one per timeout it set. Made
+# with the processed table, in the same database, so that a step commits its state, its
+# processed mark and its outbox rows in one transaction.
+SAGA = "bus_saga"
+SAGA_STEP = "bus_saga_step"
+SAGA_TIMEOUT = "bus_saga_timeout"
+
+
+def saga_ddl(json_type: str) -> tuple[str, ...]:
+    """The saga tables; *json_type* is `jsonb` on PostgreSQL, `TEXT` on SQLite."""
+    return (
+        f"""CREATE TABLE IF NOT EXISTS {SAGA} (
+    subscriber  TEXT NOT NULL,
+    saga        TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    state       {json_type} NOT NULL,
+    version     BIGINT NOT NULL,
+    status      TEXT NOT NULL,
+    created_at  DOUBLE PRECISION NOT NULL,
+    updated_at  DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (subscriber, saga, key)
+)""",
+        f"CREATE INDEX IF NOT EXISTS {SAGA}_status ON {SAGA} (status, updated_at)",
+        f"""CREATE TABLE IF NOT EXISTS {SAGA_STEP} (
+    subscriber  TEXT NOT NULL,
+    saga        TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    version     BIGINT NOT NULL,
+    event_id    TEXT NOT NULL,
+    type        TEXT NOT NULL,
+    at          DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (subscriber, saga, key, version)
+)""",
+        f"""CREATE TABLE IF NOT EXISTS {SAGA_TIMEOUT} (
+    id             TEXT PRIMARY KEY,
+    subscriber     TEXT NOT NULL,
+    saga           TEXT NOT NULL,
+    key            TEXT NOT NULL,
+    type           TEXT NOT NULL,
+    data           TEXT NOT NULL,
+    due_at         DOUBLE PRECISION NOT NULL,
+    correlation_id TEXT,
+    causation_id   TEXT,
+    sent_at        DOUBLE PRECISION
+)""",
+        f"CREATE INDEX IF NOT EXISTS {SAGA_TIMEOUT}_unsent ON {SAGA_TIMEOUT} (due_at) "
+        "WHERE sent_at IS NULL",
+    )

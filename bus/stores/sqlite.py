@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 class SqliteStore:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
+        self.path = ""  # the database file, set by `open`
         self.owner = local_owner()  # this store's claims: this process
         # One connection serves every concurrent handler: a commit while another coroutine's
         # statement is still open fails ("cannot commit transaction - SQL statements in
@@ -46,12 +47,16 @@ class SqliteStore:
         await db.execute(sql.CREATE)
         await db.execute(sql.CREATE_INDEX)
         await db.execute(sql.CREATE_HOLDS)
+        for statement in sql.saga_ddl("TEXT"):
+            await db.execute(statement)
         columns = {row[1] for row in await db.execute_fetchall(f"PRAGMA table_info({sql.TABLE})")}
         if "owner" not in columns:
             with contextlib.suppress(sqlite3.OperationalError):  # another process was first
                 await db.execute(sql.ADD_OWNER)
         await db.commit()
-        return cls(db)
+        store = cls(db)
+        store.path = path
+        return store
 
     async def _write(self, statement: str, args: tuple[Any, ...]) -> Any:
         """Run one statement; returns its first row (RETURNING), after a commit covering it."""

@@ -216,6 +216,9 @@ def test_asyncapi_receivers_follow_the_broker_routing(topology: Topology) -> Non
         ("fulfillment", "order.placed"),
         ("invoicing", "order.placed"),
         ("orders", "shipment.requested"),
+        ("refunds", "refund.requested"),
+        ("refunds", "payment.refunded"),
+        ("refunds", "refund.expired"),
         *(("analytics", e) for e in topology.events),
     }
     sends = {name for name, op in ops.items() if op["action"] == "send"}
@@ -259,7 +262,7 @@ def test_export_with_users_adds_users_and_permissions() -> None:
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert {u["name"] for u in doc["users"]} == {
-        "email", "analytics", "fulfillment", "invoicing", "orders", "producer",
+        "email", "analytics", "fulfillment", "invoicing", "orders", "refunds", "producer",
     }  # fmt: skip
 
 

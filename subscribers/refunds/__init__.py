@@ -1,0 +1,1 @@
+"""The refunds service: the refund flow, a saga (one instance per refund_id)."""
