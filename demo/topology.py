@@ -41,7 +41,8 @@ FLOW = ("order.placed", "shipment.requested", "invoice.rendered", "order.review_
 
 def demo_document(raw: Mapping[str, Any], prefix: str, delays: Sequence[str]) -> dict[str, Any]:
     """*raw* (a valid topology document) with its exchanges and queues renamed under *prefix*,
-    every retry ladder replaced by *delays*, and no schedules."""
+    every retry ladder replaced by *delays*, no schedules, and only the subscribers of the order
+    flow."""
     doc = copy.deepcopy(dict(raw))
     renamed = {name: f"{prefix}.{name}" for name in doc.get("exchanges") or {}}
     doc["exchanges"] = {renamed[n]: spec for n, spec in (doc.get("exchanges") or {}).items()}
@@ -57,6 +58,14 @@ def demo_document(raw: Mapping[str, Any], prefix: str, delays: Sequence[str]) ->
         if sub.get("retry"):
             sub["retry"]["delays"] = list(delays)
     doc.pop("schedules", None)
+    topology = from_dict(doc, source="demo")
+    flow = [t for t in FLOW if t in topology.events]
+    # the demo runs the order flow: a subscriber of other flows (refunds) would sit idle
+    doc["subscribers"] = {
+        s.name: doc["subscribers"][s.name]
+        for s in topology.subscribers()
+        if any(_receives(topology, s, t) for t in flow)
+    }
     return doc
 
 
