@@ -14,7 +14,13 @@ from pathlib import Path
 
 def _key(scenario: str) -> str:
     """A scenario without its run's own figures: "SIGKILLed x9" and "x12" are one row."""
-    return re.sub(r"\s*\(kill -> .*?\)|x\d+", "", scenario).strip()
+    return re.sub(r"\s*\(kill -> .*?\)|\s*x\d+", "", scenario).strip()
+
+
+def _recovery(scenario: str) -> str:
+    """The "kill -> first ..." time a failover scenario names, as "; kill → 0.4s"."""
+    found = re.search(r"\(kill -> [a-z ]*?([0-9.]+s)\)", scenario)
+    return f"; kill → {found.group(1)}" if found else ""
 
 
 def table(reports: dict[str, list[dict[str, object]]]) -> str:
@@ -29,7 +35,11 @@ def table(reports: dict[str, list[dict[str, object]]]) -> str:
         cells = []
         for v in versions:
             r = by_version.get(v)
-            cells.append(f"{r['handled']} / {r['lost']} / {r['seconds']}" if r else "not run")
+            cells.append(
+                f"{r['handled']} / {r['lost']} / {r['seconds']}{_recovery(str(r['scenario']))}"
+                if r
+                else "not in this pass"
+            )
         lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
