@@ -41,6 +41,7 @@ def _object(i: Instance, d: Detail | None = None) -> dict[str, Any]:
 async def _details(store_url: str, subscriber: str, saga: str | None, key: str | None,
                    status: str | None, limit: int) -> list[dict[str, Any]]:  # fmt: skip
     store = await open_store(store_url)
+    sagas = None
     try:
         sagas = await open_saga_store(store)
         if key is not None:
@@ -54,6 +55,8 @@ async def _details(store_url: str, subscriber: str, saga: str | None, key: str |
             out.append(_object(i, await sagas.detail(subscriber, i.saga, i.key, 0.0)))
         return out
     finally:
+        if sagas is not None:  # its own connection: left open, it keeps the process alive
+            await sagas.close()
         await store.close()
 
 

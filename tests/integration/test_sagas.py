@@ -78,7 +78,10 @@ async def detail(store_url: str, key: str) -> Detail | None:
     store = await open_store(store_url)
     try:
         sagas = await open_saga_store(store)
-        return await sagas.detail("refunds", "refund", key, 0.0)
+        try:
+            return await sagas.detail("refunds", "refund", key, 0.0)
+        finally:
+            await sagas.close()  # its own connection: an open one keeps the test process alive
     finally:
         await store.close()
 
