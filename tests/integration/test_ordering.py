@@ -251,7 +251,7 @@ async def test_status_and_metrics_show_the_active_consumer_and_the_held_keys(
         assert sample("bus_ordering_held_keys", labels) == 1
         assert 0 < (sample("bus_ordering_oldest_hold_seconds", labels) or 0) < 5
         try:
-            await wait_for(lambda: rec.handled().get("stuck") == [0, 1, 2], timeout=15,
+            await wait_for(lambda: rec.handled().get("stuck") == [0, 1, 2], timeout=60,
                            message="the key released")  # fmt: skip
         except BaseException:
             q = f"{prefix}.fulfillment"
