@@ -24,11 +24,19 @@ from bus.topology import apply as applier
 from bus.topology.model import Topology
 from bus.topology.plan import (
     Action,
+    QueueDecl,
     Step,
     desired,
     diff,
     is_delay_hand_off,
     is_delay_object,
+)
+
+DropOption = typer.Option(
+    False,
+    "--drop-messages",
+    help="With --prune: also delete queues no longer declared that still hold messages "
+    "(the messages are lost). Queues something consumes are never deleted.",
 )
 
 app = typer.Typer(
@@ -66,19 +74,21 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
-async def _plan(url: str, t: Topology, prune: bool, execute: bool) -> tuple[list[Step], list[str]]:
+async def _plan(
+    url: str, t: Topology, prune: bool, execute: bool, drop_messages: bool = False
+) -> tuple[list[Step], list[str]]:
     """The steps, and (when *execute*) the DLQ migrations that could not be made now."""
     conn = await connect_plain(url, "topology")
     try:
         want = desired(t, applier.release(conn))
         seen = await applier.observe(conn, want)
-        steps = diff(want, seen, prune=prune)
+        steps = diff(want, seen, prune=prune, drop_messages=drop_messages)
         moves = repartitions(t, seen)
         _report_moves(moves)
         busy = [m for m in moves if m.busy]
         if execute and busy:
             raise BusError(busy[0].refusal())
-        refused = await applier.apply(conn, steps, want) if execute else []
+        refused = await applier.apply(conn, steps, want, seen.removed) if execute else []
         await _backfill(conn, t, steps, execute)
         return steps, refused
     finally:
@@ -113,14 +123,20 @@ def _report_moves(moves: list[Repartition]) -> None:
         console.print(Text(m.line(), style="yellow" if m.busy else "cyan"), soft_wrap=True)
 
 
+_LEFTOVER = (Action.KEEP, Action.REFUSE, Action.DELETE)
+
+
 def _report(all_steps: list[Step], verb: str) -> int:
-    delay = [s for s in all_steps if is_delay_object(s.decl)]
-    steps = [s for s in all_steps if not is_delay_object(s.decl)]
+    # the shared delay levels are summed up in one line; an event's hand-off queue that is no
+    # longer declared is shown like any other leftover
+    shown = [s for s in all_steps if not is_delay_object(s.decl) or s.action in _LEFTOVER]
+    delay = [s for s in all_steps if s not in shown]
+    steps = shown
     changes = [s for s in steps if s.action is not Action.UNCHANGED]
     changes += [s for s in delay if s.action is Action.DRIFT]
     for s in changes:
         style = {"create": "green", "migrate": "cyan", "delete": "red", "drift": "bold red",
-                 "keep": "yellow"}[s.action]  # fmt: skip
+                 "keep": "yellow", "refuse": "bold yellow"}[s.action]  # fmt: skip
         # a Text, not markup: rich would swallow a binding's `[order.placed]` as a tag
         console.print(Text(s.line(), style=style), soft_wrap=True)
     unchanged = len(steps) - len(changes)
@@ -135,6 +151,8 @@ def _report(all_steps: list[Step], verb: str) -> int:
         summary += f", {counts[Action.DRIFT]} drifted (left alone: delete and re-apply to change)"
     if counts[Action.KEEP]:
         summary += f", {counts[Action.KEEP]} no longer declared (kept)"
+    if counts[Action.REFUSE]:
+        summary += f", {counts[Action.REFUSE]} refused (not empty or still consumed)"
     console.print(summary)
     fresh = sum(1 for s in delay if s.action is Action.CREATE)
     console.print(
@@ -147,32 +165,53 @@ def _report(all_steps: list[Step], verb: str) -> int:
 
 @app.command()
 def plan(
-    prune: bool = typer.Option(False, "--prune", help="Show what `apply --prune` would remove."),
+    prune: bool = typer.Option(
+        False, "--prune", help="Show what `apply --prune` would remove, with each queue's messages."
+    ),
+    drop_messages: bool = DropOption,
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,
 ) -> None:
     """Show what `apply` would create or change on the live broker (changes nothing)."""
     s = settings(url, topology)
-    steps, _ = run_async(_plan(s.url, topology_of(s), prune, execute=False))
+    steps, _ = run_async(_plan(s.url, topology_of(s), prune, False, drop_messages))
     _report(steps, "plan")
 
 
 @app.command()
 def apply(
     prune: bool = typer.Option(
-        False, "--prune", help="Remove empty queues and bindings no longer declared."
+        False,
+        "--prune",
+        help="Remove what the file no longer declares (removed subscribers' queues included): "
+        "empty queues nothing consumes, and bindings.",
     ),
+    drop_messages: bool = DropOption,
     topology: str | None = TopologyOption,
     url: str | None = UrlOption,
 ) -> None:
     """Create what the file declares and the broker lacks. Idempotent; drift is reported."""
     s = settings(url, topology)
-    steps, refused = run_async(_plan(s.url, topology_of(s), prune, execute=True))
+    steps, refused = run_async(_plan(s.url, topology_of(s), prune, True, drop_messages))
     code = _report(steps, "applied")
     for line in refused:
         console.print(Text(line, style="bold red"), soft_wrap=True)
-    if code or refused:
+    kept = [x for x in steps if x.action is Action.REFUSE and isinstance(x.decl, QueueDecl)]
+    if kept:
+        console.print(Text(_refusal(kept), style="bold red"), soft_wrap=True)
+    if code or refused or kept:
         raise typer.Exit(1)
+
+
+def _refusal(kept: list[Step]) -> str:
+    """One line: the queues `apply --prune` left, and what would let it delete them."""
+    full = [
+        f"{x.decl.name} ({x.detail.split(':')[0]})" for x in kept if isinstance(x.decl, QueueDecl)
+    ]
+    return (
+        f"not deleted: {', '.join(full)}; drain the queues (`bus dlq`, `bus status`) or add "
+        "--drop-messages, and stop what still consumes them"
+    )
 
 
 @app.command()

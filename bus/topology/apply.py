@@ -8,7 +8,6 @@ The failure closes only that throwaway channel.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,9 +18,8 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from bus.amqp import plumbing
 from bus.amqp.plumbing import close_quietly, queue_counts
-from bus.topology import migrate
+from bus.topology import migrate, records
 from bus.topology.plan import (
-    STATE_QUEUE_PREFIX,
     Action,
     BindingDecl,
     Decl,
@@ -31,6 +29,7 @@ from bus.topology.plan import (
     QueueDecl,
     Role,
     Step,
+    is_delay_hand_off,
     is_delay_object,
     is_history_object,
     retired_history,
@@ -48,15 +47,12 @@ def release(conn: AbstractConnection) -> Release:
 
 
 async def observe(conn: AbstractConnection, want: Sequence[Decl]) -> Observed:
-    """What exists of *want* (and of what the last apply recorded), without changing anything."""
-    recorded: list[Decl] = []
-    for main in _main_queues(want).values():
-        recorded += await read_record(conn, main)
-    for retired in retired_history(want):  # a log found by its name, once its exchange's
-        if await queue_depth(conn, retired.name) is not None:  # `history:` is gone
-            recorded.append(retired)
+    """What exists of *want* (and of what the last apply recorded, subscribers removed from the
+    file included), without changing anything."""
+    recorded, removed = await _recorded(conn, want)
     exchanges: set[str] = set()
     queues: dict[str, int] = {}
+    consumers: dict[str, int] = {}
     drift: dict[str, str] = {}
     seen: set[str] = set()
     for d in [*want, *recorded]:
@@ -70,13 +66,40 @@ async def observe(conn: AbstractConnection, want: Sequence[Decl]) -> Observed:
                 if problem:
                     drift[d.key] = problem
         elif isinstance(d, QueueDecl):
-            depth = await queue_depth(conn, d.name)
-            if depth is not None:
-                queues[d.name] = depth
-                problem = await _probe(conn, d)
-                if problem and d in want:
+            counts = await queue_counts(conn, d.name)
+            if counts is not None:
+                queues[d.name] = counts.messages
+                consumers[d.name] = counts.consumers
+                problem = await _probe(conn, d) if d in want else None
+                if problem:
                     drift[d.key] = problem
-    return Observed(frozenset(exchanges), queues, drift, tuple(recorded))
+    return Observed(frozenset(exchanges), queues, drift, tuple(recorded), consumers, tuple(removed))
+
+
+async def _recorded(conn: AbstractConnection, want: Sequence[Decl]) -> tuple[list[Decl], list[str]]:
+    """What the records of *want*'s subscribers name (bus.topology.records), and the queues of
+    the subscribers applied with them that the file no longer declares."""
+    mains = set(_main_queues(want).values())
+    recorded: list[Decl] = []
+    siblings: set[str] = set()
+    shared: dict[str, QueueDecl] = {}
+    for main in sorted(mains):
+        record = await records.read(conn, main)
+        if record is not None:
+            recorded += record.objects
+            siblings |= record.applied_with
+            shared.update((q.name, q) for q in record.shared)
+    removed = []
+    for main in sorted(siblings - mains):  # applied with ours, gone from the file since
+        record = await records.read(conn, main)
+        if record is not None and record.applied_with & mains:  # not since applied elsewhere
+            removed.append(main)
+            recorded += record.objects
+    wanted = {d.name for d in want if isinstance(d, QueueDecl)}
+    for retired in [*retired_history(want), *shared.values()]:  # a log or hand-off queue
+        if retired.name not in wanted and await queue_depth(conn, retired.name) is not None:
+            recorded.append(retired)  # of an exchange, a `history:` or an event now gone
+    return recorded, removed
 
 
 async def queue_depth(conn: AbstractConnection, name: str) -> int | None:
@@ -115,13 +138,21 @@ async def _declare(channel: AbstractChannel, decl: ExchangeDecl | QueueDecl) -> 
         await channel.declare_queue(decl.name, durable=True, arguments=dict(decl.arguments))
 
 
-async def apply(conn: AbstractConnection, steps: Sequence[Step], want: Sequence[Decl]) -> list[str]:
+async def apply(
+    conn: AbstractConnection,
+    steps: Sequence[Step],
+    want: Sequence[Decl],
+    removed: Sequence[str] = (),
+) -> list[str]:
     """Carry out *steps* (creations, DLQ migrations and prunes), then record *want* as what we
-    own; returns the DLQ migrations that could not be made now (one line each).
+    own; returns the DLQ migrations that could not be made now (one line each). *removed*
+    names the queues of subscribers gone from the file (`Observed.removed`): their records
+    keep what is left of them, or go once nothing is.
 
     Drifted objects are left alone: their steps carry the broker's complaint and the caller
     reports them. Bindings are idempotent, so every declared binding is asserted again.
     """
+    deleted: set[str] = set()
     channel = await conn.channel(publisher_confirms=False)
     try:
         for step in steps:
@@ -137,18 +168,31 @@ async def apply(conn: AbstractConnection, steps: Sequence[Step], want: Sequence[
             elif isinstance(d, ExchangeBindingDecl):
                 await raw.exchange_bind(d.destination, d.source, routing_key=d.routing_key)
         for step in steps:
-            if step.action is Action.DELETE:
-                await _delete(channel, step.decl)
+            if step.action is Action.DELETE and await _delete(channel, step):
+                deleted.add(step.decl.key)
     finally:
         await close_quietly(channel)
     refused = await _migrate(conn, steps, _main_queues(want))
+    left = [
+        s.decl
+        for s in steps
+        if s.action in (Action.KEEP, Action.REFUSE, Action.DRIFT)
+        or (s.action is Action.DELETE and s.decl.key not in deleted)
+    ]
+    pending = await _forget_removed(conn, removed, {d.key for d in left})
+    mains = _main_queues(want)
+    siblings = [*mains.values(), *pending]
+    shared = [
+        d
+        for d in [*want, *left]
+        if isinstance(d, QueueDecl) and (is_delay_hand_off(d) or d.role is Role.HISTORY)
+    ]
     owned = [
         d
         for d in want
         if d.key not in drifted and not is_delay_object(d) and not is_history_object(d)
     ]
-    owned += [s.decl for s in steps if s.action in (Action.KEEP, Action.DRIFT)]
-    mains = _main_queues(want)
+    owned += left
     for owner, main in mains.items():
         mine = [
             d
@@ -156,8 +200,37 @@ async def apply(conn: AbstractConnection, steps: Sequence[Step], want: Sequence[
             if (isinstance(d, QueueDecl) and d.owner == owner)
             or (isinstance(d, BindingDecl) and d.queue == main)
         ]
-        await write_record(conn, main, mine)
+        await records.write(conn, main, mine, siblings, shared)
+    for main in pending:
+        record = await records.read(conn, main)
+        if record is not None:
+            await records.write(conn, main, record.objects, siblings)
     return refused
+
+
+async def _forget_removed(
+    conn: AbstractConnection, removed: Sequence[str], left: set[str]
+) -> list[str]:
+    """Shrink the records of subscribers removed from the file to what is left of them; delete
+    a record (and its ordered partitions' reports) once none of its queues is. Returns the
+    queues of the removed subscribers that still have something left."""
+    pending = []
+    for main in removed:
+        record = await records.read(conn, main)
+        if record is None:
+            continue
+        rest = [d for d in record.objects if d.key in left]
+        if any(isinstance(d, QueueDecl) for d in rest):
+            await records.write(conn, main, rest)
+            pending.append(main)
+            continue
+        parts = [d for d in record.objects if isinstance(d, QueueDecl) and d.role is Role.PARTITION]
+        for name in [records.state_queue(main), *(f"{records.state_queue(main)}.p{i}"
+                                                  for i in range(len(parts)))]:  # fmt: skip
+            async with plumbing.scratch_channel(conn) as channel:
+                raw = await channel.get_underlay_channel()
+                await raw.queue_delete(name)
+    return pending
 
 
 async def _migrate(
@@ -184,75 +257,32 @@ def _main_queues(decls: Sequence[Decl]) -> dict[str, str]:
     return {d.owner: d.name for d in decls if isinstance(d, QueueDecl) and d.role is Role.MAIN}
 
 
-async def _delete(channel: AbstractChannel, decl: Decl) -> None:
+async def _delete(channel: AbstractChannel, step: Step) -> bool:
+    """Delete what *step* says; False when a queue was kept after all."""
+    decl = step.decl
     log.debug("deleting %s", decl.key)
     raw = await channel.get_underlay_channel()
-    if isinstance(decl, QueueDecl) and decl.role is Role.HISTORY:
-        await raw.queue_delete(decl.name)  # the planner decided: a log no longer asked for
-    elif isinstance(decl, QueueDecl):
+    if isinstance(decl, QueueDecl):
         # quorum queues refuse `if-empty`: check the depth right before deleting instead
-        # (the planner already kept non-empty queues; this narrows the window further)
+        # (the planner already refused full and consumed queues; this narrows the window)
         ok = await raw.queue_declare(decl.name, passive=True)
-        if ok.message_count:
-            log.warning("kept %s: %d messages arrived since the plan", decl.name, ok.message_count)
-            return
+        if ok.consumer_count or (ok.message_count and not step.drop):
+            log.warning("kept %s: %d messages and %d consumers arrived since the plan",
+                        decl.name, ok.message_count, ok.consumer_count)  # fmt: skip
+            return False
         await raw.queue_delete(decl.name)
     elif isinstance(decl, BindingDecl):
         await raw.queue_unbind(decl.queue, decl.exchange, routing_key=decl.routing_key)
+    return True
 
 
-# What `apply` created for a subscriber is recorded on the broker itself, as the one message of
-# a durable classic queue `bus.state.<queue>`, so `plan` can show retry queues and bindings that
-# left the file with AMQP alone. One record per subscriber: several topology files may share a
-# vhost, and a prune only ever considers objects of subscribers the current file declares.
-
-
-def state_queue(main_queue: str) -> str:
-    return f"{STATE_QUEUE_PREFIX}{main_queue}"
+# The records of what `apply` created: bus.topology.records (kept importable from here).
+state_queue = records.state_queue
 
 
 async def read_record(conn: AbstractConnection, main_queue: str) -> list[Decl]:
-    body = await plumbing.read_record(conn, state_queue(main_queue))
-    return [] if body is None else _from_json(body)
-
-
-async def write_record(conn: AbstractConnection, main_queue: str, owned: Sequence[Decl]) -> None:
-    body = json.dumps([_to_json(d) for d in owned]).encode()
-    await plumbing.write_record(conn, state_queue(main_queue), body)
-
-
-def _to_json(d: Decl) -> dict[str, object]:
-    if isinstance(d, ExchangeDecl):
-        return {"kind": "exchange", "name": d.name, "type": d.type}
-    if isinstance(d, QueueDecl):
-        return {
-            "kind": "queue",
-            "name": d.name,
-            "owner": d.owner,
-            "role": str(d.role),
-            "arguments": dict(d.arguments),
-        }
-    if isinstance(d, ExchangeBindingDecl):
-        return {"kind": "exchange-binding", "destination": d.destination, "source": d.source,
-                "key": d.routing_key}  # fmt: skip
-    return {"kind": "binding", "queue": d.queue, "exchange": d.exchange, "key": d.routing_key}
-
-
-def _from_json(body: bytes) -> list[Decl]:
-    out: list[Decl] = []
-    try:
-        items = json.loads(body)
-        for i in items:
-            if i["kind"] == "exchange":
-                out.append(ExchangeDecl(i["name"], i["type"]))
-            elif i["kind"] == "queue":
-                out.append(QueueDecl(i["name"], i["owner"], Role(i["role"]), i["arguments"]))
-            elif i["kind"] == "binding":
-                out.append(BindingDecl(i["queue"], i["exchange"], i["key"]))
-    except (ValueError, KeyError, TypeError):
-        log.warning("ignoring an unreadable topology record")
-        return []
-    return out
+    record = await records.read(conn, main_queue)
+    return [] if record is None else list(record.objects)
 
 
 def _broker_text(exc: BaseException) -> str:

@@ -347,7 +347,9 @@ class Action(StrEnum):
     UNCHANGED = "unchanged"
     DRIFT = "drift"
     DELETE = "delete"
-    KEEP = "keep"  # no longer declared, but kept: not empty, or --prune not given
+    KEEP = "keep"  # no longer declared, but kept: --prune not given
+    REFUSE = "refuse"  # no longer declared, but `apply --prune` will not delete it: not empty
+    # (without --drop-messages) or still consumed
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,6 +357,7 @@ class Step:
     action: Action
     decl: Decl
     detail: str = ""
+    drop: bool = False  # a DELETE of a queue that held messages: `--drop-messages` said so
 
     def line(self) -> str:
         sign = {
@@ -364,6 +367,7 @@ class Step:
             "drift": "!",
             "delete": "-",
             "keep": "?",
+            "refuse": "x",
         }
         text = f"{sign[self.action]} {self.action:<9} {self.decl.describe()}"
         return f"{text}: {self.detail}" if self.detail else text
@@ -375,47 +379,74 @@ class Observed:
 
     `queues` maps existing queue names to their ready-message count; `drift` maps object keys to
     the broker's own complaint; `recorded` is what the previous `apply` wrote down (AMQP cannot
-    list bindings or queues, so the applier keeps a record of what it owns).
+    list bindings or queues, so the applier keeps a record of what it owns), the objects of
+    subscribers removed from the file included; `removed` names those subscribers' queues;
+    `consumers` maps existing queue names to their consumer count.
     """
 
     exchanges: frozenset[str]
     queues: Mapping[str, int]
     drift: Mapping[str, str]
     recorded: tuple[Decl, ...] = ()
+    consumers: Mapping[str, int] = field(default_factory=dict)
+    removed: tuple[str, ...] = ()
 
 
-def diff(want: Iterable[Decl], seen: Observed, *, prune: bool = False) -> list[Step]:
-    """Steps that take the broker from *seen* to *want*; objects are never deleted unless *prune*
-    and only when they are empty."""
+def diff(
+    want: Iterable[Decl], seen: Observed, *, prune: bool = False, drop_messages: bool = False
+) -> list[Step]:
+    """Steps that take the broker from *seen* to *want*. What is no longer declared is deleted
+    only with *prune*, and a queue only when nothing consumes it and it is empty (or
+    *drop_messages*); a subscriber removed from the file loses nothing while any of its queues
+    is consumed."""
     want = list(want)
     recorded_bindings = {d for d in seen.recorded if isinstance(d, BindingDecl)}
     steps = [_step(d, seen, recorded_bindings) for d in want]
     wanted = {d.key for d in want}
+    running = _running_owners(seen, wanted)
+    queue_steps: dict[str, Step] = {}
     for old in seen.recorded:
         if old.key in wanted or isinstance(old, ExchangeDecl | ExchangeBindingDecl):
             continue  # exchanges are shared with producers: never pruned
         if isinstance(old, QueueDecl):
-            if old.name not in seen.queues:
-                continue
-            depth = seen.queues[old.name]
-            if old.role is Role.HISTORY:  # a log is kept data, not work waiting: no depth rule
-                why = "" if prune else "no longer declared; `apply --prune` removes it"
-                steps.append(Step(Action.DELETE if prune else Action.KEEP, old, why))
-                continue
+            if old.name in seen.queues and old.name not in queue_steps:
+                queue_steps[old.name] = _leftover(old, seen, prune, drop_messages, running)
+                steps.append(queue_steps[old.name])
+        elif old.queue in seen.queues:
+            held = queue_steps.get(old.queue)
             if not prune:
-                steps.append(
-                    Step(Action.KEEP, old, "no longer declared; `apply --prune` removes it")
-                )
-            elif depth:
-                steps.append(Step(Action.KEEP, old, f"not empty ({depth} messages): kept"))
+                steps.append(Step(Action.KEEP, old, "no longer declared"))
+            elif held is not None and held.action is Action.REFUSE and "consumed" in held.detail:
+                steps.append(Step(Action.KEEP, old, f"{old.queue} is still consumed"))
             else:
                 steps.append(Step(Action.DELETE, old))
-        elif old.queue in seen.queues:
-            steps.append(
-                Step(
-                    Action.DELETE if prune else Action.KEEP,
-                    old,
-                    "" if prune else "no longer declared",
-                )
-            )
     return steps
+
+
+def _running_owners(seen: Observed, wanted: set[str]) -> set[str]:
+    """Owners of a queue no longer declared that something still consumes: a subscriber
+    removed from the file but still running keeps all its queues until it is stopped."""
+    return {
+        d.owner
+        for d in seen.recorded
+        if isinstance(d, QueueDecl) and d.key not in wanted and seen.consumers.get(d.name)
+    }
+
+
+def _leftover(
+    old: QueueDecl, seen: Observed, prune: bool, drop_messages: bool, running: set[str]
+) -> Step:
+    """What becomes of an existing queue the topology no longer declares."""
+    depth, consumers = seen.queues[old.name], seen.consumers.get(old.name, 0)
+    counts = f"{depth} messages" + (f", {consumers} consumers" if consumers else "")
+    if not prune:
+        return Step(Action.KEEP, old, f"no longer declared ({counts}); `apply --prune` removes it")
+    if consumers or old.owner in running:
+        why = "still consumed" if consumers else f"still consumed ({old.owner} is running)"
+        return Step(Action.REFUSE, old, f"{counts}: {why}; stop the subscriber first")
+    if depth and not drop_messages:
+        return Step(
+            Action.REFUSE, old, f"holds {depth} messages: drain them, or add --drop-messages"
+        )
+    detail = f"{depth} messages dropped" if depth else "empty"
+    return Step(Action.DELETE, old, detail, drop=bool(depth))

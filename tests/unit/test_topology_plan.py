@@ -220,14 +220,62 @@ def test_undeclared_empty_retry_queue_is_deleted_with_prune(topology: Topology) 
     assert (step.action, step.decl.key) == (Action.DELETE, "queue email.retry.30s")
 
 
-def test_undeclared_retry_queue_holding_messages_is_kept_even_with_prune(
+def test_undeclared_retry_queue_holding_messages_is_refused_by_prune_unless_dropped(
     topology: Topology,
 ) -> None:
     want = desired(topology)
     steps = diff(want, with_old_queue(want, 3), prune=True)
     (step,) = [s for s in steps if s.action is not Action.UNCHANGED]
-    assert step.action is Action.KEEP
-    assert "3 messages" in step.detail
+    assert step.action is Action.REFUSE
+    assert "3 messages" in step.detail and "--drop-messages" in step.detail
+    assert step.line().startswith("x refuse")
+    steps = diff(want, with_old_queue(want, 3), prune=True, drop_messages=True)
+    (step,) = [s for s in steps if s.action is not Action.UNCHANGED]
+    assert (step.action, step.drop, step.detail) == (Action.DELETE, True, "3 messages dropped")
+
+
+def test_plan_without_prune_shows_each_leftover_queues_messages(topology: Topology) -> None:
+    want = desired(topology)
+    (step,) = [s for s in diff(want, with_old_queue(want, 3)) if s.action is not Action.UNCHANGED]
+    assert step.action is Action.KEEP and "3 messages" in step.detail
+
+
+def removed_subscriber(depths: dict[str, int], consumers: dict[str, int]) -> Observed:
+    """`everything`, plus the objects of a subscriber `sms` the file no longer declares."""
+    gone: list[Decl] = [
+        QueueDecl("sms", "sms", Role.MAIN, {}),
+        QueueDecl("sms.retry.1m", "sms", Role.RETRY, {}),
+        QueueDecl("sms.dlq", "sms", Role.DLQ, {}),
+        BindingDecl("sms", "events", "order.placed"),
+    ]
+    seen = everything(desired(from_dict(DOC)))
+    return Observed(
+        seen.exchanges, {**seen.queues, **depths}, {}, (*seen.recorded, *gone),
+        consumers, ("sms",),
+    )  # fmt: skip
+
+
+def test_prune_deletes_a_removed_subscribers_empty_queues_and_refuses_the_full_one(
+    topology: Topology,
+) -> None:
+    seen = removed_subscriber({"sms": 0, "sms.retry.1m": 0, "sms.dlq": 2}, {})
+    got = {s.decl.key: s for s in diff(desired(topology), seen, prune=True)}
+    assert got["queue sms"].action is Action.DELETE
+    assert got["queue sms.retry.1m"].action is Action.DELETE
+    assert got["queue sms.dlq"].action is Action.REFUSE
+    assert got["binding events -> sms [order.placed]"].action is Action.DELETE
+    assert {k for k, s in got.items() if s.action is not Action.UNCHANGED} == {
+        "queue sms", "queue sms.retry.1m", "queue sms.dlq", "binding events -> sms [order.placed]"
+    }  # fmt: skip
+
+
+def test_a_removed_subscriber_still_consumed_loses_nothing(topology: Topology) -> None:
+    seen = removed_subscriber({"sms": 0, "sms.retry.1m": 0, "sms.dlq": 0}, {"sms": 1})
+    steps = diff(desired(topology), seen, prune=True, drop_messages=True)
+    got = {s.decl.key: s for s in steps if s.action is not Action.UNCHANGED}
+    assert {s.action for s in got.values()} == {Action.REFUSE, Action.KEEP}, got
+    assert "1 consumers" in got["queue sms"].detail
+    assert "sms is running" in got["queue sms.dlq"].detail
 
 
 def test_recorded_queue_already_gone_from_the_broker_needs_no_step(topology: Topology) -> None:
