@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint docs provision test-3 test-4 unit integration bench bench-smoke clean clean-rabbitmq4
+.PHONY: demo test lint docs deploy-files provision test-3 test-4 unit integration bench bench-smoke clean clean-rabbitmq4
 
 $(BIN)/bus: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ docs: $(BIN)/bus  ## serve the docs site on http://127.0.0.1:8000/ while you edi
 test: lint provision  ## ruff, mypy, import layers, the docs build, then every test on RabbitMQ 3.10 and 4.0
 	$(BIN)/pytest -q
 	BUS_TEST_BROKER=4.0 $(BIN)/pytest -q -m rabbitmq4 tests/integration
+
+deploy-files: $(BIN)/bus  ## bring deploy/ in line with topology/topology.yaml (subscribers added or removed)
+	$(BIN)/python scripts/sync_deploy.py
 
 provision:  ## what the tests need besides Python packages: chromium, promtool, RabbitMQ 4
 	scripts/provision

@@ -4,15 +4,18 @@ Every file parses; every command a container runs is a real `bus` command; every
 the topology has its compose service, Deployment, PodDisruptionBudget and ScaledObject, except a
 subscriber listed in EMBEDDED, which runs inside its host's process and is checked there; the
 Kubernetes manifests validate against the Kubernetes schemas; generated files match a fresh
-generation. A subscriber added to the topology fails one test that names the seven deploy files
-it needs (`deploy_gaps`): compose.yaml, prometheus.yml, k8s/NAME.yaml, k8s/kustomization.yaml,
-k8s/keda.yaml, and the two generated ones, rabbitmq/definitions.json and k8s/topology.yaml.
+generation. A subscriber added to or removed from the topology fails until
+`python scripts/sync_deploy.py` brings the seven deploy files in line (`deploy_gaps` names them:
+compose.yaml, prometheus.yml, k8s/NAME.yaml, k8s/kustomization.yaml, k8s/keda.yaml, and the two
+generated ones, rabbitmq/definitions.json and k8s/topology.yaml).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -675,7 +678,75 @@ def deploy_gaps(names: list[str]) -> list[str]:
 
 def test_every_subscriber_is_in_every_deploy_file() -> None:
     gaps = deploy_gaps([s.name for s in subscribers()])
-    assert not gaps, "a subscriber is missing from deploy/; add:\n  " + "\n  ".join(gaps)
+    assert not gaps, (
+        "a subscriber is missing from deploy/; run `python scripts/sync_deploy.py` (or add:\n  "
+        + "\n  ".join(gaps)
+        + ")"
+    )
+
+
+# --- scripts/sync_deploy.py: deploy/ follows the topology -------------------------------------
+
+
+def _sync_module() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "sync_deploy", ROOT / "scripts" / "sync_deploy.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_deploy_files_match_a_fresh_sync() -> None:
+    sync = _sync_module()
+    assert sync.EMBEDDED == EMBEDDED
+    stale = sorted(str(p.relative_to(ROOT)) for p in sync.plan(ROOT, TOPOLOGY))
+    assert not stale, f"deploy/ is stale ({', '.join(stale)}); run: python scripts/sync_deploy.py"
+
+
+def test_sync_adds_a_new_subscriber_and_removes_a_gone_one_everywhere(tmp_path: Path) -> None:
+    sync = _sync_module()
+    shutil.copytree(DEPLOY, tmp_path / "deploy")
+    raw = yaml.safe_load(TOPOLOGY.read_text())
+    raw["subscribers"]["loyalty"] = {
+        "handlers": "subscribers.loyalty.handlers:router",
+        "queue": "loyalty-points",
+        "bindings": [{"exchange": "events", "keys": ["order.placed"]}],
+    }
+    del raw["subscribers"]["invoicing"]
+    (tmp_path / "topology").mkdir()
+    path = tmp_path / "topology" / "topology.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert sync.main(["--root", str(tmp_path), "--topology", str(path)]) == 0
+    assert sync.plan(tmp_path, path) == {}, "a second run changes nothing"
+
+    deploy, k8s = tmp_path / "deploy", tmp_path / "deploy" / "k8s"
+    services = yaml.safe_load((deploy / "compose.yaml").read_text())["services"]
+    assert services["loyalty"]["command"] == ["run", "loyalty", "--metrics-port", METRICS_PORT]
+    assert services["loyalty"]["environment"]["BUS_URL"].startswith("amqp://${")
+    assert "invoicing" not in services and "invoices:/var/lib/invoices" not in str(services)
+    assert services["email"]["environment"]["SMTP_URL"] == "smtp://mailpit:1025", "kept as is"
+    assert "loyalty" in services["prometheus"]["depends_on"]
+    assert "invoicing" not in services["prometheus"]["depends_on"]
+    prometheus = (deploy / "prometheus" / "prometheus.yml").read_text()
+    assert '"loyalty:9100"' in prometheus and "invoicing" not in prometheus
+    assert not (k8s / "invoicing.yaml").exists()
+    manifests = list(yaml.safe_load_all((k8s / "loyalty.yaml").read_text()))
+    assert [d["kind"] for d in manifests] == ["Deployment", "PodDisruptionBudget"]
+    for d in manifests:
+        kv.validate(d, K8S_VERSION, strict=True)
+    resources = yaml.safe_load((k8s / "kustomization.yaml").read_text())["resources"]
+    assert "loyalty.yaml" in resources and "invoicing.yaml" not in resources
+    scaled = {
+        d["metadata"]["name"]: d
+        for d in yaml.safe_load_all((k8s / "keda.yaml").read_text())
+        if d["kind"] == "ScaledObject"
+    }
+    assert "invoicing" not in scaled
+    assert scaled["loyalty"]["spec"]["triggers"][0]["metadata"]["queueName"] == "loyalty-points"
+    assert '"loyalty-points"' in (deploy / "rabbitmq" / "definitions.json").read_text()
+    assert (k8s / "topology.yaml").read_text() == path.read_text()
 
 
 def test_a_new_subscriber_is_told_the_seven_deploy_files_it_needs() -> None:
