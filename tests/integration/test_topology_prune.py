@@ -170,3 +170,35 @@ async def test_an_event_removed_from_the_file_takes_its_delay_hand_off_queue_wit
         done = await tool("topology", "apply", "--prune")
         assert done.returncode == 0, done.stdout + done.stderr
         assert not await _exists(amqp_url, out)
+
+
+async def test_removing_an_ordered_subscriber_prunes_its_partitions_holds_and_reports(
+    amqp_url: str, prefix: str, tmp_path: Path
+) -> None:
+    from bus.amqp.plumbing import write_record
+
+    exchange = f"{prefix}.events"
+    events = {"order.placed": {"exchange": exchange, "key": "order_id"}}
+    subs = {"email": {"keys": ["order.placed"]},
+            "ledger": {"keys": ["order.*"], "ordered": True, "partitions": 2}}  # fmt: skip
+    doc = topology_doc(prefix, subs, delays=["200ms"], events=events)
+    q = f"{prefix}.ledger"
+    gone = [q, f"{q}.retry.200ms", f"{q}.dlq", f"{q}.p0", f"{q}.p1", f"{q}.p0.hold",
+            f"{q}.p1.hold", f"bus.state.{q}", f"bus.state.{q}.p0"]  # fmt: skip
+    tool = Tool(amqp_url, tmp_path / "t.yaml")
+    async with _cleanup(amqp_url, *gone, docs=[doc]):
+        tool.write(doc)
+        done = await tool("topology", "apply")
+        assert done.returncode == 0, done.stdout + done.stderr
+        conn = await connect_plain(amqp_url)
+        try:  # what a running partition consumer reports
+            await write_record(conn, f"bus.state.{q}.p0", b"{}")
+        finally:
+            await conn.close()
+        tool.write({**doc, "subscribers": {"email": doc["subscribers"]["email"]}})
+        pruned = await tool("topology", "apply", "--prune")
+        assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+        assert "8 to delete" in pruned.stdout, pruned.stdout  # 7 queues, 1 binding
+        for name in gone:
+            assert not await _exists(amqp_url, name), f"{name} should be gone"
+        assert await _exists(amqp_url, f"{prefix}.email")
