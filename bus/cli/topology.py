@@ -208,10 +208,12 @@ def _refusal(kept: list[Step]) -> str:
     full = [
         f"{x.decl.name} ({x.detail.split(':')[0]})" for x in kept if isinstance(x.decl, QueueDecl)
     ]
-    return (
-        f"not deleted: {', '.join(full)}; drain the queues (`bus dlq`, `bus status`) or add "
-        "--drop-messages, and stop what still consumes them"
-    )
+    hints = []
+    if any("consumed" in x.detail for x in kept):
+        hints.append("stop the subscribers that still consume them")
+    if any(x.detail.startswith("holds") for x in kept):
+        hints.append("drain them or add --drop-messages to delete them with their messages")
+    return f"not deleted: {', '.join(full)}; {' and '.join(hints)}"
 
 
 @app.command()
