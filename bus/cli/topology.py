@@ -173,6 +173,8 @@ def plan(
     url: str | None = UrlOption,
 ) -> None:
     """Show what `apply` would create or change on the live broker (changes nothing)."""
+    if drop_messages and not prune:
+        raise typer.BadParameter("--drop-messages goes with --prune", param_hint="--drop-messages")
     s = settings(url, topology)
     steps, _ = run_async(_plan(s.url, topology_of(s), prune, False, drop_messages))
     _report(steps, "plan")
@@ -191,6 +193,8 @@ def apply(
     url: str | None = UrlOption,
 ) -> None:
     """Create what the file declares and the broker lacks. Idempotent; drift is reported."""
+    if drop_messages and not prune:
+        raise typer.BadParameter("--drop-messages goes with --prune", param_hint="--drop-messages")
     s = settings(url, topology)
     steps, refused = run_async(_plan(s.url, topology_of(s), prune, True, drop_messages))
     code = _report(steps, "applied")

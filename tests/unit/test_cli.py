@@ -78,6 +78,7 @@ def commands(bad_topology: Path, absent: Path) -> dict[str, tuple[str, ...]]:
         "status": ("status",),
         "unknown-command": ("frobnicate",),
         "missing-data": ("publish", "order.placed"),
+        "drop-without-prune": ("topology", "apply", "--drop-messages"),
     }
 
 
@@ -163,7 +164,7 @@ def test_status_with_an_unreachable_broker_exits_1_naming_the_redacted_url(
     assert "s3cret" not in result.err + result.out
 
 
-@pytest.mark.parametrize("name", ["unknown-command", "missing-data"])
+@pytest.mark.parametrize("name", ["unknown-command", "missing-data", "drop-without-prune"])
 def test_usage_error_exits_2_without_a_traceback(ran: dict[str, Result], name: str) -> None:
     result = ran[name]
     assert "Traceback" not in result.err, result.err
