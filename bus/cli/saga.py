@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import typer
 
 from bus.cli.common import StoreUrlOption, console, run_async, settings
-from bus.errors import ConfigError
-from bus.sagas import Detail, Instance, open_saga_store
-from bus.stores import open_store
+from bus.sagas.report import listing, reading, showing
 
 app = typer.Typer(help="Long-lived flows (sagas): their instances.", no_args_is_help=True)
 
@@ -20,44 +17,15 @@ def register(app_: typer.Typer, _topology_app: typer.Typer) -> None:
     app_.add_typer(app, name="saga")
 
 
-def _time(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+async def _list(store_url: str, subscriber: str, saga: str | None, status: str | None,
+                limit: int) -> list[dict[str, Any]]:  # fmt: skip
+    async with reading(store_url) as sagas:
+        return await listing(sagas, subscriber, saga=saga, status=status, limit=limit)
 
 
-def _object(i: Instance, d: Detail | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "saga": i.saga, "key": i.key, "status": i.status, "state": json.loads(i.state),
-        "version": i.version, "created_at": _time(i.created_at), "updated_at": _time(i.updated_at),
-    }  # fmt: skip
-    if d is not None:
-        out["steps"] = [
-            {"event_id": s.event_id, "type": s.type, "at": _time(s.at)} for s in d.steps
-        ]
-        out["timeouts"] = [{"id": t.id, "type": t.type, "due_at": _time(t.due_at)}
-                           for t in d.timeouts]  # fmt: skip
-    return out
-
-
-async def _details(store_url: str, subscriber: str, saga: str | None, key: str | None,
-                   status: str | None, limit: int) -> list[dict[str, Any]]:  # fmt: skip
-    store = await open_store(store_url)
-    sagas = None
-    try:
-        sagas = await open_saga_store(store)
-        if key is not None:
-            assert saga is not None
-            found = await sagas.detail(subscriber, saga, key, 0.0)
-            if found is None:
-                raise ConfigError(f"no {saga!r} saga with key {key!r} in subscriber {subscriber!r}")
-            return [_object(found.instance, found)]
-        out = []
-        for i in await sagas.instances(subscriber, saga, status, limit):
-            out.append(_object(i, await sagas.detail(subscriber, i.saga, i.key, 0.0)))
-        return out
-    finally:
-        if sagas is not None:  # its own connection: left open, it keeps the process alive
-            await sagas.close()
-        await store.close()
+async def _show(store_url: str, subscriber: str, saga: str, key: str) -> dict[str, Any]:
+    async with reading(store_url) as sagas:
+        return await showing(sagas, subscriber, saga, key)
 
 
 @app.command("list")
@@ -75,7 +43,7 @@ def list_(
     if status not in (None, "running", "completed"):
         raise typer.BadParameter("use running or completed", param_hint="--status")
     s = settings(store_url=store_url)
-    found = run_async(_details(s.store_url, subscriber, saga, None, status, limit))
+    found = run_async(_list(s.store_url, subscriber, saga, status, limit))
     if as_json:
         for o in found:
             print(json.dumps(o))
@@ -100,7 +68,7 @@ def show(
 ) -> None:
     """One instance: its state, status, every step (event id, type, time), pending timeouts."""
     s = settings(store_url=store_url)
-    [o] = run_async(_details(s.store_url, subscriber, saga, key, None, 1))
+    o = run_async(_show(s.store_url, subscriber, saga, key))
     if as_json:
         print(json.dumps(o))
         return

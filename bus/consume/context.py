@@ -14,28 +14,13 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from bus.envelope import Meta, new_traceparent
+from bus.produce.publishes import Publishes
 from bus.topology.delays import Delay
 
 _FOLLOW_UP = uuid.UUID("6b7a1c3e-1f0e-4d1e-9a55-8b5f2c0de001")
-
-
-class Publishes(Protocol):
-    """What `ctx.publish` needs: `bus.Publisher`, or `bus.testing.TestBus` in memory."""
-
-    async def publish(
-        self,
-        event_type: str,
-        data: Any,
-        *,
-        id: str | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
-        traceparent: str | None = None,
-        delay: Delay | None = None,
-    ) -> str: ...
 
 
 class Context:

@@ -32,11 +32,12 @@ from pydantic import ValidationError
 from bus import tracing
 from bus.consume.batches import BatchContext, Batcher
 from bus.consume.claims import Claims
-from bus.consume.context import Context, Publishes
+from bus.consume.context import Context
 from bus.consume.executors import Runner
 from bus.consume.router import Executor, Handler, Router
 from bus.envelope import H_AGAIN, Meta, decode_body, decode_meta, idempotency_key
 from bus.errors import InvalidEvent, Reject
+from bus.produce.publishes import Publishes
 from bus.retry import (
     DeadLetter,
     DeadReason,

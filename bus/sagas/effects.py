@@ -83,12 +83,11 @@ class Effects:
             try:
                 rows = await store.unsent_timeouts(BATCH)
                 for r in rows:
-                    left = r.due_at - time.time()
-                    kw: dict[str, Any] = {"id": r.id, "correlation_id": r.correlation_id,
-                                          "causation_id": r.causation_id}  # fmt: skip
-                    if left >= 1:
-                        kw["delay"] = left
-                    await self.sends.publish(r.type, r.data, **kw)
+                    left = r.due_at - time.time()  # under a second: at once
+                    await self.sends.publish(
+                        r.type, r.data, id=r.id, correlation_id=r.correlation_id,
+                        causation_id=r.causation_id, delay=left if left >= 1 else None,
+                    )  # fmt: skip
                 if rows:
                     await store.mark_sent([r.id for r in rows], time.time())
                 said = ""

@@ -20,32 +20,20 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from bus.errors import NoSaga
 from bus.metrics import Metrics
+from bus.produce.publishes import Publishes
 from bus.sagas.saga import COMPLETED, RUNNING, Check, Saga, SagaContext, Step, Verdict, decide
 from bus.sagas.store import Conflict, SagaStore, Transition
-from bus.topology.delays import Delay
 
 log = logging.getLogger(__name__)
 
 MAX_RERUNS = 200  # conflicts in a row before the event takes the retry ladder
 
 
-class Sends(Protocol):
-    """Publishes an effect (`Publisher`, or TestBus's per-subscriber source)."""
-
-    async def publish(
-        self,
-        event_type: str,
-        data: Any,
-        *,
-        id: str | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
-        delay: Delay | None = None,
-    ) -> str: ...
+Sends = Publishes  # `Publisher`, or TestBus's per-subscriber source
 
 
 class SagaHost:

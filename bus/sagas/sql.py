@@ -56,9 +56,10 @@ def statements(postgres: bool) -> dict[str, str]:
 def list_sql(postgres: bool) -> str:
     """`bus saga list`: newest first; a NULL saga or status means any."""
     state = "state::text" if postgres else "state"
+    typed = "::text" if postgres else ""  # PostgreSQL cannot type a parameter only tested for NULL
     text = (
         f"SELECT {_INSTANCE.format(state=state)} FROM {SAGA} WHERE subscriber = {{0}} "
-        "AND ({1} IS NULL OR saga = {1}) AND ({2} IS NULL OR status = {2}) "
+        f"AND ({{1}}{typed} IS NULL OR saga = {{1}}) AND ({{2}}{typed} IS NULL OR status = {{2}}) "
         "ORDER BY updated_at DESC LIMIT {3}"
     )
     return (stores_sql.dollar if postgres else stores_sql.qmark)(text, 4)

@@ -8,10 +8,11 @@ A claim is a lease: a replica that died mid-handler does not block the id foreve
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bus.errors import ConfigError
+from bus.errors import ConfigError, DatabaseUnavailable
 from bus.extras import require
 from bus.settings import redact
 from bus.stores.base import Claim, Store
@@ -34,8 +35,11 @@ async def open_store(url: str) -> Store:
             raise ConfigError(
                 "BUS_STORE_URL: sqlite needs a path, e.g. sqlite:///.bus/processed.db"
             )
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return await SqliteStore.open(path)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            return await SqliteStore.open(path)
+        except (OSError, sqlite3.Error) as exc:
+            raise DatabaseUnavailable(f"cannot open the store at {path}: {exc}") from None
     if scheme in ("postgresql", "postgres"):
         require("asyncpg", "postgres", "a PostgreSQL store (BUS_STORE_URL=postgresql://…)")
         from bus.stores.postgres import PostgresStore

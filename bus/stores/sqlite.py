@@ -42,6 +42,17 @@ class SqliteStore:
     @classmethod
     async def open(cls, path: str) -> SqliteStore:
         db = await aiosqlite.connect(path, timeout=30)
+        try:
+            await cls._prepare(db)
+        except BaseException:
+            await db.close()  # its thread would keep the process alive
+            raise
+        store = cls(db)
+        store.path = path
+        return store
+
+    @staticmethod
+    async def _prepare(db: aiosqlite.Connection) -> None:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")
         await db.execute(sql.CREATE)
@@ -54,9 +65,6 @@ class SqliteStore:
             with contextlib.suppress(sqlite3.OperationalError):  # another process was first
                 await db.execute(sql.ADD_OWNER)
         await db.commit()
-        store = cls(db)
-        store.path = path
-        return store
 
     async def _write(self, statement: str, args: tuple[Any, ...]) -> Any:
         """Run one statement; returns its first row (RETURNING), after a commit covering it."""

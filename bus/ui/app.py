@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from bus.errors import BrokerUnavailable, BusError, DatabaseUnavailable
 from bus.topology.model import Topology
 from bus.topology.model import load as load_topology
-from bus.ui import api, pages
+from bus.ui import api, pages, sagas
 from bus.ui import history as history_api
 from bus.ui.backend import Backend, NotFound
 from bus.ui.config import UiConfig
@@ -77,6 +77,7 @@ def create_app(config: UiConfig, topology: Topology | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(api.router)
     app.include_router(history_api.router)
+    app.include_router(sagas.router)
     app.include_router(pages.router)
     app.add_exception_handler(BusError, _bus_error)
     app.add_exception_handler(HTTPException, _http_error)

@@ -4,7 +4,6 @@ timeout, duplicates, parking, concurrent steps over two replicas, and SIGKILLs."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -13,82 +12,25 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
-from prometheus_client import CollectorRegistry
 
-from bus.consume.runtime import Runtime
 from bus.metrics import Metrics
 from bus.produce.publisher import Publisher
-from bus.sagas import Detail, open_saga_store
-from bus.stores import open_store
-from bus.topology.model import Topology, from_dict
+from bus.topology.model import from_dict
 from tests import saga_handlers
 from tests.conftest import wait_for
-from tests.integration.helpers import applied, get_all, queue_depth, topology_doc
-from tests.integration.outbox_kit import fresh_postgres
+from tests.integration.helpers import applied, get_all, queue_depth
+from tests.integration.saga_kit import detail, doc, replica, status_of, store_of
 
 pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
-
-KEYED = {
-    "type": "object",
-    "required": ["refund_id"],
-    "properties": {"refund_id": {"type": "string"}},
-}
-TYPES = ["refund.requested", "payment.refund_requested", "payment.refunded", "refund.expired",
-         "refund.completed", "refund.failed", "refund.counted"]  # fmt: skip
-STEPS = ["refund.requested", "payment.refunded", "refund.expired", "refund.counted"]
-
-
-def doc(prefix: str) -> dict[str, Any]:
-    return topology_doc(
-        prefix,
-        {"refunds": {"keys": STEPS, "handlers": "tests.saga_handlers:router"},
-         "audit": {"keys": ["#"]}},
-        events={t: {"exchange": f"{prefix}.events", "schema": KEYED} for t in TYPES},
-    )  # fmt: skip
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-    else:
-        async with fresh_postgres() as url:
-            yield url
-
-
-@contextlib.asynccontextmanager
-async def replica(url: str, topology: Topology, store_url: str) -> AsyncIterator[Metrics]:
-    """One `bus run refunds` in this process, on its own store connection."""
-    store = await open_store(store_url)
-    metrics = Metrics(CollectorRegistry())
-    rt = Runtime(topology, "refunds", saga_handlers.router, url=url, store=store, metrics=metrics)
-    try:
-        await rt.start()
-        yield metrics
-    finally:
-        await rt.stop(5)
-        await store.close()
-
-
-async def detail(store_url: str, key: str) -> Detail | None:
-    store = await open_store(store_url)
-    try:
-        sagas = await open_saga_store(store)
-        try:
-            return await sagas.detail("refunds", "refund", key, 0.0)
-        finally:
-            await sagas.close()  # its own connection: an open one keeps the test process alive
-    finally:
-        await store.close()
-
-
-async def status_of(store_url: str, key: str) -> tuple[str, dict[str, Any]] | None:
-    found = await detail(store_url, key)
-    return None if found is None else (found.instance.status, json.loads(found.instance.state))
+    async with store_of(request.param, tmp_path) as url:
+        yield url
 
 
 class Audit:
