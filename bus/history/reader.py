@@ -33,7 +33,7 @@ from bus.errors import NoHistory
 from bus.history.event import MARKER, OFFSET, HistoryEvent, decode, peek
 from bus.history.select import Selection, parse_when
 from bus.settings import Settings
-from bus.topology.model import history_stream
+from bus.topology.history import history_stream
 
 PREFETCH = 2000  # deliveries in flight from the stream; acked (as credit) by halves
 
