@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -124,11 +124,13 @@ class History:
             correlation_id=correlation_id,
         )
         n = 0
-        async for entry in self.entries(exchange, selection):
-            yield entry.event
-            n += 1
-            if limit is not None and n >= limit:
-                return
+        entries = read_log(self.connection, exchange, selection, self.prefetch)
+        async with contextlib.aclosing(entries):  # a limit reached: stop reading at once
+            async for entry in entries:
+                yield entry.event
+                n += 1
+                if limit is not None and n >= limit:
+                    return
 
     async def entries(self, exchange: str, selection: Selection) -> AsyncIterator[Entry]:
         """Like `read`, with each event's message."""
@@ -138,7 +140,7 @@ class History:
 
 async def read_log(
     conn: AbstractConnection, exchange: str, selection: Selection, prefetch: int = PREFETCH
-) -> AsyncIterator[Entry]:
+) -> AsyncGenerator[Entry, None]:
     """The selected entries of *exchange*'s log, oldest first, up to a marker appended first."""
     async for batch in read_batches(conn, exchange, selection, prefetch):
         for entry in batch:
@@ -147,7 +149,7 @@ async def read_log(
 
 async def read_batches(
     conn: AbstractConnection, exchange: str, selection: Selection, prefetch: int = PREFETCH
-) -> AsyncIterator[list[Entry]]:
+) -> AsyncGenerator[list[Entry], None]:
     """`read_log` by the batch: the selected entries of the deliveries that arrived together."""
     stream = history_stream(exchange)
     channel = await conn.channel(publisher_confirms=True)

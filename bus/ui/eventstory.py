@@ -11,6 +11,7 @@ read (on RabbitMQ 4 a quorum queue counts that as one delivery of each message r
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -114,8 +115,10 @@ async def find(
 ) -> Entry:
     """The first entry of *exchange*'s log with *event_id* (NotFound when none)."""
     conn = await backend.connection()
-    async for entry in read_log(conn, exchange, Selection(since=since, id=event_id)):
-        return entry
+    entries = read_log(conn, exchange, Selection(since=since, id=event_id))
+    async with contextlib.aclosing(entries):  # stop reading at the first: the channel closes
+        async for entry in entries:
+            return entry
     raise NotFound(f"no event {event_id!r} in the history of {exchange!r}")
 
 
