@@ -56,12 +56,14 @@ class Counts:
     api_seconds: float = 30.0
     saga: int = 2_000  # events per side of the saga scenario, per store and prefetch
     saga_instances: int = 1_000  # live saga instances the saga scenario's events spread over
+    history: int = 100_000  # events in the log the history scenario reads, replays, backfills
 
 
 SMOKE = Counts(
     publish=300, window=50, consume=500, fanout=200, rate=200, seconds=1.0, retry=100,
     mem_small=300, mem_large=1_500, rounds=2, outbox=300, api_rate=50, api_seconds=2.0,
     saga=60, saga_instances=20,
+    history=300,
 )  # fmt: skip
 
 BUS, RAW, FASTSTREAM = "bus", "raw", "faststream"

@@ -157,9 +157,8 @@ async def _replay(
         with Progress(*columns, console=console, transient=True) as bar:
             task = bar.add_task("reading history", total=None)
 
-            def progress(n: int, etype: str) -> None:
-                if n % 100 == 0:
-                    bar.update(task, description=f"{n} events ({etype})")
+            def progress(n: int, etype: str) -> None:  # once per batch read
+                bar.update(task, description=f"{n} events ({etype})")
 
             return await replay(
                 conn, t, sub, selection, dry_run=dry_run, again=again, progress=progress

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bus.envelope import decode_meta, header_time
+from bus.envelope import H_ID, H_TYPE, decode_meta, header_text, header_time
 from bus.errors import InvalidEvent
 
 MARKER = "bus-history-marker"  # header of a reader's end-of-log marker: never an event
@@ -77,3 +77,18 @@ def decode(
         headers=h,
         offset=offset if isinstance(offset, int) else -1,
     )
+
+
+def peek(
+    message_id: str | None, type_: str | None, headers: Mapping[str, Any]
+) -> tuple[str, str] | None:
+    """(id, type) of a log entry from its properties and headers alone, or None for what is no
+    event (a marker, a message without id or type): what a replay's filter needs first, without
+    decoding the body."""
+    if MARKER in headers:
+        return None
+    event_id = header_text(message_id) or header_text(headers.get(H_ID))
+    event_type = header_text(type_) or header_text(headers.get(H_TYPE))
+    if not event_id or not event_type:
+        return None
+    return event_id, event_type

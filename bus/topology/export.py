@@ -7,7 +7,9 @@ objects `bus topology apply` declares, so an export can never disagree with `app
 UI / ``load_definitions``). With ``users=True`` it adds one user per subscriber, allowed to touch
 only its own queues and to publish (topic permissions) only the event types its `publishes:`
 lists, and a producer user (the API, the relay, the scheduler) that may publish the declared
-event types and nothing else. Users are created *without a password* (``password_hash: ""``
+event types and nothing else. When an exchange keeps a history, a `history` user (`bus
+history`, `bus replay`) may read the logs and write only through the default exchange. Users
+are created *without a password* (``password_hash: ""``
 refuses password logins) until an operator sets one with ``rabbitmqctl change_password NAME
 PASSWORD``, so no secret ever lives in the exported file.
 
@@ -46,6 +48,7 @@ from bus.topology.routing import matches
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 DEFAULT_EXCHANGE = "amq.default"  # the resource name RabbitMQ checks for publishes to ""
 PRODUCER_USER = "producer"
+HISTORY_USER = "history"  # `bus history` and `bus replay`, when an exchange keeps a history
 NOTHING = "^$"  # a permission regex that grants no name (and no routing key but the empty one)
 ASYNCAPI_VERSION = "3.0.0"
 AMQP_BINDING_VERSION = "0.3.0"
@@ -79,6 +82,10 @@ def definitions(
             *(p for s in subs for p in _topic_permissions(topology, s.name, s.publishes, vhost)),
             *_topic_permissions(topology, PRODUCER_USER, tuple(topology.events), vhost),
         ]
+        if topology.histories():
+            doc["users"].append(_user(HISTORY_USER))
+            doc["permissions"].append(history_permission(topology, vhost))
+            doc["topic_permissions"] += _topic_permissions(topology, HISTORY_USER, (), vhost)
     doc["exchanges"] = [_exchange(d, vhost) for d in decls if isinstance(d, ExchangeDecl)]
     doc["queues"] = [_queue(d, vhost) for d in decls if isinstance(d, QueueDecl)]
     doc["bindings"] = [
@@ -163,6 +170,20 @@ def _producer_permission(topology: Topology, vhost: str) -> dict[str, Any]:
         "configure": NOTHING,
         "write": _any_of(exchanges),
         "read": NOTHING,
+    }
+
+
+def history_permission(topology: Topology, vhost: str) -> dict[str, Any]:
+    """`bus history` and `bus replay` read the logs (`<exchange>.history`) and nothing else:
+    no other queue, no configure. They write through the default exchange only: a reader's
+    end-of-log marker into a log, a replay's copies into one subscriber's queue; never to an
+    exchange, so they publish no event anywhere else."""
+    return {
+        "user": HISTORY_USER,
+        "vhost": vhost,
+        "configure": NOTHING,
+        "write": _any_of([DEFAULT_EXCHANGE]),
+        "read": _any_of([h.stream for h in topology.histories()]),
     }
 
 

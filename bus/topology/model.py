@@ -20,21 +20,22 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from bus.durations import (
     normalise,
-    normalise_bytes,
     normalise_rate,
-    parse_bytes,
     parse_ms,
     parse_rate,
 )
 from bus.errors import TopologyError
+from bus.topology.history import DEFAULT_HISTORY_AGE as DEFAULT_HISTORY_AGE
+from bus.topology.history import History as History
+from bus.topology.history import HistorySpec as HistorySpec
+from bus.topology.history import check_backfill as _check_backfill
+from bus.topology.history import history_of
+from bus.topology.history import history_stream as history_stream
 from bus.topology.routing import matches
 from bus.topology.suggest import did_you_mean
 
 Duration = Annotated[str, AfterValidator(normalise)]
 Rate = Annotated[str, AfterValidator(normalise_rate)]
-Size = Annotated[
-    str | int, AfterValidator(normalise_bytes)
-]  # 10GB, 500MB, 1GiB, or bytes  # handler starts: 10/s, 600/m, 100/h
 Concurrency = Annotated[int, Field(ge=1, le=65535)]
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
 _HANDLERS = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -84,17 +85,6 @@ class DefaultsSpec(_Strict):
     concurrency: Concurrency | None = None  # None: the prefetch
     rate_limit: Rate | None = None
     timeout: Duration | None = None
-
-
-DEFAULT_HISTORY_AGE = "7d"
-
-
-class HistorySpec(_Strict):
-    """`exchanges.<name>.history`: the event log's retention; never unbounded (with neither
-    limit given, events are kept `DEFAULT_HISTORY_AGE`)."""
-
-    max_age: Duration | None = None
-    max_bytes: Size | None = None
 
 
 class ExchangeSpec(_Strict):
@@ -164,28 +154,6 @@ class TopologyFile(_Strict):
 class Binding:
     exchange: str
     key: str
-
-
-@dataclass(frozen=True, slots=True)
-class History:
-    """An exchange's event log: the stream `<exchange>.history` and its retention."""
-
-    exchange: str
-    max_age: str | None  # a normalised duration, e.g. "7d"
-    max_bytes: int | None
-
-    @property
-    def stream(self) -> str:
-        return history_stream(self.exchange)
-
-    @property
-    def max_age_ms(self) -> int | None:
-        return parse_ms(self.max_age) if self.max_age else None
-
-
-def history_stream(exchange: str) -> str:
-    """The stream queue holding *exchange*'s history."""
-    return f"{exchange}.history"
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,10 +282,7 @@ class Topology:
         spec = self.spec.exchanges.get(exchange)
         if spec is None or spec.history is None:
             return None
-        h = spec.history
-        age = h.max_age if h.max_age or h.max_bytes else DEFAULT_HISTORY_AGE
-        size = parse_bytes(h.max_bytes) if h.max_bytes is not None else None
-        return History(exchange, age, size)
+        return history_of(exchange, spec.history)
 
     def histories(self) -> list[History]:
         return [h for name in self.spec.exchanges if (h := self.history(name)) is not None]
@@ -514,34 +479,6 @@ def _check_subscribers(doc: _Raw) -> list[str]:
             if isinstance(etype, str) and etype not in doc.events:
                 problems.append(f"{where}.publishes[{i}]: event type {etype!r} is not declared")
     return problems
-
-
-def _check_backfill(doc: _Raw, where: str, sub: dict[str, Any]) -> list[str]:
-    backfill = sub.get("backfill")
-    if backfill is None or _label_or_none(str(backfill)) is None:
-        return []  # a malformed duration is reported by the model
-    bindings = sub.get("bindings", [])
-    problems: list[str] = []
-    for b in bindings if isinstance(bindings, list) else []:
-        exchange = _mapping(b).get("exchange")
-        if not isinstance(exchange, str) or exchange not in doc.exchanges:
-            continue
-        history = _mapping(doc.exchanges.get(exchange)).get("history")
-        if not isinstance(history, dict):
-            problems.append(
-                f"{where}.backfill: exchange {exchange!r} keeps no history (add `history:` to it)"
-            )
-            continue
-        kept = history.get("max_age")
-        if kept is None and history.get("max_bytes") is None:
-            kept = DEFAULT_HISTORY_AGE
-        known = isinstance(kept, str) and _label_or_none(kept) is not None
-        if known and parse_ms(str(backfill)) > parse_ms(str(kept)):
-            problems.append(
-                f"{where}.backfill: {backfill} is longer than the history kept on "
-                f"exchange {exchange!r} ({kept})"
-            )
-    return list(dict.fromkeys(problems))
 
 
 def _partition_queues(queue: str, sub: dict[str, Any]) -> list[str]:

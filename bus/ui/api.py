@@ -56,7 +56,7 @@ def story(p: Parked) -> dict[str, Any]:
         body: Any = json.loads(p.body)
     except ValueError:
         body = p.body.decode(errors="replace")
-    headers = {k: _plain(v) for k, v in p.headers.items()}
+    headers = {k: plain(v) for k, v in p.headers.items()}
     return {
         "id": p.id, "type": p.type, "reason": p.reason,
         "attempts": attempts_number(p.attempts),
@@ -65,13 +65,13 @@ def story(p: Parked) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return bytes(value).decode(errors="replace")
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, str | int | float | bool) or value is None:
         return value
     return str(value)  # datetimes, decimals

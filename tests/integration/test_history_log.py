@@ -62,6 +62,42 @@ async def test_every_way_of_publishing_lands_in_the_log_exactly_once(
     assert Counter(e.type for e in events) == {"order.placed": 3, "order.shipped": 3}
 
 
+async def test_each_scheduled_firing_lands_in_the_log_exactly_once(
+    amqp_url: str, prefix: str
+) -> None:
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from bus.scheduling.leader import Scheduler
+    from bus.topology.model import from_dict
+    from tests.integration.history_kit import history_doc
+    from tests.integration.test_scheduler import delete_queues
+
+    doc = history_doc(prefix, {"sink": {"keys": ["tick.*"]}},
+                      events={"tick.second": {"exchange": f"{prefix}.events"}})  # fmt: skip
+    doc["schedules"] = {"every-second": {"every": "1s", "event": "tick.second"}}
+    topology = from_dict(doc, source=f"test:{prefix}")
+    lock, stop = f"{prefix}.lock", asyncio.Event()
+    async with applied(amqp_url, topology):
+        sched = Scheduler(amqp_url, topology, lock_queue=lock, registry=CollectorRegistry())
+        task = asyncio.create_task(sched.run(stop))
+        try:
+
+            async def fired() -> bool:
+                return len(await logged(amqp_url, prefix)) >= 3
+
+            await wait_for(fired, timeout=30, message="three firings in the log")
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            await delete_queues(amqp_url, lock, f"{lock}.state")
+        events = await logged(amqp_url, prefix)
+    assert {e.type for e in events} == {"tick.second"}
+    assert max(_ids(events).values()) == 1, _ids(events)  # each firing's id once
+    assert len({e.time for e in events}) == len(events)
+
+
 async def _has(url: str, prefix: str, event_id: str) -> bool:
     return any(e.id == event_id for e in await logged(url, prefix, id=event_id))
 

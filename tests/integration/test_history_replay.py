@@ -25,7 +25,7 @@ from bus.stores import MemoryStore
 from bus.topology.model import from_dict
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, delete_topology, queue_depth, running
-from tests.integration.history_kit import history_doc, history_topology
+from tests.integration.history_kit import history_doc, history_topology, logged
 
 pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
 
@@ -216,28 +216,39 @@ async def test_bus_history_prints_json_lines_and_a_table(
     [
         (["replay", "nobody", "--since", "1h", "--yes"], "no subscriber 'nobody'"),
         (["replay", "email", "--since", "yesterday", "--yes"], "--since"),
+        (["replay", "email", "--since", "1h", "--until", "soon", "--yes"], "--until"),
+        (["history", "{prefix}.events", "--since", "last week"], "--since"),
+        (["history", "{prefix}.nowhere"], "no exchange"),
         (["history", "{prefix}.plain"], "keeps no history"),
         (["replay", "plain", "--since", "1h", "--yes"], "keeps no history"),
         (["topology", "validate", "--no-import", "-t", "{long}"], "longer than the history"),
+        (["topology", "apply", "-t", "{long}"], "longer than the history"),
     ],
 )
-def test_bad_inputs_are_one_line_exit_2_before_anything_is_sent(
+async def test_bad_inputs_are_one_line_exit_2_before_anything_is_sent(
     amqp_url: str, prefix: str, tmp_path: Path, args: list[str], says: str
 ) -> None:
     doc = history_doc(prefix, TWO)
     doc["exchanges"][f"{prefix}.plain"] = {"type": "topic"}
     doc["events"]["misc.thing"] = {"exchange": f"{prefix}.plain"}
     doc["subscribers"]["plain"] = {
-        "handlers": "tests.integration.helpers:EMPTY",
+        "handlers": "tests.integration.helpers:EMPTY", "queue": f"{prefix}.plain",
         "bindings": [{"exchange": f"{prefix}.plain", "keys": ["misc.thing"]}],
-    }
+    }  # fmt: skip
+    topology = from_dict(doc)
     path = tmp_path / "topology.yaml"
     path.write_text(yaml.safe_dump(doc))
     doc["subscribers"]["email"]["backfill"] = "2h"  # the history keeps 1h
     long = tmp_path / "long.yaml"
     long.write_text(yaml.safe_dump(doc))
     argv = [a.format(prefix=prefix, long=long) for a in args]
-    r = bus(argv, amqp_url, path)
+    queues = [f"{prefix}.email", f"{prefix}.audit", f"{prefix}.plain"]
+    async with applied(amqp_url, topology):
+        await _publish(amqp_url, topology, 2)
+        before = [await queue_depth(amqp_url, q) for q in queues]
+        r = await asyncio.to_thread(bus, argv, amqp_url, path)
+        assert [await queue_depth(amqp_url, q) for q in queues] == before, "something was sent"
+        assert len(await logged(amqp_url, prefix)) == 2, "the log unchanged"
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and says in lines[0], r.stderr

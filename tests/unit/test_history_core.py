@@ -181,3 +181,26 @@ def test_exports_include_the_log() -> None:
     assert (b["source"], b["routing_key"]) == ("events", "#")
     api = asyncapi(t)
     assert api["channels"]["order.placed"]["x-bus-history"]["stream"] == "events.history"
+
+
+def test_the_history_user_reads_only_the_logs_and_writes_only_through_the_default_exchange() -> (
+    None
+):
+    import re
+
+    from bus.topology.export import HISTORY_USER, definitions
+
+    assert HISTORY_USER not in [
+        u["name"] for u in definitions(from_dict(doc()), users=True)["users"]
+    ]
+    d = definitions(from_dict(doc({"max_age": "1d"})), users=True)
+    assert HISTORY_USER in [u["name"] for u in d["users"]]
+    [p] = [p for p in d["permissions"] if p["user"] == HISTORY_USER]
+    read, write = re.compile(p["read"]), re.compile(p["write"])
+    assert read.match("events.history")
+    assert not any(read.match(q) for q in ["search", "search.dlq", "events.historyX", "events"])
+    assert write.match("amq.default")
+    assert not any(write.match(x) for x in ["events", "events.history", "bus.delay.0"])
+    assert p["configure"] == "^$"
+    topics = [t for t in d["topic_permissions"] if t["user"] == HISTORY_USER]
+    assert topics and all(t["write"] == "^$" for t in topics)
