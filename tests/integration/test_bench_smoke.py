@@ -19,7 +19,7 @@ def test_smoke_benchmark_completes_and_writes_every_scenario(amqp_url: str, tmp_
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--url", amqp_url, "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=110,
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert done.returncode == 0, f"benchmark failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
     doc = json.loads(out.read_text())
