@@ -10,11 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.run import SCENARIOS
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.timeout(300)
 def test_smoke_benchmark_completes_and_writes_every_scenario(amqp_url: str, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     done = subprocess.run(
