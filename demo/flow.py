@@ -68,6 +68,7 @@ __all__ = ["Demo", "DemoOptions", "Outcome", "Snapshot", "SubscriberView"]
 
 API_HANDLERS = "api."  # a subscriber whose handlers live in the API runs inside the API process
 CHECKOUT = Path(__file__).resolve().parents[1]  # where subscribers/, api/ and demo/ are
+READY = 60.0  # seconds for the processes to start consuming (a loaded 2-core machine: ~20)
 LATE = "search"  # the subscriber `bus topology apply` adds half way, with its backfill
 
 
@@ -284,16 +285,17 @@ class Demo:
     async def _services_and_flow(self, stage: _Stage, t0: float) -> Outcome:
         env = self._env(stage)
         embedded = [s.name for s in stage.topology.subscribers() if _in_api(s)]
+        # the API first: it is waited for first (it creates its tables and the outbox)
+        api = await start_api(env, self.o.workdir, embedded[0] if embedded else "orders")
         for name in stage.topology.subscriber_names:
             if name not in embedded:
                 stage.services.append(await start_service(name, env, self.o.workdir))
-        api = await start_api(env, self.o.workdir, embedded[0] if embedded else "orders")
         stage.services.append(api)
-        await wait_ready([api], stage.client, timeout=30)  # it creates its tables and the outbox
+        await wait_ready([api], stage.client, timeout=READY)
         stage.outbox = await open_outbox(env["BUS_OUTBOX_URL"])
         try:
             stage.relays.append(await start_relay(env, self.o.workdir))
-            await wait_ready([*stage.services, *stage.relays], stage.client, timeout=30)
+            await wait_ready([*stage.services, *stage.relays], stage.client, timeout=READY)
             if "refunds" in stage.topology.subscriber_names:
                 stage.refunds = await findings.Refunds.open(env["BUS_STORE_URL"])
             self.timings["startup"] = time.monotonic() - t0
