@@ -213,7 +213,7 @@ def _outbox(snap: Snapshot) -> str:
 
 def _sagas(snap: Snapshot) -> str:
     r = snap.refunds
-    return f"refunds {r.completed} completed, {r.failed} failed, {r.running} running"
+    return f"refund sagas: {r.completed} completed, {r.failed} failed, {r.running} running"
 
 
 def _calls(snap: Snapshot) -> str:
