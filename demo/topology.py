@@ -63,9 +63,11 @@ class Volumes:
 
     @classmethod
     def of(cls, orders: int) -> Volumes:
-        """The demo's mix for *orders* orders (50: 5 cancelled, 6 refunds, 2 unanswered)."""
-        refunds = max(2, orders // 8)
-        return cls(orders, max(1, orders // 10), refunds, max(1, refunds // 3))
+        """The demo's mix for *orders* orders (50: 5 cancelled, 6 refunds, 2 unanswered; 5: 1,
+        2, 1). Refunds are asked half way, for orders the API accepted by then."""
+        cancelled = max(1, orders // 10) if orders >= 2 else 0
+        refunds = min(max(2, orders // 8), (orders - cancelled) // 2)
+        return cls(orders, cancelled, refunds, max(1, refunds // 3) if refunds >= 2 else 0)
 
     def per_type(self) -> dict[str, int]:
         """How many events of each type the flows publish."""

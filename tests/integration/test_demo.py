@@ -172,3 +172,13 @@ def test_demo_topology_isolates_names_under_the_prefix_with_short_retries() -> N
     }  # fmt: skip
     before = from_dict(demo_document(raw, "demo", ["1s"], leave_out=["search"]), source="demo")
     assert "search" not in before.subscriber_names and "payments" in before.subscriber_names
+
+
+def test_demo_volumes_ask_refunds_only_of_orders_accepted_half_way() -> None:
+    assert Volumes.of(50) == Volumes(50, cancelled=5, refunds=6, silent=2)
+    assert Volumes.of(5) == Volumes(5, cancelled=1, refunds=2, silent=1)
+    for orders in range(1, 120):
+        v = Volumes.of(orders)
+        assert v.refunds <= (orders - v.cancelled) // 2, orders  # the API's first half
+        assert 0 <= v.silent < max(v.refunds, 1) or v.refunds == v.silent == 0, orders
+        assert sum(v.per_type().values()) >= orders
