@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from bus.amqp.connection import connect_plain
@@ -57,6 +58,7 @@ async def queue_exists(url: str, name: str) -> bool:
         await conn.close()
 
 
+@pytest.mark.rabbitmq4  # also on RabbitMQ 4.0: streams, ordering and sagas behave there too
 async def test_demo_handles_every_order_keeps_cancellations_ordered_backfills_search_and_refunds(
     amqp_url: str, tmp_path: Path
 ) -> None:
