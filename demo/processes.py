@@ -146,3 +146,20 @@ async def scrape(client: httpx.AsyncClient, service: Service) -> dict[str, int]:
                 outcome = sample.labels.get("outcome", "")
                 out[outcome] = out.get(outcome, 0) + int(sample.value)
     return out
+
+
+async def apply_topology(env: Mapping[str, str], path: Path, log: Path) -> str:
+    """`bus topology apply` of the file *path*, as its own process, as an operator would run it;
+    its output (also written to *log*). A failure is a BusError with its last line."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bus.cli", "topology", "apply", "--topology", str(path),
+        env=dict(env), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await process.communicate()
+    text = out.decode(errors="replace")
+    await asyncio.to_thread(log.write_text, text, encoding="utf-8")
+    if process.returncode != 0:
+        last = text.strip().splitlines()[-1:] or ["no output"]
+        raise BusError(f"bus topology apply exited with {process.returncode}: {last[0]}")
+    return text

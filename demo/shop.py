@@ -1,5 +1,6 @@
 """The shop's clients in `bus demo`: orders POSTed to the orders API at a steady rate, each
-with its own `Idempotency-Key`, and the API's response times."""
+with its own `Idempotency-Key`, and the API's response times; the shop's till, a producer of its
+own, whose orders are at times cancelled at once; and customers asking for refunds."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+
+from api.catalogue import as_amount, price, total_cents
+from bus import Publisher
 
 # what the API's catalogue sells (api/catalogue.py); the API prices the order itself
 SKUS = ("BOOK-1", "BOOK-2", "MUG-1", "TSHIRT-M", "STICKER")
@@ -40,7 +44,7 @@ class Shop:
     rate: float
     accepted: int = 0
     latencies: dict[int, float] = field(default_factory=dict)  # seconds, by the order's number
-    order_ids: list[str] = field(default_factory=list)
+    order_ids: dict[int, str] = field(default_factory=dict)  # by the order's number
 
     async def run(self, halfway: Callable[[], Awaitable[None]] | None = None) -> None:
         """All orders, paced; *halfway* is awaited once half of them were accepted."""
@@ -72,7 +76,7 @@ class Shop:
                 f"POST /orders answered {response.status_code}: {response.text[:200]}"
             )
         self.latencies[i] = took
-        self.order_ids.append(response.json()["order_id"])
+        self.order_ids[i] = response.json()["order_id"]
         self.accepted += 1
 
     def percentiles_ms(self) -> dict[str, float]:
@@ -89,3 +93,57 @@ class Shop:
             "max_ms": round(warm[-1] * 1000, 2),
             "first_ms": round(first * 1000, 2),
         }
+
+
+def till_order(run_id: str, i: int) -> dict[str, Any]:
+    """The `order.placed` data of the till's order *i* (priced from the API's catalogue)."""
+    body = order_request(1000 + i)
+    lines = price((item["sku"], item["quantity"]) for item in body["items"])
+    return {
+        "order_id": f"till-{run_id}-{i + 1:03d}",
+        "email": body["email"],
+        "customer": body["customer"],
+        "total": as_amount(total_cents(lines)),
+        "items": [
+            {"sku": ln.sku, "quantity": ln.quantity, "unit_price": as_amount(ln.unit_cents)}
+            for ln in lines
+        ],
+    }
+
+
+def order_total(i: int) -> float:
+    """The total the API charges for the shop's order *i*."""
+    lines = price((item["sku"], item["quantity"]) for item in order_request(i)["items"])
+    return as_amount(total_cents(lines))
+
+
+@dataclass
+class Till:
+    """The shop's till, a producer of its own (a `bus.Publisher`): each of its orders is
+    cancelled at once, its `order.cancelled` published right behind its `order.placed`."""
+
+    publisher: Publisher
+    run_id: str
+    order_ids: list[str] = field(default_factory=list)
+
+    async def place_and_cancel(self, count: int) -> None:
+        events: list[tuple[str, dict[str, Any]]] = []
+        for i in range(count):
+            order = till_order(self.run_id, i)
+            cancel = {"order_id": order["order_id"], "reason": "changed their mind"}
+            events += [("order.placed", order), ("order.cancelled", cancel)]
+        await self.publisher.publish_many(events)  # in this order, on one channel
+        self.order_ids += [data["order_id"] for kind, data in events if kind == "order.placed"]
+
+
+async def request_refunds(
+    publisher: Publisher, run_id: str, orders: dict[int, str], count: int
+) -> list[str]:
+    """`refund.requested` for *count* of the shop's *orders* (number -> order id); the ids."""
+    ids = []
+    for n, (i, order_id) in enumerate(sorted(orders.items())[:count]):
+        refund_id = f"rf-{run_id}-{n + 1:02d}"
+        data = {"refund_id": refund_id, "order_id": order_id, "amount": order_total(i)}
+        await publisher.publish("refund.requested", data)
+        ids.append(refund_id)
+    return ids

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +31,70 @@ from bus.topology.plan import (
 )
 from bus.topology.routing import matches
 
-# What one order causes: the API writes `order.placed`, fulfillment publishes
+# What the demo's flows cause. One order: the API writes `order.placed`, fulfillment publishes
 # `shipment.requested`, invoicing `invoice.rendered`, and email the delayed
-# `order.review_requested` (its "how was your order?" mail, `follow_up` later).
-FLOW = ("order.placed", "shipment.requested", "invoice.rendered", "order.review_requested")
+# `order.review_requested` (its "how was your order?" mail, `follow_up` later). Some orders are
+# cancelled at once (`order.cancelled`). A refund: the refunds saga asks payments, which answers
+# `payment.refunded` or stays silent until the saga's timeout (`refund.expired`) compensates.
+FLOW = (
+    "order.placed", "order.cancelled", "shipment.requested", "invoice.rendered",
+    "order.review_requested", "refund.requested", "payment.refund_requested", "payment.refunded",
+    "refund.expired", "refund.completed", "refund.failed",
+)  # fmt: skip
+
+# The demo's stand-in payment provider: a subscriber of the demo only (`demo.payments`).
+PAYMENTS = {
+    "description": "The demo's stand-in payment provider: pays refunds back, all but a few.",
+    "handlers": "demo.payments:router",
+    "bindings": [{"exchange": "events", "keys": ["payment.refund_requested"]}],
+    "publishes": ["payment.refunded"],
+}
+
+
+@dataclass(frozen=True)
+class Volumes:
+    """How many of each thing the demo does: *orders* in all, *cancelled* of them cancelled
+    right behind their `order.placed`, *refunds* requested, *silent* of those never answered."""
+
+    orders: int
+    cancelled: int = 0
+    refunds: int = 0
+    silent: int = 0
+
+    @classmethod
+    def of(cls, orders: int) -> Volumes:
+        """The demo's mix for *orders* orders (50: 5 cancelled, 6 refunds, 2 unanswered; 5: 1,
+        2, 1). Refunds are asked half way, for orders the API accepted by then."""
+        cancelled = max(1, orders // 10) if orders >= 2 else 0
+        refunds = min(max(2, orders // 8), (orders - cancelled) // 2)
+        return cls(orders, cancelled, refunds, max(1, refunds // 3) if refunds >= 2 else 0)
+
+    def per_type(self) -> dict[str, int]:
+        """How many events of each type the flows publish."""
+        n, r, s = self.orders, self.refunds, self.silent
+        return {
+            "order.placed": n, "order.cancelled": self.cancelled, "shipment.requested": n,
+            "invoice.rendered": n, "order.review_requested": n, "refund.requested": r,
+            "payment.refund_requested": r, "payment.refunded": r - s,
+            "refund.expired": r,  # every timeout fires; after a refund completed it is ignored
+            "refund.completed": r - s, "refund.failed": s,
+        }  # fmt: skip
 
 
 # -- the demo topology (pure) ----------------------------------------------------------------
 
 
-def demo_document(raw: Mapping[str, Any], prefix: str, delays: Sequence[str]) -> dict[str, Any]:
+def demo_document(
+    raw: Mapping[str, Any], prefix: str, delays: Sequence[str], *, leave_out: Sequence[str] = ()
+) -> dict[str, Any]:
     """*raw* (a valid topology document) with its exchanges and queues renamed under *prefix*,
-    every retry ladder replaced by *delays*, no schedules, and only the subscribers of the order
-    flow."""
+    every retry ladder replaced by *delays*, no schedules, only the subscribers of the demo's
+    flows (less those in *leave_out*) and the stand-in payment provider."""
     doc = copy.deepcopy(dict(raw))
+    subs = doc.setdefault("subscribers", {}) or {}
+    if "payments" not in subs and "payment.refund_requested" in (doc.get("events") or {}):
+        subs["payments"] = copy.deepcopy(PAYMENTS)
+    doc["subscribers"] = subs
     renamed = {name: f"{prefix}.{name}" for name in doc.get("exchanges") or {}}
     doc["exchanges"] = {renamed[n]: spec for n, spec in (doc.get("exchanges") or {}).items()}
     for event in (doc.get("events") or {}).values():
@@ -60,21 +111,24 @@ def demo_document(raw: Mapping[str, Any], prefix: str, delays: Sequence[str]) ->
     doc.pop("schedules", None)
     topology = from_dict(doc, source="demo")
     flow = [t for t in FLOW if t in topology.events]
-    # the demo runs the order flow: a subscriber of other flows (refunds) would sit idle
+    # the demo runs its flows: a subscriber of other flows would sit idle
     doc["subscribers"] = {
         s.name: doc["subscribers"][s.name]
         for s in topology.subscribers()
-        if any(_receives(topology, s, t) for t in flow)
+        if s.name not in leave_out and any(_receives(topology, s, t) for t in flow)
     }
     return doc
 
 
-def write_demo_topology(source: str, workdir: Path, prefix: str, delays: Sequence[str]) -> Path:
+def write_demo_topology(
+    source: str, workdir: Path, prefix: str, delays: Sequence[str], *,
+    leave_out: Sequence[str] = (), name: str = "topology.yaml",
+) -> Path:  # fmt: skip
     """Validate *source*, derive the demo topology from it, validate that too, write it."""
     load_topology(source)  # every problem of the real file, with its paths
     raw = yaml.safe_load(Path(source).read_text(encoding="utf-8"))
-    doc = demo_document(raw, prefix, delays)
-    path = workdir / "topology.yaml"
+    doc = demo_document(raw, prefix, delays, leave_out=leave_out)
+    path = workdir / name
     from_dict(doc, source=str(path))
     header = f"# Derived by `bus demo` from {source}: names under `{prefix}.`, short retries.\n"
     text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, allow_unicode=True)
@@ -82,11 +136,11 @@ def write_demo_topology(source: str, workdir: Path, prefix: str, delays: Sequenc
     return path
 
 
-def expected_handled(topology: Topology, orders: int) -> dict[str, int]:
-    """How many events of the demo's flow each subscriber will receive."""
-    flow = [t for t in FLOW if t in topology.events]
+def expected_handled(topology: Topology, volumes: Volumes) -> dict[str, int]:
+    """How many events of the demo's flows each subscriber will receive."""
+    counts = {t: n for t, n in volumes.per_type().items() if t in topology.events}
     return {
-        s.name: orders * sum(_receives(topology, s, t) for t in flow)
+        s.name: sum(n for t, n in counts.items() if _receives(topology, s, t))
         for s in topology.subscribers()
     }
 

@@ -172,7 +172,7 @@ class _PlainView:
         )
         line = (
             f"[{snap.elapsed:5.1f}s] accepted {snap.published}/{snap.orders} | {_outbox(snap)} "
-            f"| {subs} | mails {snap.mails} | warehouse {_calls(snap)}"
+            f"| {subs} | mails {snap.mails} | warehouse {_calls(snap)} | {_sagas(snap)}"
         )
         console.print(line, markup=False, soft_wrap=True)
 
@@ -200,6 +200,7 @@ class _LiveView(_PlainView):
             ("   ", ""), _outbox(snap),
             ("   mails delivered ", "dim"), str(snap.mails),
             ("   warehouse ", "dim"), _calls(snap),
+            ("   ", ""), _sagas(snap),
             ("   ", ""), (f"{snap.elapsed:.1f}s", "dim"),
         )  # fmt: skip
         self._live.update(Group(head, _table(snap, live=True)))
@@ -208,6 +209,11 @@ class _LiveView(_PlainView):
 def _outbox(snap: Snapshot) -> str:
     lag = f", oldest {snap.outbox_lag:.1f}s" if snap.outbox_pending else ""
     return f"relayed {snap.relayed} (outbox {snap.outbox_pending}{lag})"
+
+
+def _sagas(snap: Snapshot) -> str:
+    r = snap.refunds
+    return f"refund sagas: {r.completed} completed, {r.failed} failed, {r.running} running"
 
 
 def _calls(snap: Snapshot) -> str:
@@ -234,6 +240,37 @@ def _table(snap: Snapshot, *, live: bool) -> Table:
             *extra, Text(str(v.parked), style="red" if v.parked else ""),
         )  # fmt: skip
     return table
+
+
+def _flows(outcome: Outcome) -> None:
+    """The lines of the ordered, history and saga flows, each from what its service recorded."""
+    snap = outcome.snapshot
+    o, s, r = snap.ordering, snap.search, snap.refunds
+    if o.cancelled:
+        held = (
+            f", {o.held} of them held while their order.placed waited for a retry" if o.held else ""
+        )
+        console.print(
+            f"ordered fulfillment: {o.cancelled} orders cancelled right behind their order.placed; "
+            f"fulfillment handled {o.in_order} cancellations after their order{held} · "
+            f"overtaken: {max(o.overtaken, o.metric)}",
+            soft_wrap=True, markup=False,
+        )  # fmt: skip
+    if s is not None and s.added:
+        console.print(
+            f"search (added after {s.added_after} orders, backfill from history): "
+            f"{s.backfilled} events copied into its new queue by `bus topology apply`; "
+            f"its index holds {s.indexed}/{snap.orders} orders ({s.from_history} first seen "
+            f"in history, {s.indexed - s.from_history} live; {s.cancelled} cancelled)",
+            soft_wrap=True, markup=False,
+        )  # fmt: skip
+    if r.requested:
+        console.print(
+            f"refunds (a saga): {r.requested} requested, {r.completed} completed "
+            f"(payment.refunded), {r.failed} failed after the timeout ({outcome.refund_timeout} "
+            "here, 3d in production): refund.failed, the compensation",
+            soft_wrap=True, markup=False,
+        )  # fmt: skip
 
 
 def _summary(outcome: Outcome) -> None:
@@ -266,6 +303,7 @@ def _summary(outcome: Outcome) -> None:
             soft_wrap=True,
             markup=False,
         )
+    _flows(outcome)
     steps = ("startup", "flow", "shutdown", "total")
     console.print("timings: " + ", ".join(f"{k} {t[k]:.1f}s" for k in steps if k in t))
     if outcome.ok:

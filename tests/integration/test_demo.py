@@ -11,12 +11,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from bus.amqp.connection import connect_plain
 from bus.topology import apply as applier
 from bus.topology.model import from_dict
-from demo.topology import delete, demo_document, expected_handled
+from demo.topology import Volumes, delete, demo_document, expected_handled
 
 REPO = Path(__file__).resolve().parents[2]
 TOPOLOGY = REPO / "topology" / "topology.yaml"
@@ -57,7 +58,8 @@ async def queue_exists(url: str, name: str) -> bool:
         await conn.close()
 
 
-async def test_demo_handles_every_order_in_every_service_and_recovers_from_503s(
+@pytest.mark.rabbitmq4  # also on RabbitMQ 4.0: streams, ordering and sagas behave there too
+async def test_demo_handles_every_order_keeps_cancellations_ordered_backfills_search_and_refunds(
     amqp_url: str, tmp_path: Path
 ) -> None:
     prefix = f"demo-t{uuid.uuid4().hex[:8]}"
@@ -78,18 +80,23 @@ async def test_demo_handles_every_order_in_every_service_and_recovers_from_503s(
     summary = summary_of(done.stdout)
 
     assert summary["ok"] is True and summary["problems"] == []
-    assert summary["published"] == 5, "the API accepted every order"
-    assert summary["outbox"]["relayed"] == 5 and summary["outbox"]["pending"] == 0
+    assert summary["published"] == 5, "the API accepted 4 orders, the till placed 1"
+    assert summary["outbox"]["relayed"] == 4 and summary["outbox"]["pending"] == 0
     assert summary["api"]["p99_ms"] > 0
     subs = summary["subscribers"]
-    assert set(subs) == {"email", "analytics", "fulfillment", "invoicing", "orders"}
+    assert set(subs) == {
+        "email", "analytics", "fulfillment", "invoicing", "orders", "refunds", "payments", "search",
+    }  # fmt: skip
     assert subs["orders"]["handled"] == 5, "the API saw each shipment requested"
     for name, counts in subs.items():
         assert counts["handled"] > 0, f"{name} handled nothing: {counts}"
         assert counts["handled"] == counts["expected"], f"{name}: {counts}"
         assert counts["parked"] == 0, f"{name} parked messages: {counts}"
-    # order.placed, shipment.requested, invoice.rendered, the delayed order.review_requested
-    assert subs["analytics"]["expected"] == 20
+    # per order: order.placed, shipment.requested, invoice.rendered, order.review_requested;
+    # 1 order.cancelled; 2 refunds: 2 requested, 2 asked of payments, 1 paid back, 2 timeouts,
+    # 1 completed, 1 failed
+    assert subs["analytics"]["expected"] == 20 + 1 + 9
+    assert subs["fulfillment"]["expected"] == 6 and subs["search"]["expected"] == 6
     assert summary["mails"] == 10, "a confirmation and a delayed follow-up per order"
     assert summary["follow_ups"] == 5
     assert summary["invoices"] == 5 and summary["invoice_sample"].endswith(".pdf")
@@ -98,8 +105,20 @@ async def test_demo_handles_every_order_in_every_service_and_recovers_from_503s(
     assert summary["warehouse"]["failed"] == 2
     assert summary["warehouse"]["recovered"] == 2
     assert summary["warehouse"]["accepted"] == 5
+    ordering = summary["ordering"]  # what fulfillment recorded, and its metric
+    assert ordering["cancelled"] == 1 and ordering["in_order"] == 1
+    assert ordering["overtaken"] == 0 and ordering["metric"] == 0
+    search = summary["search"]  # added half way by `bus topology apply`, with backfill
+    assert search["added"] is True and search["added_after"] >= 1
+    assert search["backfilled"] >= 1, "the orders before it came from history"
+    assert search["indexed"] == 5 and search["cancelled"] == 1
+    assert search["from_history"] >= 1
+    refunds = summary["refunds"]  # the refunds saga; payments leaves one unanswered
+    assert (refunds["requested"], refunds["completed"], refunds["failed"]) == (2, 1, 1)
+    assert refunds["running"] == 0
     assert "demo: ok" in done.stdout
-    assert took < 40, f"the demo took {took:.1f}s"
+    assert "overtaken: 0" in done.stdout and "backfill" in done.stdout
+    assert took < 75, f"the demo took {took:.1f}s"
 
     assert gone, "the demo left its queues behind"
 
@@ -118,7 +137,8 @@ async def test_demo_with_the_relay_killed_half_way_still_handles_every_order(
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
     summary = summary_of(done.stdout)
     assert summary["ok"] is True
-    assert summary["outbox"]["relay_kills"] == 1 and summary["outbox"]["relayed"] == 40
+    assert summary["outbox"]["relay_kills"] == 1
+    assert summary["outbox"]["relayed"] == 40 - summary["ordering"]["cancelled"]
     for name, counts in summary["subscribers"].items():
         assert counts["handled"] == counts["expected"], f"{name}: {counts}"
     assert "relay killed (SIGKILL)" in done.stdout
@@ -146,6 +166,21 @@ def test_demo_topology_isolates_names_under_the_prefix_with_short_retries() -> N
         assert sub.delays == ("1s", "2s")
         assert {b.exchange for b in sub.bindings} == {"demo.events"}
     assert topology.schedules() == []
-    assert expected_handled(topology, 3) == {
-        "email": 6, "analytics": 12, "fulfillment": 3, "invoicing": 3, "orders": 3,
+    assert topology.history("demo.events") is not None
+    assert topology.subscriber("search").backfill == "7d"
+    assert expected_handled(topology, Volumes(3, cancelled=1, refunds=2, silent=1)) == {
+        "email": 6, "analytics": 12 + 1 + 9, "fulfillment": 4, "invoicing": 3, "orders": 3,
+        "search": 4, "refunds": 2 + 1 + 2, "payments": 2,
     }  # fmt: skip
+    before = from_dict(demo_document(raw, "demo", ["1s"], leave_out=["search"]), source="demo")
+    assert "search" not in before.subscriber_names and "payments" in before.subscriber_names
+
+
+def test_demo_volumes_ask_refunds_only_of_orders_accepted_half_way() -> None:
+    assert Volumes.of(50) == Volumes(50, cancelled=5, refunds=6, silent=2)
+    assert Volumes.of(5) == Volumes(5, cancelled=1, refunds=2, silent=1)
+    for orders in range(1, 120):
+        v = Volumes.of(orders)
+        assert v.refunds <= (orders - v.cancelled) // 2, orders  # the API's first half
+        assert 0 <= v.silent < max(v.refunds, 1) or v.refunds == v.silent == 0, orders
+        assert sum(v.per_type().values()) >= orders

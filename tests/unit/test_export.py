@@ -214,8 +214,11 @@ def test_asyncapi_receivers_follow_the_broker_routing(topology: Topology) -> Non
         ("email", "order.shipped"),
         ("email", "order.review_requested"),
         ("fulfillment", "order.placed"),
+        ("fulfillment", "order.cancelled"),
         ("invoicing", "order.placed"),
         ("orders", "shipment.requested"),
+        ("search", "order.placed"),
+        ("search", "order.cancelled"),
         ("refunds", "refund.requested"),
         ("refunds", "payment.refunded"),
         ("refunds", "refund.expired"),
@@ -262,7 +265,8 @@ def test_export_with_users_adds_users_and_permissions() -> None:
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert {u["name"] for u in doc["users"]} == {
-        "email", "analytics", "fulfillment", "invoicing", "orders", "refunds", "producer",
+        "email", "analytics", "fulfillment", "invoicing", "orders", "refunds", "search",
+        "producer",
     }  # fmt: skip
 
 

@@ -106,4 +106,4 @@ async def test_a_handler_publishing_forever_fails_settle_instead_of_hanging() ->
 async def test_the_testbus_fixture_loads_the_projects_topology(testbus: TestBus) -> None:
     assert {"email", "analytics", "fulfillment", "orders"} <= set(testbus.topology.subscriber_names)
     with pytest.raises(UnknownEventType):
-        await testbus.publish("order.cancelled", {})
+        await testbus.publish("order.teleported", {})

@@ -1,0 +1,1 @@
+"""The search service: a searchable index of orders, started from history (`backfill`)."""

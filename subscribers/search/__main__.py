@@ -1,0 +1,5 @@
+"""`python -m subscribers.search`: the search service (same as `bus run search`)."""
+
+from bus.consume.service import main
+
+main("search")
