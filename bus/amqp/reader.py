@@ -122,6 +122,9 @@ class BufferedUnderlay(UnderlayConnection):
         return conn
 
 
+_NOT_MINE, _PART, _WHOLE = object(), object(), object()
+
+
 class _Pending:
     """A delivery being read on one channel: its method frame, then header, then body parts."""
 
@@ -132,6 +135,9 @@ class _Pending:
         self.header: ContentHeader | None = None
         self.parts: list[bytes] = []
         self.received = 0
+
+    def body(self) -> bytes:
+        return self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
 
 
 class BufferedConnection(aiormq.Connection):
@@ -173,62 +179,37 @@ class BufferedConnection(aiormq.Connection):
                 if data[end] != FRAME_END:
                     raise InvalidFrameError(f"frame end {data[end]:#x} is not {FRAME_END:#x}")
                 start, frame_at, pos = pos + 7, pos, end + 1
-                if channel and await self._content(pending, kind, channel, data, start, end):
-                    continue
+                if channel:
+                    taken = _content(pending, kind, channel, data, start, end)
+                    if taken is _WHOLE:
+                        done = pending.pop(channel)
+                        if not self._delivered(channel, done):
+                            await _queue(self.channels[channel], done)
+                    if taken is not _NOT_MINE:
+                        continue
                 if kind == 8 and not channel:
                     continue  # a heartbeat: its arrival (the time above) is all it says
                 await self._frame(pending, data[frame_at : end + 1])
             rest = data[pos:]
 
-    async def _content(
-        self, pending: dict[int, _Pending], kind: int, channel: int,
-        data: bytes, start: int, end: int,
-    ) -> bool:  # fmt: skip
-        """Take a frame of a delivery; False when it is not one (aiormq's handling then)."""
-        p = pending.get(channel)
-        try:
-            if kind == 1:
-                if p is not None or _IDS(data, start) != (60, 60):
-                    return False
-                pending[channel] = _Pending(wire.deliver(data[start + 4 : end], 0))
-                return True
-            if p is None:
-                return False
-            if kind == 2 and p.header is None:
-                p.header = wire.header(data[start:end], 0)
-                if p.header.body_size:
-                    return True
-            elif kind == 3 and p.header is not None:
-                p.parts.append(data[start:end])
-                p.received += end - start
-                if p.received < p.header.body_size:
-                    return True
-            else:
-                return False
-        except (IndexError, ValueError, UnicodeDecodeError, struct.error) as exc:
-            raise InvalidFrameError(f"malformed frame on channel {channel}: {exc}") from exc
-        del pending[channel]
-        await self._delivered(channel, p)
-        return True
-
-    async def _delivered(self, channel: int, p: _Pending) -> None:
-        """One whole delivery: to its consumer now, or after what its channel has queued."""
+    def _delivered(self, channel: int, p: _Pending) -> bool:
+        """One whole delivery to its consumer now; False when its channel has frames to handle
+        first (the caller queues it after them)."""
         ch = self.channels.get(channel)
-        header = p.header
-        assert header is not None
-        body = p.parts[0] if len(p.parts) == 1 else b"".join(p.parts)
         if ch is None:
             log.error("Got frame for closed channel %d: %r", channel, p.deliver)
-            return
+            return True
         if not isinstance(ch, aiormq.Channel) or not _idle(ch.frames):
-            await _queue(ch, p.deliver, header, body)
-            return
+            return False
         # as aiormq.Channel._on_deliver_frame, without the three trips through ch.frames
         consumer = ch.consumers.get(p.deliver.consumer_tag)  # type: ignore[arg-type]
         if consumer is not None:
-            message = DeliveredMessage(delivery=p.deliver, header=header, body=body, channel=ch)
+            header = p.header
+            assert header is not None  # a whole delivery has one
+            message = DeliveredMessage(delivery=p.deliver, header=header, body=p.body(), channel=ch)
             task = ch.create_task(consumer(message))
             task.add_done_callback(ch._on_consumer_done)
+        return True
 
     async def _frame(self, pending: dict[int, _Pending], raw: bytes) -> None:
         """Any other frame, decoded by pamqp and handled as aiormq's reader does."""
@@ -240,7 +221,7 @@ class BufferedConnection(aiormq.Connection):
         if p is not None:  # a delivery cut short: let aiormq's channel see (and refuse) it
             ch = self.channels.get(channel)
             if ch is not None:
-                await _queue(ch, p.deliver, p.header, b"".join(p.parts), partial=True)
+                await _queue(ch, p, partial=True)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("Received frame %r in channel #%d weight=%s on %r",
                       frame, channel, weight, self)  # fmt: skip
@@ -275,6 +256,36 @@ class BufferedConnection(aiormq.Connection):
                     log.error("Unexpected frame %r", frame)
 
 
+def _content(
+    pending: dict[int, _Pending], kind: int, channel: int, data: bytes, start: int, end: int
+) -> object:
+    """Take a frame of a delivery: _NOT_MINE (aiormq handles it), _PART, or _WHOLE (the
+    delivery on *channel* is complete)."""
+    p = pending.get(channel)
+    try:
+        if kind == 1:
+            if p is not None or _IDS(data, start) != (60, 60):
+                return _NOT_MINE
+            pending[channel] = _Pending(wire.deliver(data[start + 4 : end], 0))
+            return _PART
+        if p is None:
+            return _NOT_MINE
+        if kind == 2 and p.header is None:
+            p.header = wire.header(data[start:end], 0)
+            if p.header.body_size:
+                return _PART
+        elif kind == 3 and p.header is not None:
+            p.parts.append(data[start:end])
+            p.received += end - start
+            if p.received < p.header.body_size:
+                return _PART
+        else:
+            return _NOT_MINE
+    except (IndexError, ValueError, UnicodeDecodeError, struct.error) as exc:
+        raise InvalidFrameError(f"malformed frame on channel {channel}: {exc}") from exc
+    return _WHOLE
+
+
 class _CloseOk(Exception):
     """Connection.CloseOk arrived: the reader returns."""
 
@@ -307,14 +318,12 @@ def _idle(frames: asyncio.Queue[Any]) -> bool:
     return any(not g.done() for g in getters)
 
 
-async def _queue(
-    ch: Any, deliver: spec.Basic.Deliver, header: ContentHeader | None, body: bytes,
-    *, partial: bool = False,
-) -> None:  # fmt: skip
-    """The delivery's frames onto its channel's queue, as aiormq's reader would put them."""
-    await ch.frames.put((0, deliver))
-    if header is None:
+async def _queue(ch: Any, p: _Pending, *, partial: bool = False) -> None:
+    """The delivery's frames onto its channel's queue, as aiormq's reader would put them (a
+    delivery cut short: the frames that came)."""
+    await ch.frames.put((0, p.deliver))
+    if p.header is None:
         return
-    await ch.frames.put((0, header))
-    if body or (header.body_size and not partial):
-        await ch.frames.put((0, ContentBody(body)))
+    await ch.frames.put((0, p.header))
+    if p.parts or (p.header.body_size and not partial):
+        await ch.frames.put((0, ContentBody(p.body())))
