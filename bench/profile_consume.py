@@ -92,7 +92,8 @@ async def main(args: argparse.Namespace) -> None:
         )
     for a, b in ((BUS, NAIVE), (BUS_STOCK, NAIVE), (BUS, BUS_STOCK)):
         if a in sides and b in sides:
-            print(f"{a}/{b}: events/s {wall[b] / wall[a]:.2f}, CPU per event {cpu[b] / cpu[a]:.2f}")
+            print(f"{a}/{b} (events/s): {wall[b] / wall[a]:.2f}  "
+                  f"({b}'s CPU per event / {a}'s: {cpu[b] / cpu[a]:.2f})")  # fmt: skip
     print_profile(profiler, args.top)
 
 
