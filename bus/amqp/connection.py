@@ -135,7 +135,7 @@ async def connect(
     `Settings.reconnect_interval`, BUS_RECONNECT_INTERVAL)."""
     urls = _urls(url)
     nodes = [URL(u) for u in urls]
-    buffered = reader.enabled() and reader.supported()
+    buffered = reader.wanted()
     failures: list[tuple[str, BaseException]] = []
     for node in nodes:
         conn = ClusterConnection(

@@ -96,6 +96,20 @@ def supported() -> bool:
 _warned = False
 
 
+def wanted() -> bool:
+    """Whether the bus's connections get this reader: `BUS_FRAME_READER` asks for it and this
+    aiormq and aio-pika fit it (one warning when they do not)."""
+    global _warned
+    if not enabled():
+        return False
+    if supported():
+        return True
+    if not _warned:
+        _warned = True
+        log.warning("this aiormq or aio-pika does not fit the bus's frame reader: using aiormq's")
+    return False
+
+
 async def open_connection(url: Any, timeout: float | None = None, **kwargs: Any) -> Any:
     """An aiormq connection to *url*, connected: a `BufferedConnection` when this aiormq has
     what it needs (else aiormq's own, with one warning)."""
@@ -104,7 +118,7 @@ async def open_connection(url: Any, timeout: float | None = None, **kwargs: Any)
     if not all(hasattr(conn, name) for name in _PRIVATE_STATE):
         if not _warned:
             _warned = True
-            log.warning("this aiormq version does not fit the bus's frame reader: using its own")
+            log.warning("this aiormq does not fit the bus's frame reader: using aiormq's")
         conn = aiormq.Connection(url, **kwargs)
     await asyncio.wait_for(conn.connect(), timeout=timeout)
     await conn.ready()

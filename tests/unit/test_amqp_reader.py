@@ -126,3 +126,19 @@ async def test_a_bad_frame_end_is_an_invalid_frame() -> None:
     raw[-1] = 0
     with pytest.raises(InvalidFrameError):
         await conn._read(_Chunks(bytes(raw), []))  # type: ignore[arg-type]
+
+
+def test_an_aiormq_without_the_replaced_reader_falls_back_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(reader, "supported", lambda: False)
+    monkeypatch.setattr(reader, "_warned", False)
+    monkeypatch.delenv("BUS_FRAME_READER", raising=False)
+    assert reader.wanted() is False
+    assert reader.wanted() is False
+    warnings = [
+        r for r in caplog.records if "does not fit the bus's frame reader" in r.getMessage()
+    ]
+    assert len(warnings) == 1
+    monkeypatch.setenv("BUS_FRAME_READER", "aiormq")
+    assert reader.wanted() is False
