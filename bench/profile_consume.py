@@ -1,11 +1,13 @@
 """Where consuming's time goes: CPU µs per event for `Runtime` beside the naive aio-pika consumer.
 
-`python -m bench.profile_consume [--events 20000] [--rounds 4] [--loop uvloop] [--cprofile]` fills
-one queue per side with the same events (untimed), then drains them in ABBA rounds: the bus side is
-a `Runtime` with a pydantic-annotated handler and the memory store, the naive side `bench.naive`'s
-consumer (json + `model_validate` + one ack). It prints wall events/s (first handler call to last)
-and this process's CPU µs per event for each, and with `--cprofile` the functions taking the bus
-side's time. CPU per event tells whether the client is the bottleneck: when both sides spend well
+`python -m bench.profile_consume [--events 20000] [--rounds 4] [--loop uvloop] [--readers]
+[--cprofile]` fills one queue per side with the same events (untimed), then drains them in ABBA
+rounds: the bus side is a `Runtime` with a pydantic-annotated handler and the memory store, the
+naive side `bench.naive`'s consumer (json + `model_validate` + one ack). `--readers` adds a third
+side, the same `Runtime` on aiormq's own frame reader (`BUS_FRAME_READER=aiormq`), to weigh the
+bus's reader (bus.amqp.reader). It prints wall events/s (first handler call to last) and this
+process's CPU µs per event for each, and with `--cprofile` the functions taking the bus side's
+time. CPU per event tells whether the client is the bottleneck: when both sides spend well
 under the wall time per event on the CPU, the broker sets the pace.
 For a sampling profile:
 `py-spy record -o consume.svg -- python -m bench.profile_consume --only bus`.
@@ -39,10 +41,12 @@ from bus.loop import run
 from bus.stores import MemoryStore
 
 KEY = "bench.profiled"
+BUS_STOCK = "bus-aiormq"  # the bus on aiormq's frame reader (--readers)
 
 
 async def main(args: argparse.Namespace) -> None:
-    sides = [s for s in (NAIVE, BUS) if args.only in (None, s)]
+    every = (NAIVE, BUS_STOCK, BUS) if args.readers else (NAIVE, BUS)
+    sides = [s for s in every if args.only in (None, s)]
     topo = topology(
         new_prefix(), {s: [KEY] for s in sides}, [KEY],
         queue_type=args.queue_type, prefetch=args.prefetch,
@@ -62,8 +66,9 @@ async def main(args: argparse.Namespace) -> None:
                     counter.hit()
 
                 consuming: AbstractAsyncContextManager[object]
-                if side == BUS:
-                    consuming = bus_consuming(args.url, topo, BUS, Order, on_event, MemoryStore())
+                if side in (BUS, BUS_STOCK):
+                    os.environ["BUS_FRAME_READER"] = "aiormq" if side == BUS_STOCK else "bus"
+                    consuming = bus_consuming(args.url, topo, side, Order, on_event, MemoryStore())
                 else:
                     queue = topo.subscriber(NAIVE).queue
                     consuming = naive_consuming(
@@ -81,12 +86,14 @@ async def main(args: argparse.Namespace) -> None:
             handled += chunk - 1  # first call to last: chunk - 1 intervals
     for side in sides:
         print(
-            f"{side:6} {handled / wall[side]:8,.0f} events/s  "
+            f"{side:10} {handled / wall[side]:8,.0f} events/s  "
             f"{wall[side] / handled * 1e6:6.1f} µs wall/event  "
             f"{cpu[side] / args.events * 1e6:6.1f} µs CPU/event"
         )
-    if len(sides) == 2:
-        print(f"bus/naive (events/s): {wall[NAIVE] / wall[BUS]:.2f}")
+    for a, b in ((BUS, NAIVE), (BUS_STOCK, NAIVE), (BUS, BUS_STOCK)):
+        if a in sides and b in sides:
+            print(f"{a}/{b} (events/s): {wall[b] / wall[a]:.2f}  "
+                  f"({b}'s CPU per event / {a}'s: {cpu[b] / cpu[a]:.2f})")  # fmt: skip
     print_profile(profiler, args.top)
 
 
@@ -96,6 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="the loop both sides use"
     )
+    p.add_argument("--readers", action="store_true", help="also the bus on aiormq's frame reader")
     return p.parse_args(argv)
 
 

@@ -28,7 +28,9 @@ import aiormq
 from aio_pika.abc import AbstractConnection, AbstractRobustConnection, UnderlayConnection
 from yarl import URL
 
+from bus.amqp import reader
 from bus.amqp.flow import Flow
+from bus.amqp.reader import BufferedUnderlay
 from bus.errors import BrokerUnavailable, BusError, ConfigError
 from bus.settings import DEFAULT_RECONNECT_INTERVAL, broker_urls, redact
 
@@ -50,7 +52,10 @@ class ClusterConnection(aio_pika.RobustConnection):
     node it was made for, every later attempt (a reconnect after a loss, or its retries) the
     next node in turn."""
 
-    def __init__(self, url: URL, *, nodes: Sequence[URL] = (), **kwargs: Any) -> None:
+    def __init__(
+        self, url: URL, *, nodes: Sequence[URL] = (), buffered: bool = False, **kwargs: Any
+    ) -> None:
+        self._buffered = buffered  # the bus's frame reader (bus.amqp.reader), or aiormq's
         self._nodes = list(nodes) or [url]
         self._index = self._nodes.index(url) if url in self._nodes else 0
         self._counting = False
@@ -75,6 +80,24 @@ class ClusterConnection(aio_pika.RobustConnection):
                 self._index = (self._index + 1) % len(self._nodes)
             self._attempts += 1
         self._transport = value
+
+    async def _RobustConnection__connect_transport(self) -> None:
+        """aio-pika's connect attempt (RobustConnection.__connect_transport), opening the
+        aiormq connection with the bus's frame reader when asked to."""
+        if not self._buffered:
+            await super()._RobustConnection__connect_transport()  # type: ignore[misc]
+            return
+        self.transport = None
+        self.connected.clear()
+        self.transport = await BufferedUnderlay.connect(
+            self.url, self._on_connection_close,
+            timeout=self._RobustConnection__connect_timeout,  # type: ignore[attr-defined]
+            **self.kwargs,
+        )  # fmt: skip
+        await self._on_connected()
+        fail_fast = self._RobustConnection__fail_fast_future  # type: ignore[attr-defined]
+        if not fail_fast.done():
+            fail_fast.set_result(None)
 
     @property
     def url(self) -> URL:
@@ -112,11 +135,12 @@ async def connect(
     `Settings.reconnect_interval`, BUS_RECONNECT_INTERVAL)."""
     urls = _urls(url)
     nodes = [URL(u) for u in urls]
+    buffered = reader.wanted()
     failures: list[tuple[str, BaseException]] = []
     for node in nodes:
         conn = ClusterConnection(
             node, nodes=nodes, client_properties=_properties(name),
-            reconnect_interval=reconnect_interval,
+            reconnect_interval=reconnect_interval, buffered=buffered,
         )  # fmt: skip
         try:
             await conn.connect(timeout=timeout)

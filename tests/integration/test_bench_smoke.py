@@ -37,7 +37,7 @@ def test_smoke_benchmark_completes_and_writes_every_scenario(amqp_url: str, tmp_
 
 def test_the_profile_scripts_report_both_sides_and_the_bus_sides_profile(amqp_url: str) -> None:
     for script, extra in (("bench.profile_publish", ["--window", "50"]),
-                          ("bench.profile_consume", [])):  # fmt: skip
+                          ("bench.profile_consume", ["--readers"])):  # fmt: skip
         done = subprocess.run(
             [sys.executable, "-m", script, "--url", amqp_url, "--events", "200", "--rounds", "2",
              "--cprofile", "--top", "3", *extra],
@@ -50,3 +50,5 @@ def test_the_profile_scripts_report_both_sides_and_the_bus_sides_profile(amqp_ur
         assert any(ln.startswith("naive ") for ln in lines), done.stdout
         assert any(ln.startswith("bus ") for ln in lines), done.stdout
         assert "bus/naive (events/s)" in done.stdout and "Ordered by: cumulative" in done.stdout
+        if script == "bench.profile_consume":  # and the bus on aiormq's frame reader
+            assert any(ln.startswith("bus-aiormq ") for ln in lines), done.stdout
