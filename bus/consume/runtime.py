@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
 
@@ -39,7 +40,7 @@ from bus.metrics import Metrics, type_label
 from bus.ordering.gate import Ended
 from bus.ordering.intake import Decided, Intake
 from bus.ordering.partitioner import Partitioner
-from bus.ordering.partitions import partition_of
+from bus.ordering.partitions import LAPS_FLAG, SENTINEL, laps_flag, partition_of
 from bus.ordering.reporter import Reporter
 from bus.produce.publisher import Publisher
 from bus.sagas.hosting import Hosted, host_sagas
@@ -205,8 +206,9 @@ class Runtime:
         )
         self._consumer = Consumer(channel, self.sub.queue, self._on_route)
         self.intake = Intake(
-            self._process_ordered, self._set_aside, load=self._load_holds, record=self._record_hold
-        )
+            self._process_ordered, self._set_aside, load=self._load_holds,
+            record=self._record_hold, mark=self._mark, drop=self._acks.ack,
+        )  # fmt: skip
         for i, queue in enumerate(self.sub.partition_queues):
             hold = self.sub.hold_queue(i)
 
@@ -350,14 +352,23 @@ class Runtime:
         """Held keys of *partition* from the store, and whether its hold queue has laps out."""
         index = self.sub.partition_queues.index(partition)
         held: list[tuple[str, str, float]] = []
+        flagged = False
         if isinstance(self.store, HoldStore):
-            held = [
-                h for h in await self.store.holds(self.sub.name)
-                if partition_of(h[0], self.sub.partitions) == index
-            ]  # fmt: skip
+            for h in await self.store.holds(self.sub.name):
+                if h[0].startswith(LAPS_FLAG):
+                    flagged = flagged or h[0] == laps_flag(partition)
+                elif partition_of(h[0], self.sub.partitions) == index:
+                    held.append(h)
         assert self._publishing is not None
         counts = await queue_counts(self._publishing, self.sub.hold_queue(index))
-        return held, bool(counts and counts.messages)
+        return held, flagged or bool(counts and counts.messages)
+
+    async def _mark(self, hold: str, headers: dict[str, Any]) -> None:
+        """A sentinel round *hold*, confirmed."""
+        assert self._partitioner is not None
+        message = aio_pika.Message(b"", headers=headers, delivery_mode=2,
+                                   message_id=f"sentinel-{headers[SENTINEL]}")  # fmt: skip
+        await self._partitioner.channel.default_exchange.publish(message, routing_key=hold)
 
     async def _record_hold(self, key: str, event_id: str, held: bool) -> None:
         if not isinstance(self.store, HoldStore):

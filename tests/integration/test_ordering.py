@@ -217,11 +217,6 @@ async def test_changing_partitions_is_refused_while_events_are_queued_then_appli
     await delete_topology(amqp_url, four)  # p2 and p3 too
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="unfinished: on RabbitMQ 4.0 a held key's release sometimes takes over 60 s after its "
-    "retry succeeds (seen in a full CI run and once alone); under investigation",
-)
 async def test_status_and_metrics_show_the_active_consumer_and_the_held_keys(
     amqp_url: str, prefix: str
 ) -> None:
@@ -279,12 +274,6 @@ def _replica(url: str, files: tuple[str, str, str]) -> subprocess.Popen[str]:
     return proc
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="unfinished: events of a held key that were out on a hold lap of the killed replica "
-    "can come back after a fresh event of their key that the new owner set aside "
-    "(seen in about 1 run of 3 on a loaded machine)",
-)
 async def test_a_sigkilled_replica_hands_its_partitions_over_with_order_kept(
     amqp_url: str, prefix: str, tmp_path: Path
 ) -> None:
