@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
-import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
 
 from bus.amqp.connection import connect
 from bus.amqp.delivery import Delivery
 from bus.amqp.flow import Flow
-from bus.amqp.plumbing import queue_counts
 from bus.consume.acks import Acker
 from bus.consume.claims import Claims
 from bus.consume.consumer import Consumer
@@ -38,14 +35,13 @@ from bus.errors import ConfigError
 from bus.loop import name_of
 from bus.metrics import Metrics, type_label
 from bus.ordering.gate import Ended
+from bus.ordering.hosting import OrderedHost, Shell
 from bus.ordering.intake import Decided, Intake
-from bus.ordering.partitioner import Partitioner
-from bus.ordering.partitions import LAPS_FLAG, SENTINEL, laps_flag, partition_of
 from bus.ordering.reporter import Reporter
 from bus.produce.publisher import Publisher
 from bus.sagas.hosting import Hosted, host_sagas
 from bus.settings import DEFAULT_RECONNECT_INTERVAL
-from bus.stores.base import DEFAULT_LEASE, DEFAULT_SAGA_RETENTION, HoldStore, Store
+from bus.stores.base import DEFAULT_LEASE, DEFAULT_SAGA_RETENTION, Store
 from bus.topology.model import Subscriber, Topology
 
 log = logging.getLogger(__name__)
@@ -120,10 +116,7 @@ class Runtime:
         self._timers: dict[str, Any] = {}
         self._declared = frozenset(topology.events)  # metric labels: these, else `undeclared`
         self._consumer: Consumer | None = None
-        self._consumers: list[Consumer] = []  # an ordered subscriber's: its partitions'
-        self._partitioner: Partitioner | None = None
-        self.intake: Intake | None = None
-        self.reporter: Reporter | None = None
+        self._ordered: OrderedHost | None = None  # an ordered subscriber's partitions
         self._publisher: Publisher | None = None  # these two from start()
         self._dispatcher: Dispatcher | None = None
         self._inflight = 0
@@ -179,8 +172,9 @@ class Runtime:
             for queue in (self.sub.queue, *self.sub.partition_queues):
                 await underlay.queue_declare(queue, passive=True)
             await self._consumer.start()
-            for consumer in self._consumers:
-                await consumer.start()
+            if self._ordered is not None:
+                for consumer in self._ordered.consumers.values():
+                    await consumer.start()
         except aiormq.exceptions.ChannelNotFoundEntity:
             await self.stop(0)
             raise ConfigError(
@@ -199,31 +193,25 @@ class Runtime:
         )  # fmt: skip
 
     async def _start_ordered(self, channel: AbstractRobustChannel) -> None:
-        """The subscriber's queue feeds the partitioner; each partition queue feeds the intake."""
-        assert self._publishing is not None
-        self._partitioner = Partitioner(
-            self.sub, await self._publishing.channel(publisher_confirms=True, on_return_raises=True)
-        )
-        self._consumer = Consumer(channel, self.sub.queue, self._on_route)
-        self.intake = Intake(
-            self._process_ordered, self._set_aside, load=self._load_holds,
-            record=self._record_hold, mark=self._mark, drop=self._acks.ack,
+        """The subscriber's queue feeds the partitioner; each partition queue the intake."""
+        assert self._publishing is not None and self._handoff is not None
+        shell = Shell(
+            delivered=self._acks.delivered, ack=self._acks.ack, requeue=self._requeue,
+            process=self._process_ordered, republish=self._handoff.republish,
+            subscribe=lambda queue, on_delivery: Consumer(channel, queue, on_delivery),
         )  # fmt: skip
-        for i, queue in enumerate(self.sub.partition_queues):
-            hold = self.sub.hold_queue(i)
+        self._ordered = OrderedHost(self.sub, self.store, self._publishing, shell, self.metrics)
+        await self._ordered.start()
+        self._consumer = Consumer(channel, self.sub.queue, self._on_route)
 
-            async def arrive(m: Delivery, queue: str = queue, hold: str = hold) -> None:
-                self._acks.delivered(m)
-                await self.intake.arrive(queue, hold, m)  # type: ignore[union-attr]
+    @property
+    def intake(self) -> Intake | None:
+        """An ordered subscriber's partitions, their gates and held keys."""
+        return self._ordered.intake if self._ordered is not None else None
 
-            self._consumers.append(Consumer(channel, queue, arrive))
-        intake = self.intake
-        self.metrics.held_keys.labels(self.sub.name).set_function(intake.held_keys)
-        self.metrics.oldest_hold.labels(self.sub.name).set_function(
-            lambda: intake.oldest_hold(time.time())
-        )
-        self.reporter = Reporter(self.sub, intake, self._publishing)
-        self.reporter.start()
+    @property
+    def reporter(self) -> Reporter | None:
+        return self._ordered.reporter if self._ordered is not None else None
 
     @property
     def ready(self) -> bool:
@@ -268,10 +256,8 @@ class Runtime:
         self.metrics.ready.labels(self.sub.name).set_function(lambda: 0.0)  # and forget us
         if self._consumer is not None:
             await self._consumer.cancel()
-        for consumer in self._consumers:
-            await consumer.cancel()
-        if self.reporter is not None:
-            await self.reporter.stop()
+        if self._ordered is not None:
+            await self._ordered.stop()
         if self._dispatcher is not None:  # waiting batches run now, not at their flush
             self._dispatcher.flush_batches()
 
@@ -328,11 +314,11 @@ class Runtime:
         if self._stopping:
             self._acks.settled(m)
             return
-        assert self._partitioner is not None
+        assert self._ordered is not None
         self._inflight += 1
         self._idle.clear()
         try:
-            await self._partitioner.route(m)  # first: the publishes keep the deliveries' order
+            await self._ordered.route(m)  # first: the publishes keep the deliveries' order
         except Exception as exc:
             log.warning("could not move %s to its partition (%s); returned to %s",
                         m.message_id, exc, self.sub.queue)  # fmt: skip
@@ -347,48 +333,6 @@ class Runtime:
     async def _process_ordered(self, m: Delivery, decided: Decided) -> Ended | None:
         outcome = await self._process(m, decided)
         return None if outcome is None else _ended(outcome)
-
-    async def _load_holds(self, partition: str) -> tuple[list[tuple[str, str, float]], bool]:
-        """Held keys of *partition* from the store, and whether its hold queue has laps out."""
-        index = self.sub.partition_queues.index(partition)
-        held: list[tuple[str, str, float]] = []
-        flagged = False
-        if isinstance(self.store, HoldStore):
-            for h in await self.store.holds(self.sub.name):
-                if h[0].startswith(LAPS_FLAG):
-                    flagged = flagged or h[0] == laps_flag(partition)
-                elif partition_of(h[0], self.sub.partitions) == index:
-                    held.append(h)
-        assert self._publishing is not None
-        counts = await queue_counts(self._publishing, self.sub.hold_queue(index))
-        return held, flagged or bool(counts and counts.messages)
-
-    async def _mark(self, hold: str, headers: dict[str, Any]) -> None:
-        """A sentinel round *hold*, confirmed."""
-        assert self._partitioner is not None
-        message = aio_pika.Message(b"", headers=headers, delivery_mode=2,
-                                   message_id=f"sentinel-{headers[SENTINEL]}")  # fmt: skip
-        await self._partitioner.channel.default_exchange.publish(message, routing_key=hold)
-
-    async def _record_hold(self, key: str, event_id: str, held: bool) -> None:
-        if not isinstance(self.store, HoldStore):
-            return
-        if held:
-            await self.store.hold(self.sub.name, key, event_id)
-        else:
-            await self.store.unhold(self.sub.name, key, event_id)
-
-    async def _set_aside(self, m: Delivery, hold: str, headers: dict[str, Any]) -> None:
-        """Send an event of a held key round its partition's hold queue, then ack it."""
-        assert self._handoff is not None
-        try:
-            await self._handoff.republish(m, hold, headers)
-        except Exception as exc:
-            log.warning("could not set %s aside (%s); returned to its partition",
-                        m.message_id, exc)  # fmt: skip
-            await self._requeue(m)
-            return
-        self._acks.ack(m)
 
     async def _perform(self, m: Delivery, outcome: Outcome) -> None:
         """Carry out what the dispatcher decided; only this touches the broker."""
