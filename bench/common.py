@@ -54,11 +54,13 @@ class Counts:
     outbox: int = 20_000  # rows the relay moves, per database
     api_rate: int = 200  # orders per second POSTed to the orders API
     api_seconds: float = 30.0
+    ordering: int = 5_000  # events per side of the ordering scenario
 
 
 SMOKE = Counts(
     publish=300, window=50, consume=500, fanout=200, rate=200, seconds=1.0, retry=100,
     mem_small=300, mem_large=1_500, rounds=2, outbox=300, api_rate=50, api_seconds=2.0,
+    ordering=400,
 )  # fmt: skip
 
 BUS, RAW, FASTSTREAM = "bus", "raw", "faststream"

@@ -27,7 +27,17 @@ if __package__ in (None, ""):  # `python bench/run.py`: make the repository impo
 if TYPE_CHECKING:
     from bench.common import Counts, Env, Row
 
-SCENARIOS = ("publish", "consume", "fanout", "latency", "retry", "memory", "outbox", "api")
+SCENARIOS = (
+    "publish",
+    "consume",
+    "fanout",
+    "latency",
+    "retry",
+    "memory",
+    "outbox",
+    "api",
+    "ordering",
+)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 

@@ -25,7 +25,7 @@ from bus.amqp.delivery import Delivery
 from bus.amqp.flow import Flow
 from bus.consume.acks import Acker
 from bus.consume.claims import Claims
-from bus.consume.consumer import Consumer
+from bus.consume.consumer import Consumer, OnDelivery
 from bus.consume.dispatch import Ack, Dispatcher, Duplicate, Outcome, Park, Requeue, Retry
 from bus.consume.handoff import HandOff
 from bus.consume.router import Router
@@ -161,6 +161,8 @@ class Runtime:
         assert isinstance(channel, AbstractRobustChannel)
         # a batch handler of 500 needs 500 deliveries in hand, or its batch never fills
         prefetch = max(self.sub.prefetch, self.router.largest_batch)
+        if self.sub.ordered:  # the partitioner's window: every move waits for its confirm
+            prefetch = max(prefetch, self.sub.prefetch * self.sub.partitions)
         await channel.set_qos(prefetch_count=prefetch)
         self._consumer = Consumer(channel, self.sub.queue, self._on_message)
         if self.sub.ordered:
@@ -198,11 +200,19 @@ class Runtime:
         shell = Shell(
             delivered=self._acks.delivered, ack=self._acks.ack, requeue=self._requeue,
             process=self._process_ordered, republish=self._handoff.republish,
-            subscribe=lambda queue, on_delivery: Consumer(channel, queue, on_delivery),
+            subscribe=self._subscribe_partition, flush_acks=self._acks.drain,
         )  # fmt: skip
         self._ordered = OrderedHost(self.sub, self.store, self._publishing, shell, self.metrics)
         await self._ordered.start()
         self._consumer = Consumer(channel, self.sub.queue, self._on_route)
+
+    async def _subscribe_partition(self, queue: str, on_delivery: OnDelivery) -> Consumer:
+        """A partition on a channel of its own: closing it hands the partition on."""
+        assert self._connection is not None
+        channel = await self._connection.channel(publisher_confirms=False)
+        assert isinstance(channel, AbstractRobustChannel)
+        await channel.set_qos(prefetch_count=self.sub.prefetch)
+        return Consumer(channel, queue, on_delivery)
 
     @property
     def intake(self) -> Intake | None:
@@ -322,6 +332,7 @@ class Runtime:
         except Exception as exc:
             log.warning("could not move %s to its partition (%s); returned to %s",
                         m.message_id, exc, self.sub.queue)  # fmt: skip
+            await asyncio.sleep(1.0)  # a brake: a closed channel must not become a hot loop
             await self._requeue(m)
         else:
             self._acks.ack(m)

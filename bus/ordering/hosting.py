@@ -8,22 +8,24 @@ consume runtime in the layers.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from bus.amqp.delivery import Delivery
 from bus.amqp.plumbing import queue_counts
 from bus.metrics import Metrics
+from bus.ordering.balance import BALANCE_EVERY, QUIET_WITHIN, fair_share, to_hand_on
 from bus.ordering.gate import Ended
 from bus.ordering.intake import Decided, Intake
 from bus.ordering.partitioner import Partitioner
-from bus.ordering.partitions import LAPS_FLAG, SENTINEL, laps_flag, partition_of
+from bus.ordering.partitions import LAPS_FLAG, laps_flag, partition_of
 from bus.ordering.reporter import Reporter
 from bus.stores.base import HoldStore, Store
 from bus.topology.model import Subscriber
@@ -34,10 +36,11 @@ OnDelivery = Callable[[Delivery], Awaitable[None]]
 
 
 class Subscription(Protocol):
-    """One `basic.consume` of the runtime (`bus.consume.consumer.Consumer`)."""
+    """One `basic.consume` on a channel of its own (`bus.consume.consumer.Consumer`)."""
 
     async def start(self) -> None: ...
     async def cancel(self) -> None: ...
+    async def close(self) -> None: ...  # close the channel: unacked deliveries go back in place
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +52,8 @@ class Shell:
     requeue: Callable[[Delivery], Awaitable[None]]
     process: Callable[[Delivery, Decided], Awaitable[Ended | None]]  # None: back unhandled
     republish: Callable[[Delivery, str, dict[str, Any]], Awaitable[None]]  # confirmed
-    subscribe: Callable[[str, OnDelivery], Subscription]
+    subscribe: Callable[[str, OnDelivery], Awaitable[Subscription]]  # on a new channel
+    flush_acks: Callable[[], Awaitable[None]]  # every ack asked for so far is written
 
 
 class OrderedHost:
@@ -72,6 +76,7 @@ class OrderedHost:
         )  # fmt: skip
         self.reporter = Reporter(sub, self.intake, publishing)
         self.consumers: dict[str, Subscription] = {}
+        self._balancing: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         channel: AbstractChannel = await self.publishing.channel(
@@ -79,11 +84,28 @@ class OrderedHost:
         )
         self.partitioner = Partitioner(self.sub, channel)
         for i, queue in enumerate(self.sub.partition_queues):
-            self.consumers[queue] = self.shell.subscribe(queue, self._arrival(queue, i))
+            self.consumers[queue] = await self.shell.subscribe(queue, self._arrival(queue, i))
         intake, name = self.intake, self.sub.name
         self.metrics.held_keys.labels(name).set_function(intake.held_keys)
         self.metrics.oldest_hold.labels(name).set_function(lambda: intake.oldest_hold(time.time()))
         self.reporter.start()
+        await self._join_roster()
+        self._balancing = asyncio.get_running_loop().create_task(self._balance_forever())
+
+    async def _join_roster(self) -> None:
+        """Consume `Q.replicas`, a queue nothing is published to, so its consumer count is the
+        number of replicas (a single-active-consumer queue counts only its active one). Made
+        by the replicas themselves, deleted with the last of them; the robust channel
+        consumes it again after a reconnect."""
+        channel = await self.publishing.channel()
+        roster = await channel.declare_queue(
+            self.roster, durable=False, auto_delete=True, arguments={"x-queue-type": "classic"}
+        )
+        await roster.consume(_ignore, no_ack=True)
+
+    @property
+    def roster(self) -> str:
+        return f"{self.sub.queue}.replicas"
 
     def _arrival(self, queue: str, index: int) -> OnDelivery:
         hold = self.sub.hold_queue(index)
@@ -95,9 +117,61 @@ class OrderedHost:
         return arrive
 
     async def stop(self) -> None:
+        if self._balancing is not None:
+            self._balancing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._balancing
         for consumer in self.consumers.values():
             await consumer.cancel()
         await self.reporter.stop()
+
+    # -- spreading the partitions (bus.ordering.balance) ------------------------------------------
+
+    async def _balance_forever(self) -> None:
+        while True:
+            await asyncio.sleep(BALANCE_EVERY)
+            try:
+                await self.balance()
+            except Exception as exc:  # a broker outage: the next look tries again
+                log.debug("balancing the partitions of %s failed: %s", self.sub.name, exc)
+
+    async def balance(self) -> str | None:
+        """Hand one partition on if this replica is active on more than its fair share; the
+        partition handed on, if any."""
+        active = self.intake.active()
+        if len(active) <= 1:
+            return None
+        counts = await queue_counts(self.publishing, self.roster)
+        replicas = counts.consumers if counts else 1
+        held = {q: len(h) for q, h in self.intake.holds().items()}
+        log.debug("%s: active on %s of %d replicas", self.sub.name, active, replicas)
+        pick = to_hand_on(active, self.sub.partitions, replicas, held)
+        if pick is not None and await self.hand_on(pick):
+            log.info("%s handed on to the next replica: %d active here, fair share %d of %d "
+                     "replicas", pick, len(active) - 1, fair_share(self.sub.partitions, replicas),
+                     replicas)  # fmt: skip
+            return pick
+        return None
+
+    async def hand_on(self, queue: str) -> bool:
+        """Let the next replica in line take *queue*: quiet it, close its channel, subscribe
+        again. False when it did not go quiet in time (then it goes on here)."""
+        if not self.intake.pause(queue):
+            return False
+        deadline = time.monotonic() + QUIET_WITHIN
+        while not self.intake.quiet(queue):
+            if time.monotonic() > deadline:
+                await self.intake.resume(queue)
+                return False
+            await asyncio.sleep(0.005)
+        await self.shell.flush_acks()
+        await self.consumers[queue].close()  # the ones kept go back in place
+        self.intake.forget(queue)
+        index = self.sub.partition_queues.index(queue)
+        again = await self.shell.subscribe(queue, self._arrival(queue, index))
+        self.consumers[queue] = again
+        await again.start()
+        return True
 
     async def route(self, m: Delivery) -> None:
         """From the subscriber's queue to its partition, confirmed (the caller acks)."""
@@ -145,6 +219,8 @@ class OrderedHost:
     async def _mark(self, hold: str, headers: dict[str, Any]) -> None:
         """A sentinel round *hold*, confirmed."""
         assert self.partitioner is not None
-        message = aio_pika.Message(b"", headers=headers, delivery_mode=2,
-                                   message_id=f"sentinel-{headers[SENTINEL]}")  # fmt: skip
-        await self.partitioner.channel.default_exchange.publish(message, routing_key=hold)
+        await self.partitioner.mark(hold, headers)
+
+
+async def _ignore(_: object) -> None:
+    """Nothing is ever published to the roster."""

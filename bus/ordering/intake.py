@@ -65,6 +65,8 @@ class _Partition:
     flagged: bool = False  # the store says this partition may have laps out
     flag_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     settled: asyncio.Event = field(default_factory=asyncio.Event)
+    running: int = 0  # events of this partition running now (each with its key's waiting)
+    paused: list[Delivery] | None = None  # while handing the partition over: kept, unadmitted
 
 
 class Intake:
@@ -118,6 +120,9 @@ class Intake:
                 log.info("%s comes on a new channel: its keys start afresh", partition)
             p = self._parts[partition] = _Partition(partition, hold_queue, m.channel)
             self._spawn(self._open(p))
+        if p.paused is not None:
+            p.paused.append(m)  # back to the queue, in place, when the channel closes
+            return
         if SENTINEL in m.headers:
             self._sentinel_back(p, m)
             return
@@ -125,6 +130,38 @@ class Intake:
             p.pending.append(m)  # admitted in this order once the held keys are read
             return
         await self._act(p, p.gate, m, self._decide(p.gate, m))
+
+    # -- handing a partition over ----------------------------------------------------------------
+
+    def pause(self, partition: str) -> bool:
+        """Admit nothing more of *partition* (its deliveries wait, unacked); False when this
+        process has no gate for it."""
+        p = self._parts.get(partition)
+        if p is None:
+            return False
+        if p.paused is None:
+            p.paused = []
+        return True
+
+    def quiet(self, partition: str) -> bool:
+        """Nothing of *partition* is running, waiting its turn or being sent round a lap."""
+        p = self._parts.get(partition)
+        return p is None or (
+            p.gate is not None and not p.running and not p.asides and not p.sending
+        )
+
+    async def resume(self, partition: str) -> None:
+        """Admit *partition*'s deliveries again, those kept meanwhile first, in order."""
+        p = self._parts.get(partition)
+        if p is None or p.paused is None:
+            return
+        kept, p.paused = p.paused, None
+        for m in kept:
+            await self.arrive(p.queue, p.hold, m)
+
+    def forget(self, partition: str) -> None:
+        """The partition's channel is closed: its next deliveries (if any) start a new gate."""
+        self._parts.pop(partition, None)
 
     def _sentinel_back(self, p: _Partition, m: Delivery) -> None:
         tag = m.headers.get(SENTINEL)
@@ -162,6 +199,7 @@ class Intake:
             if verdict is Verdict.ASIDE:
                 self._set_aside(p, gate, m)
             elif verdict is Verdict.RUN:
+                p.running += 1  # now: `quiet` must not see a gap before the task starts
                 self._spawn(self._run(p, gate, m))
 
     async def _sentinel(self, p: _Partition, gate: Gate[Delivery]) -> None:
@@ -187,6 +225,7 @@ class Intake:
         if v is Verdict.ASIDE:
             self._set_aside(p, gate, m)
         elif v is Verdict.RUN:
+            p.running += 1
             await self._run(p, gate, m)
         # WAIT: the event of its key that runs now starts it when it ends
 
@@ -232,6 +271,13 @@ class Intake:
                 await self._flag(p, p.tag, False)
 
     async def _run(self, p: _Partition, gate: Gate[Delivery], m: Delivery) -> None:
+        """Run *m* and its key's next ones; the caller counted it in `p.running`."""
+        try:
+            await self._run_key(p, gate, m)
+        finally:
+            p.running -= 1
+
+    async def _run_key(self, p: _Partition, gate: Gate[Delivery], m: Delivery) -> None:
         key = key_of(m.headers, m.message_id)
         current: Delivery | None = m
         while current is not None:

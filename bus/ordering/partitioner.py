@@ -19,11 +19,14 @@ save a hop, but never required).
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import cast
+import uuid
+from typing import Any, cast
 
 import aiormq
 from aio_pika.abc import AbstractChannel
+from pamqp.commands import Basic
 
 from bus.amqp.delivery import Delivery, copy_properties
 from bus.ordering.partitions import SEQ, key_of, partition_of
@@ -39,6 +42,9 @@ class Partitioner:
         self.channel = channel
         self._names = sub.partition_queues
         self._last = 0
+        self._underlay: aiormq.Channel | None = None
+        self._reopening = asyncio.Lock()
+        self._queued = 0  # routes waiting behind a reopen: later ones queue behind them
 
     def partition(self, m: Delivery) -> str:
         return self._names[partition_of(key_of(m.headers, m.message_id), self.sub.partitions)]
@@ -53,8 +59,37 @@ class Partitioner:
         if SEQ not in headers:  # synchronously, in delivery order
             self._last = max(self._last + 1, time.time_ns())
             headers[SEQ] = self._last
-        channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
+        channel = self._underlay
+        if channel is None or channel.is_closed or self._queued:
+            channel = await self._reopened()
+        # wait=False: the frame goes into the connection's write queue (first in, first out)
+        # without holding the channel's lock until the socket drained, which would move one
+        # event per turn of the loop; the confirm is still awaited
         await channel.basic_publish(
-            m.body, routing_key=queue, mandatory=True,
+            m.body, routing_key=queue, mandatory=True, wait=False,
             properties=copy_properties(m.properties, headers),
         )  # fmt: skip
+
+    async def mark(self, queue: str, headers: dict[str, Any]) -> None:
+        """An empty message with *headers* to *queue* (a sentinel), confirmed."""
+        channel = await self._reopened()
+        properties = Basic.Properties(headers=headers, delivery_mode=2,
+                                      message_id=f"sentinel-{uuid.uuid4().hex[:12]}")  # fmt: skip
+        await channel.basic_publish(b"", routing_key=queue, mandatory=True, properties=properties)
+
+    async def _reopened(self) -> aiormq.Channel:
+        """The channel, reopened if a cut closed it for good (a robust channel whose reopen
+        failed while its connection went). Routes wait here in arrival order (the lock is
+        first come, first served), and later ones queue behind them, so order is kept."""
+        self._queued += 1
+        try:
+            async with self._reopening:
+                channel = self._underlay
+                if channel is None or channel.is_closed:
+                    if self.channel.is_closed:
+                        await self.channel.reopen()
+                    channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
+                    self._underlay = channel
+                return channel
+        finally:
+            self._queued -= 1

@@ -253,3 +253,17 @@ def test_after_a_takeover_every_event_takes_a_lap_until_the_sentinel_is_back() -
     assert _admit(gate, "c2") is Verdict.WAIT
     assert _admit(gate, "b1") is Verdict.RUN
     assert _admit(gate, "d1") is Verdict.RUN  # settled: no lap
+
+
+# -- spreading the partitions ------------------------------------------------------------------
+
+
+def test_a_replica_over_its_fair_share_hands_on_the_partition_with_the_fewest_held_keys() -> None:
+    from bus.ordering.balance import fair_share, to_hand_on
+
+    assert fair_share(4, 2) == 2 and fair_share(4, 3) == 2 and fair_share(4, 0) == 4
+    four = ["q.p0", "q.p1", "q.p2", "q.p3"]
+    assert to_hand_on(four, 4, 1, {}) is None  # alone: every partition is its share
+    assert to_hand_on(four, 4, 2, {}) == "q.p3"
+    assert to_hand_on(four, 4, 2, {"q.p3": 2, "q.p2": 1}) == "q.p1"
+    assert to_hand_on(four[:2], 4, 2, {}) is None
