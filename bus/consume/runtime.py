@@ -117,6 +117,8 @@ class Runtime:
         self._declared = frozenset(topology.events)  # metric labels: these, else `undeclared`
         self._consumer: Consumer | None = None
         self._ordered: OrderedHost | None = None  # an ordered subscriber's partitions
+        self._rerouting = False  # a failed move: the subscriber's queue is consumed again
+        self._again: asyncio.Task[None] | None = None
         self._publisher: Publisher | None = None  # these two from start()
         self._dispatcher: Dispatcher | None = None
         self._inflight = 0
@@ -330,16 +332,46 @@ class Runtime:
         try:
             await self._ordered.route(m)  # first: the publishes keep the deliveries' order
         except Exception as exc:
-            log.warning("could not move %s to its partition (%s); returned to %s",
-                        m.message_id, exc, self.sub.queue)  # fmt: skip
-            await asyncio.sleep(1.0)  # a brake: a closed channel must not become a hot loop
-            await self._requeue(m)
+            self._acks.settled(m)  # back to the queue with the channel, in place
+            if (
+                self._ordered.partitioner is not None
+                and self._ordered.partitioner.failed
+                and (not self._rerouting)
+            ):
+                self._rerouting = True
+                log.warning("could not move %s to its partition (%s); every event in hand "
+                            "goes back to %s", m.message_id, exc, self.sub.queue)  # fmt: skip
+                self._again = asyncio.get_running_loop().create_task(self._consume_again())
         else:
             self._acks.ack(m)
         finally:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+
+    async def _consume_again(self) -> None:
+        """After a failed move: close the subscriber queue's channel (every event in hand goes
+        back in place: none may be moved ahead of the one that failed), then consume again."""
+        assert self._ordered is not None and self._ordered.partitioner is not None
+        try:
+            await self._acks.drain()  # the moves confirmed so far are not moved twice
+            if self._consumer is not None:
+                await self._consumer.close()
+            while not self._stopping:
+                await asyncio.sleep(1.0)  # a brake: a broken connection is no hot loop
+                try:
+                    assert self._connection is not None
+                    channel = await self._connection.channel(publisher_confirms=False)
+                    assert isinstance(channel, AbstractRobustChannel)
+                    await channel.set_qos(prefetch_count=self.sub.prefetch * self.sub.partitions)
+                    self._ordered.partitioner.reset()
+                    self._consumer = Consumer(channel, self.sub.queue, self._on_route)
+                    await self._consumer.start()
+                    return
+                except Exception as exc:
+                    log.warning("cannot consume %s again yet (%s)", self.sub.queue, exc)
+        finally:
+            self._rerouting = False
 
     async def _process_ordered(self, m: Delivery, decided: Decided) -> Ended | None:
         outcome = await self._process(m, decided)
