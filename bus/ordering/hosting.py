@@ -42,6 +42,9 @@ class Subscription(Protocol):
     async def cancel(self) -> None: ...
     async def close(self) -> None: ...  # close the channel: unacked deliveries go back in place
 
+    @property
+    def consuming(self) -> bool: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Shell:
@@ -77,6 +80,7 @@ class OrderedHost:
         self.reporter = Reporter(sub, self.intake, publishing)
         self.consumers: dict[str, Subscription] = {}
         self._balancing: asyncio.Task[None] | None = None
+        self._idle_looks: dict[str, int] = {}  # partition -> looks in a row it was not consumed
 
     async def start(self) -> None:
         channel: AbstractChannel = await self.publishing.channel(
@@ -131,9 +135,29 @@ class OrderedHost:
         while True:
             await asyncio.sleep(BALANCE_EVERY)
             try:
+                await self.revive()
                 await self.balance()
             except Exception as exc:  # a broker outage: the next look tries again
                 log.debug("balancing the partitions of %s failed: %s", self.sub.name, exc)
+
+    async def revive(self) -> None:
+        """Subscribe again to a partition whose channel did not come back after a connection
+        loss (a robust channel whose reopen failed while the connection went stays closed)."""
+        for index, queue in enumerate(self.sub.partition_queues):
+            if self.consumers[queue].consuming:
+                self._idle_looks.pop(queue, None)
+                continue
+            looks = self._idle_looks[queue] = self._idle_looks.get(queue, 0) + 1
+            if looks < 2:  # a reconnect in progress: give it a look's time
+                continue
+            log.warning("%s is not consumed since the connection came back: subscribing again",
+                        queue)  # fmt: skip
+            await self.consumers[queue].close()
+            self.intake.forget(queue)
+            again = await self.shell.subscribe(queue, self._arrival(queue, index))
+            self.consumers[queue] = again
+            await again.start()
+            self._idle_looks.pop(queue, None)
 
     async def balance(self) -> str | None:
         """Hand one partition on if this replica is active on more than its fair share; the
