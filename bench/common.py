@@ -57,6 +57,7 @@ class Counts:
     saga: int = 2_000  # events per side of the saga scenario, per store and prefetch
     saga_instances: int = 1_000  # live saga instances the saga scenario's events spread over
     history: int = 100_000  # events in the log the history scenario reads, replays, backfills
+    ordering: int = 5_000  # events per side of the ordering scenario
 
 
 SMOKE = Counts(
@@ -64,6 +65,7 @@ SMOKE = Counts(
     mem_small=300, mem_large=1_500, rounds=2, outbox=300, api_rate=50, api_seconds=2.0,
     saga=60, saga_instances=20,
     history=300,
+    ordering=400,
 )  # fmt: skip
 
 BUS, RAW, FASTSTREAM = "bus", "raw", "faststream"

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from bench.common import Counts, Env, Row
 
 SCENARIOS = ("publish", "consume", "fanout", "latency", "retry", "memory", "outbox", "api",
-             "saga", "history")  # fmt: skip
+             "saga", "history", "ordering")  # fmt: skip
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 

@@ -56,7 +56,7 @@ from bus.durations import parse_ms
 from bus.envelope import Wire, decode_body, encode
 from bus.errors import ConfigError, UnroutableError
 from bus.ordering.gate import Ended, Gate, Verdict
-from bus.ordering.partitions import HELD_BY, LAP, key_of
+from bus.ordering.partitions import HELD_BY, LAP, SEQ, key_of, seq_of
 from bus.produce.publisher import DELAY_HEADER, Publisher
 from bus.retry import attempt_of
 from bus.sagas import MemorySagaStore, SagaHost
@@ -386,8 +386,9 @@ class TestBus:
     async def _deliver_ordered(self, name: str, gate: Gate[_Message], m: _Message) -> None:
         """As `bus run` does for a partition: run, or go round the hold queue while held."""
         key, event_id = key_of(m.headers, m.message_id), m.message_id or ""
-        lap_tag = m.headers.get(LAP)
-        verdict = gate.admit(key, event_id, m, lap=lap_tag, now=self._now)
+        if SEQ not in m.headers:  # as the partitioner stamps it, in delivery order
+            m.headers[SEQ] = next(self._seq)
+        verdict = gate.admit(key, event_id, seq_of(m.headers), m)
         if verdict is not Verdict.RUN:  # ASIDE (one handler at a time: never WAIT here)
             headers = {**m.headers, HELD_BY: gate.held_by(key) or "", LAP: gate.tag}
             lap = m.copy(m.exchange, m.routing_key, headers)

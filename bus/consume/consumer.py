@@ -80,6 +80,19 @@ class Consumer:
             resuming.cancel()
         await self._cancel_current()
 
+    async def close(self) -> None:
+        """Stop by closing the channel, without a `basic.cancel` first: the broker removes the
+        consumer and returns every unacknowledged delivery in place in one step. (After a
+        cancel, a single-active-consumer queue would hand itself on while deliveries are
+        still out.)"""
+        self._stopped = True
+        self.channel.reopen_callbacks.discard(self._on_reopen)
+        if self._resuming is not None and not self._resuming.done():
+            self._resuming.cancel()
+        self._tag = None
+        with contextlib.suppress(Exception):  # already closed: the same for the broker
+            await self.channel.close()
+
     async def _cancel_current(self) -> None:
         tag, underlay, self._tag = self._tag, self._underlay, None
         if tag is None or underlay is None or underlay.is_closed or tag not in underlay.consumers:

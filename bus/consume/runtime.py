@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,10 +23,9 @@ from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustC
 from bus.amqp.connection import connect
 from bus.amqp.delivery import Delivery
 from bus.amqp.flow import Flow
-from bus.amqp.plumbing import queue_counts
 from bus.consume.acks import Acker
 from bus.consume.claims import Claims
-from bus.consume.consumer import Consumer
+from bus.consume.consumer import Consumer, OnDelivery
 from bus.consume.dispatch import Ack, Dispatcher, Duplicate, Outcome, Park, Requeue, Retry
 from bus.consume.handoff import HandOff
 from bus.consume.router import Router
@@ -37,14 +35,13 @@ from bus.errors import ConfigError
 from bus.loop import name_of
 from bus.metrics import Metrics, type_label
 from bus.ordering.gate import Ended
+from bus.ordering.hosting import OrderedHost, Shell
 from bus.ordering.intake import Decided, Intake
-from bus.ordering.partitioner import Partitioner
-from bus.ordering.partitions import partition_of
 from bus.ordering.reporter import Reporter
 from bus.produce.publisher import Publisher
 from bus.sagas.hosting import Hosted, host_sagas
 from bus.settings import DEFAULT_RECONNECT_INTERVAL
-from bus.stores.base import DEFAULT_LEASE, DEFAULT_SAGA_RETENTION, HoldStore, Store
+from bus.stores.base import DEFAULT_LEASE, DEFAULT_SAGA_RETENTION, Store
 from bus.topology.model import Subscriber, Topology
 
 log = logging.getLogger(__name__)
@@ -119,10 +116,9 @@ class Runtime:
         self._timers: dict[str, Any] = {}
         self._declared = frozenset(topology.events)  # metric labels: these, else `undeclared`
         self._consumer: Consumer | None = None
-        self._consumers: list[Consumer] = []  # an ordered subscriber's: its partitions'
-        self._partitioner: Partitioner | None = None
-        self.intake: Intake | None = None
-        self.reporter: Reporter | None = None
+        self._ordered: OrderedHost | None = None  # an ordered subscriber's partitions
+        self._rerouting = False  # a failed move: the subscriber's queue is consumed again
+        self._again: asyncio.Task[None] | None = None
         self._publisher: Publisher | None = None  # these two from start()
         self._dispatcher: Dispatcher | None = None
         self._inflight = 0
@@ -167,6 +163,8 @@ class Runtime:
         assert isinstance(channel, AbstractRobustChannel)
         # a batch handler of 500 needs 500 deliveries in hand, or its batch never fills
         prefetch = max(self.sub.prefetch, self.router.largest_batch)
+        if self.sub.ordered:  # the partitioner's window: every move waits for its confirm
+            prefetch = max(prefetch, self.sub.prefetch * self.sub.partitions)
         await channel.set_qos(prefetch_count=prefetch)
         self._consumer = Consumer(channel, self.sub.queue, self._on_message)
         if self.sub.ordered:
@@ -178,8 +176,9 @@ class Runtime:
             for queue in (self.sub.queue, *self.sub.partition_queues):
                 await underlay.queue_declare(queue, passive=True)
             await self._consumer.start()
-            for consumer in self._consumers:
-                await consumer.start()
+            if self._ordered is not None:
+                for consumer in self._ordered.consumers.values():
+                    await consumer.start()
         except aiormq.exceptions.ChannelNotFoundEntity:
             await self.stop(0)
             raise ConfigError(
@@ -198,30 +197,33 @@ class Runtime:
         )  # fmt: skip
 
     async def _start_ordered(self, channel: AbstractRobustChannel) -> None:
-        """The subscriber's queue feeds the partitioner; each partition queue feeds the intake."""
-        assert self._publishing is not None
-        self._partitioner = Partitioner(
-            self.sub, await self._publishing.channel(publisher_confirms=True, on_return_raises=True)
-        )
+        """The subscriber's queue feeds the partitioner; each partition queue the intake."""
+        assert self._publishing is not None and self._handoff is not None
+        shell = Shell(
+            delivered=self._acks.delivered, ack=self._acks.ack, requeue=self._requeue,
+            process=self._process_ordered, republish=self._handoff.republish,
+            subscribe=self._subscribe_partition, flush_acks=self._acks.drain,
+        )  # fmt: skip
+        self._ordered = OrderedHost(self.sub, self.store, self._publishing, shell, self.metrics)
+        await self._ordered.start()
         self._consumer = Consumer(channel, self.sub.queue, self._on_route)
-        self.intake = Intake(
-            self._process_ordered, self._set_aside, load=self._load_holds, record=self._record_hold
-        )
-        for i, queue in enumerate(self.sub.partition_queues):
-            hold = self.sub.hold_queue(i)
 
-            async def arrive(m: Delivery, queue: str = queue, hold: str = hold) -> None:
-                self._acks.delivered(m)
-                await self.intake.arrive(queue, hold, m)  # type: ignore[union-attr]
+    async def _subscribe_partition(self, queue: str, on_delivery: OnDelivery) -> Consumer:
+        """A partition on a channel of its own: closing it hands the partition on."""
+        assert self._connection is not None
+        channel = await self._connection.channel(publisher_confirms=False)
+        assert isinstance(channel, AbstractRobustChannel)
+        await channel.set_qos(prefetch_count=self.sub.prefetch)
+        return Consumer(channel, queue, on_delivery)
 
-            self._consumers.append(Consumer(channel, queue, arrive))
-        intake = self.intake
-        self.metrics.held_keys.labels(self.sub.name).set_function(intake.held_keys)
-        self.metrics.oldest_hold.labels(self.sub.name).set_function(
-            lambda: intake.oldest_hold(time.time())
-        )
-        self.reporter = Reporter(self.sub, intake, self._publishing)
-        self.reporter.start()
+    @property
+    def intake(self) -> Intake | None:
+        """An ordered subscriber's partitions, their gates and held keys."""
+        return self._ordered.intake if self._ordered is not None else None
+
+    @property
+    def reporter(self) -> Reporter | None:
+        return self._ordered.reporter if self._ordered is not None else None
 
     @property
     def ready(self) -> bool:
@@ -266,10 +268,8 @@ class Runtime:
         self.metrics.ready.labels(self.sub.name).set_function(lambda: 0.0)  # and forget us
         if self._consumer is not None:
             await self._consumer.cancel()
-        for consumer in self._consumers:
-            await consumer.cancel()
-        if self.reporter is not None:
-            await self.reporter.stop()
+        if self._ordered is not None:
+            await self._ordered.stop()
         if self._dispatcher is not None:  # waiting batches run now, not at their flush
             self._dispatcher.flush_batches()
 
@@ -326,15 +326,22 @@ class Runtime:
         if self._stopping:
             self._acks.settled(m)
             return
-        assert self._partitioner is not None
+        assert self._ordered is not None
         self._inflight += 1
         self._idle.clear()
         try:
-            await self._partitioner.route(m)  # first: the publishes keep the deliveries' order
+            await self._ordered.route(m)  # first: the publishes keep the deliveries' order
         except Exception as exc:
-            log.warning("could not move %s to its partition (%s); returned to %s",
-                        m.message_id, exc, self.sub.queue)  # fmt: skip
-            await self._requeue(m)
+            self._acks.settled(m)  # back to the queue with the channel, in place
+            if (
+                self._ordered.partitioner is not None
+                and self._ordered.partitioner.failed
+                and (not self._rerouting)
+            ):
+                self._rerouting = True
+                log.warning("could not move %s to its partition (%s); every event in hand "
+                            "goes back to %s", m.message_id, exc, self.sub.queue)  # fmt: skip
+                self._again = asyncio.get_running_loop().create_task(self._consume_again())
         else:
             self._acks.ack(m)
         finally:
@@ -342,42 +349,33 @@ class Runtime:
             if self._inflight == 0:
                 self._idle.set()
 
+    async def _consume_again(self) -> None:
+        """After a failed move: close the subscriber queue's channel (every event in hand goes
+        back in place: none may be moved ahead of the one that failed), then consume again."""
+        assert self._ordered is not None and self._ordered.partitioner is not None
+        try:
+            await self._acks.drain()  # the moves confirmed so far are not moved twice
+            if self._consumer is not None:
+                await self._consumer.close()
+            while not self._stopping:
+                await asyncio.sleep(1.0)  # a brake: a broken connection is no hot loop
+                try:
+                    assert self._connection is not None
+                    channel = await self._connection.channel(publisher_confirms=False)
+                    assert isinstance(channel, AbstractRobustChannel)
+                    await channel.set_qos(prefetch_count=self.sub.prefetch * self.sub.partitions)
+                    self._ordered.partitioner.reset()
+                    self._consumer = Consumer(channel, self.sub.queue, self._on_route)
+                    await self._consumer.start()
+                    return
+                except Exception as exc:
+                    log.warning("cannot consume %s again yet (%s)", self.sub.queue, exc)
+        finally:
+            self._rerouting = False
+
     async def _process_ordered(self, m: Delivery, decided: Decided) -> Ended | None:
         outcome = await self._process(m, decided)
         return None if outcome is None else _ended(outcome)
-
-    async def _load_holds(self, partition: str) -> tuple[list[tuple[str, str, float]], bool]:
-        """Held keys of *partition* from the store, and whether its hold queue has laps out."""
-        index = self.sub.partition_queues.index(partition)
-        held: list[tuple[str, str, float]] = []
-        if isinstance(self.store, HoldStore):
-            held = [
-                h for h in await self.store.holds(self.sub.name)
-                if partition_of(h[0], self.sub.partitions) == index
-            ]  # fmt: skip
-        assert self._publishing is not None
-        counts = await queue_counts(self._publishing, self.sub.hold_queue(index))
-        return held, bool(counts and counts.messages)
-
-    async def _record_hold(self, key: str, event_id: str, held: bool) -> None:
-        if not isinstance(self.store, HoldStore):
-            return
-        if held:
-            await self.store.hold(self.sub.name, key, event_id)
-        else:
-            await self.store.unhold(self.sub.name, key, event_id)
-
-    async def _set_aside(self, m: Delivery, hold: str, headers: dict[str, Any]) -> None:
-        """Send an event of a held key round its partition's hold queue, then ack it."""
-        assert self._handoff is not None
-        try:
-            await self._handoff.republish(m, hold, headers)
-        except Exception as exc:
-            log.warning("could not set %s aside (%s); returned to its partition",
-                        m.message_id, exc)  # fmt: skip
-            await self._requeue(m)
-            return
-        self._acks.ack(m)
 
     async def _perform(self, m: Delivery, outcome: Outcome) -> None:
         """Carry out what the dispatcher decided; only this touches the broker."""

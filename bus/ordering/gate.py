@@ -1,23 +1,37 @@
-"""Per key, one event at a time in arrival order, and a durable hold while one of them retries.
+"""Per key, one event at a time in publish order, and a durable hold while one of them retries.
 
-Pure state of one process's partitions. For each delivery `admit` answers:
+Pure state of one process's partitions. Every event carries its sequence number (`bus-seq`,
+stamped by the partitioner: later events of a key have larger numbers). For each delivery
+`admit` answers:
 
-- `RUN`: nothing of its key is running, waiting, held or out on a lap: the shell runs it.
+- `RUN`: nothing of its key is running or held, and no earlier event of its key is out on a
+  hold lap: the shell runs it.
 - `WAIT`: an earlier event of its key is running: the gate keeps it until that one is `done`.
-- `ASIDE`: its key is held (an earlier event is on the retry ladder), or earlier events of the
-  key are still out on a hold lap: the shell sends it round the partition's hold queue.
+- `ASIDE`: its key is held (an earlier event is on the retry ladder), or an earlier event of
+  its key is out on a hold lap, or the gate is still *calm* after a takeover: the shell sends it
+  round the partition's hold queue.
 
 `done` reports how an event ended and returns the next event of its key to run, and the events
-that must step aside because the event went to retry (the key is now held by it). Nothing waits
-unacknowledged while a key is held: its events go round the hold queue (a short TTL back to the
-partition) until the event that holds the key comes back from its retry queue and succeeds or
-parks. A hold lap keeps order because the hold queue is first in, first out, and a key's fresh
-events step aside too while any of its earlier ones are out on a lap.
+that must step aside (because the event went to retry, the key is now held by it). Nothing
+waits unacknowledged while a key is held: its events go round the hold queue (a short TTL back
+to the partition) until the event that holds the key comes back from its retry queue and
+succeeds or parks.
+
+Laps do not keep order by themselves: an event that comes back and is sent round again goes
+behind its key's later events still in the hold queue. So the gate keeps the sequence numbers
+of its key's events out on a lap, and an event runs only when none of them is earlier: a later
+one that comes back first takes another lap.
+
+After a takeover the previous owner's laps are out too, and this gate has not seen them. So a
+new gate that may have laps out starts *calm*: every event but a held key's own retry takes a
+lap, which makes every lap still out one of this gate's, until the shell sees its sentinel come
+back round the hold queue (`settle`): first in, first out, every lap of the previous owner came
+back before it.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from bisect import insort
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -39,13 +53,23 @@ class Ended(Enum):
     RETRY = "retry"  # sent to a retry queue (or back to the queue): the key is held by it
 
 
+@dataclass(order=True)
+class _Waiting(Generic[T]):
+    seq: int
+    event_id: str = field(compare=False)
+    item: T = field(compare=False)
+
+
 @dataclass
 class _Key(Generic[T]):
     running: bool = False
-    waiting: deque[tuple[str, T]] = field(default_factory=deque)
+    waiting: list[_Waiting[T]] = field(default_factory=list)  # by sequence number
     held_by: str | None = None  # the id of the event on the retry ladder
     held_since: float = 0.0
-    out: int = 0  # events of this key out on a hold lap
+    out: dict[int, int] = field(default_factory=dict)  # sequence numbers out on a lap: copies
+
+    def earliest_out(self) -> int | None:
+        return min(self.out) if self.out else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,39 +83,45 @@ class Hold:
 
 
 class Gate(Generic[T]):
-    """Admits events of each key one at a time; `T` is whatever the shell keeps (a delivery).
+    """Admits events of each key one at a time, by sequence number; `T` is whatever the shell
+    keeps (a delivery).
 
-    *tag* marks the laps this gate sends (a lap of another gate, such as the replica's that had
-    the partition before, is not counted as one of ours). *held*: keys held when the gate
-    starts, from the store. Until *calm_at* (a time), fresh events of every key go round a
-    lap: laps sent by the partition's previous owner may still be out, and must not be passed.
+    *tag* names this gate's laps and sentinel. *held*: keys held when the gate starts, from the
+    store. *calm*: laps of a previous owner may still be out; every fresh event takes a lap
+    until `settle()`.
     """
 
     def __init__(
-        self, tag: str = "", *, held: Iterable[tuple[str, str, float]] = (), calm_at: float = 0.0
+        self, tag: str = "", *, held: Iterable[tuple[str, str, float]] = (), calm: bool = False
     ) -> None:
         self.tag = tag
-        self.calm_at = calm_at
+        self.calm = calm
         self._keys: dict[str, _Key[T]] = {}
         for key, event_id, since in held:
             self._keys[key] = _Key(held_by=event_id, held_since=since)
 
-    def admit(self, key: str, event_id: str, item: T, *, lap: str | None, now: float) -> Verdict:
-        """What to do with *item*, an event of *key*; *lap*: the tag of the lap it comes back
-        from, None for a fresh event."""
+    def settle(self) -> None:
+        """Every lap of the previous owner has come back: order by sequence numbers alone."""
+        self.calm = False
+
+    def admit(self, key: str, event_id: str, seq: int, item: T) -> Verdict:
+        """What to do with *item*, the event *event_id* of *key* with sequence number *seq*."""
         k = self._keys.get(key)
         if k is None:
             k = self._keys[key] = _Key()
-        if lap is not None and lap == self.tag and k.out:
-            k.out -= 1
-        if k.held_by is not None and k.held_by != event_id:
-            k.out += 1
-            return Verdict.ASIDE
-        if lap is None and k.held_by != event_id and (k.out or now < self.calm_at):
-            k.out += 1  # earlier ones of its key may still be out on a lap
-            return Verdict.ASIDE
+        copies = k.out.get(seq)
+        if copies:  # back from one of our laps (or returned unsent): no longer out
+            if copies == 1:
+                del k.out[seq]
+            else:
+                k.out[seq] = copies - 1
+        if k.held_by != event_id:
+            earliest = k.earliest_out()
+            if k.held_by is not None or self.calm or (earliest is not None and earliest < seq):
+                k.out[seq] = k.out.get(seq, 0) + 1
+                return Verdict.ASIDE
         if k.running:
-            k.waiting.append((event_id, item))
+            insort(k.waiting, _Waiting(seq, event_id, item))
             return Verdict.WAIT
         k.running = True
         return Verdict.RUN
@@ -110,23 +140,35 @@ class Gate(Generic[T]):
             if k.held_by is None:
                 k.held_since = now
             k.held_by = event_id
-            aside = [item for _, item in k.waiting]
-            k.out += len(aside)
-            k.waiting.clear()
-            return None, aside
+            return None, self._all_aside(k)
         if k.held_by == event_id:
             k.held_by = None
         if k.waiting:
+            earliest = k.earliest_out()
+            if k.held_by is not None or (earliest is not None and earliest < k.waiting[0].seq):
+                return None, self._all_aside(k)
             k.running = True
-            return k.waiting.popleft()[1], []
+            return k.waiting.pop(0).item, []
         if not k.out and k.held_by is None:
             del self._keys[key]
         return None, []
 
+    def _all_aside(self, k: _Key[T]) -> list[T]:
+        """The key's waiting events, in order, to the hold queue."""
+        for w in k.waiting:
+            k.out[w.seq] = k.out.get(w.seq, 0) + 1
+        aside = [w.item for w in k.waiting]
+        k.waiting.clear()
+        return aside
+
+    def idle(self) -> bool:
+        """Nothing held and nothing of this gate out on a lap."""
+        return all(not k.out and k.held_by is None for k in self._keys.values())
+
     def holds(self) -> list[Hold]:
         """The keys held now, oldest first."""
         held = [
-            Hold(key, k.held_by, k.held_since, k.out)
+            Hold(key, k.held_by, k.held_since, sum(k.out.values()))
             for key, k in self._keys.items()
             if k.held_by is not None
         ]

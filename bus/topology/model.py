@@ -31,6 +31,7 @@ from bus.topology.history import HistorySpec as HistorySpec
 from bus.topology.history import check_backfill as _check_backfill
 from bus.topology.history import history_of
 from bus.topology.history import history_stream as history_stream
+from bus.topology.ordering import DEFAULT_PARTITIONS, check_ordered, partition_queues
 from bus.topology.routing import matches
 from bus.topology.suggest import did_you_mean
 
@@ -127,9 +128,6 @@ class SubscriberSpec(_Strict):
     # events of one key (`events.<type>.key`) one at a time, in publish order
     ordered: bool = False
     partitions: Annotated[int, Field(ge=1, le=1024)] | None = None  # default DEFAULT_PARTITIONS
-
-
-DEFAULT_PARTITIONS = 4
 
 
 class ScheduleSpec(_Strict):
@@ -462,7 +460,7 @@ def _check_subscribers(doc: _Raw) -> list[str]:
             problems.append(f"{where}.retry.delays: the same delay appears twice")
         unique = list(dict.fromkeys(d for d in labels if d))  # a repeat is reported above
         owned = [queue, f"{queue}.dlq", *(f"{queue}.retry.{d}" for d in unique)]
-        owned += _partition_queues(queue, sub)
+        owned += partition_queues(queue, sub)
         for q in owned:
             if q in owners:
                 problems.append(
@@ -473,49 +471,12 @@ def _check_subscribers(doc: _Raw) -> list[str]:
         for i, b in enumerate(bindings if isinstance(bindings, list) else []):
             problems += _check_binding(doc, f"{where}.bindings[{i}]", _mapping(b))
         problems += _check_backfill(doc, where, sub)
-        problems += _check_ordered(doc, where, sub)
+        problems += check_ordered(doc, where, sub)
         publishes = sub.get("publishes", [])
         for i, etype in enumerate(publishes if isinstance(publishes, list) else []):
             if isinstance(etype, str) and etype not in doc.events:
                 problems.append(f"{where}.publishes[{i}]: event type {etype!r} is not declared")
     return problems
-
-
-def _partition_queues(queue: str, sub: dict[str, Any]) -> list[str]:
-    if sub.get("ordered") is not True:
-        return []
-    n = sub.get("partitions", DEFAULT_PARTITIONS)
-    n = n if isinstance(n, int) and 0 < n <= 1024 else 0
-    return [q for i in range(n) for q in (f"{queue}.p{i}", f"{queue}.p{i}.hold")]
-
-
-def _check_ordered(doc: _Raw, where: str, sub: dict[str, Any]) -> list[str]:
-    """An ordered subscriber receives only keyed types; `partitions` needs `ordered`."""
-    if sub.get("ordered") is not True:
-        if "partitions" in sub:
-            return [f"{where}.partitions: only an ordered subscriber has partitions "
-                    "(add `ordered: true`)"]  # fmt: skip
-        return []
-    received: list[str] = []
-    bindings = sub.get("bindings", [])
-    for b in bindings if isinstance(bindings, list) else []:
-        binding = _mapping(b)
-        exchange = binding.get("exchange")
-        keys = _strings(binding.get("keys", [])) or ["#"]
-        kind = doc.exchange_type(exchange) if isinstance(exchange, str) else "topic"
-        for etype in doc.events:
-            if doc.event_exchange(etype) != exchange or etype in received:
-                continue
-            if kind == ExchangeType.FANOUT or any(
-                matches(k, etype) if kind == "topic" else k == etype for k in keys
-            ):
-                received.append(etype)
-    return [
-        f"{where}.ordered: it receives {etype!r}, which declares no `key` "
-        f"(add `key: <field>` under events.{etype})"
-        for etype in received
-        if not isinstance(_mapping(doc.events.get(etype)).get("key"), str)
-    ]
 
 
 def _check_binding(doc: _Raw, where: str, binding: dict[str, Any]) -> list[str]:

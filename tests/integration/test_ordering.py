@@ -30,6 +30,7 @@ from tests.integration.helpers import (
     running,
     topology_doc,
 )
+from tests.integration.proxy import Proxy
 
 pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
 
@@ -143,6 +144,71 @@ async def test_two_replicas_handle_each_key_in_publish_order_through_retries(
     print(f"replicas: {sorted({r.replica for r in rec.runs})}, failures retried: {failures}")
 
 
+def assert_each_once_in_order_never_overlapping(rec: Recorder, keys: int, per_key: int) -> None:
+    assert rec.overlaps == []
+    oks = [(r.key, r.seq) for r in rec.runs if r.ok]
+    assert len(oks) == len(set(oks)) == keys * per_key, "each event handled once"
+    order = rec.handled()
+    wrong = {k: v for k, v in order.items() if v != list(range(per_key))}
+    assert not wrong, f"keys out of publish order: {wrong}"
+    for key in order:  # never two of one key at once, by the recorded times
+        spans = sorted((r.start, r.end) for r in rec.runs if r.key == key)
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), key
+
+
+@pytest.mark.timeout(300)
+async def test_order_holds_while_the_broker_connections_are_cut(amqp_url: str, prefix: str) -> None:
+    keys, per_key = 30, 8
+    topology = ordered_topology(prefix, delays=["200ms", "400ms"])
+    rec = Recorder()
+
+    def every_seventh_fails_once(event: dict[str, Any], ctx: Context) -> bool:
+        return bool(event["n"] % 7 == 0 and ctx.attempt == 1)
+
+    store = MemoryStore()  # shared by the replicas, as a database is
+    events = [
+        ("order.placed" if s == 0 else "order.cancelled",
+         {"order_id": f"o-{k}", "seq": s, "n": s * keys + k})
+        for s in range(per_key) for k in range(keys)
+    ]  # fmt: skip
+    proxy = await Proxy.to(amqp_url).start()
+    url = proxy.url(amqp_url)  # both replicas' connections go through it
+    severed: list[int] = []
+    try:
+        async with (
+            applied(amqp_url, topology),
+            running(url, topology, "fulfillment", rec.router("a", every_seventh_fails_once), store),
+            running(url, topology, "fulfillment", rec.router("b", every_seventh_fails_once), store),
+            Publisher(amqp_url, topology) as pub,
+        ):
+            try:
+                for part in range(4):  # a cut after each quarter is published and partly handled
+                    await pub.publish_many(events[part * 60 : (part + 1) * 60])
+                    await wait_for(lambda p=part: rec.ok_count() >= p * 60 + 20, timeout=40,  # type: ignore[misc]
+                                   message="some of the quarter handled")  # fmt: skip
+                    await wait_for(lambda: proxy.connections >= 4, timeout=30,
+                                   message="reconnected")  # fmt: skip
+                    severed.append(proxy.cut())
+                await wait_for(lambda: rec.ok_count() >= keys * per_key, timeout=90,
+                               message=f"{keys * per_key} events handled")  # fmt: skip
+            except BaseException:
+                q = f"{prefix}.fulfillment"
+                names = [q, *(f"{q}.p{i}" for i in range(4)), *(f"{q}.p{i}.hold" for i in range(4)),
+                         f"{q}.retry.200ms", f"{q}.retry.400ms", f"{q}.dlq"]  # fmt: skip
+                depths = {n: await queue_depth(amqp_url, n) for n in names}
+                print(f"at the timeout: {rec.ok_count()} handled, cuts {severed}, "
+                      f"connections {proxy.connections}, queues {depths}")  # fmt: skip
+                raise
+            await asyncio.sleep(1.0)  # a duplicate would show up now
+    finally:
+        await proxy.close()
+    print(
+        f"cuts: {severed}, runs: {len(rec.runs)}, replicas: {sorted({r.replica for r in rec.runs})}"
+    )
+    assert all(severed), f"every cut must sever live connections: {severed}"
+    assert_each_once_in_order_never_overlapping(rec, keys, per_key)
+
+
 async def test_a_held_key_does_not_stop_the_other_keys(amqp_url: str, prefix: str) -> None:
     topology = ordered_topology(prefix, delays=["500ms", "1s", "2s"], partitions=1)
     rec = Recorder()
@@ -217,11 +283,6 @@ async def test_changing_partitions_is_refused_while_events_are_queued_then_appli
     await delete_topology(amqp_url, four)  # p2 and p3 too
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="unfinished: on RabbitMQ 4.0 a held key's release sometimes takes over 60 s after its "
-    "retry succeeds (seen in a full CI run and once alone); under investigation",
-)
 async def test_status_and_metrics_show_the_active_consumer_and_the_held_keys(
     amqp_url: str, prefix: str
 ) -> None:
@@ -279,12 +340,6 @@ def _replica(url: str, files: tuple[str, str, str]) -> subprocess.Popen[str]:
     return proc
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="unfinished: events of a held key that were out on a hold lap of the killed replica "
-    "can come back after a fresh event of their key that the new owner set aside "
-    "(seen in about 1 run of 3 on a loaded machine)",
-)
 async def test_a_sigkilled_replica_hands_its_partitions_over_with_order_kept(
     amqp_url: str, prefix: str, tmp_path: Path
 ) -> None:
@@ -313,8 +368,7 @@ async def test_a_sigkilled_replica_hands_its_partitions_over_with_order_kept(
         try:
             await pub.publish_many(events)
             await wait_for(lambda: len(oks()) >= 60, timeout=30, message="a quarter handled")
-            active = {x["pid"] for x in lines()}
-            assert active == {first.pid}, "the first replica is active on every partition"
+            assert first.pid in {x["pid"] for x in lines()}, "the first replica is active"
             first.kill()  # SIGKILL: no drain, unacked deliveries go to the standby
             killed_at = time.time()
             third = await asyncio.to_thread(_replica, amqp_url, files)

@@ -136,74 +136,134 @@ def test_bad_ordering_topology_is_one_line_per_problem() -> None:
 # -- the gate ----------------------------------------------------------------------------------
 
 
+def _admit(gate: Gate[str], event: str) -> Verdict:
+    """*event* like "a3": key "a", sequence number 3, the item its own id."""
+    return gate.admit(event[0], event, int(event[1:]), event)
+
+
 def test_one_event_per_key_at_a_time_in_order_and_keys_in_parallel() -> None:
     gate: Gate[str] = Gate("t")
-    assert gate.admit("a", "a1", "a1", lap=None, now=0) is Verdict.RUN
-    assert gate.admit("b", "b1", "b1", lap=None, now=0) is Verdict.RUN  # another key: parallel
-    assert gate.admit("a", "a2", "a2", lap=None, now=0) is Verdict.WAIT
-    assert gate.admit("a", "a3", "a3", lap=None, now=0) is Verdict.WAIT
+    assert _admit(gate, "a1") is Verdict.RUN
+    assert _admit(gate, "b1") is Verdict.RUN  # another key: parallel
+    assert _admit(gate, "a2") is Verdict.WAIT
+    assert _admit(gate, "a3") is Verdict.WAIT
     assert gate.done("a", "a1", Ended.DONE, 0) == ("a2", [])
     assert gate.done("a", "a2", Ended.DONE, 0) == ("a3", [])
     assert gate.done("a", "a3", Ended.DONE, 0) == (None, [])
-    assert gate.admit("a", "a4", "a4", lap=None, now=0) is Verdict.RUN
+    assert _admit(gate, "a4") is Verdict.RUN
+    assert gate.idle()
 
 
 def test_a_retry_holds_only_its_key_and_sends_its_waiting_events_aside() -> None:
     gate: Gate[str] = Gate("t")
-    gate.admit("a", "a1", "a1", lap=None, now=0)
-    gate.admit("a", "a2", "a2", lap=None, now=0)
+    _admit(gate, "a1")
+    _admit(gate, "a2")
     assert gate.done("a", "a1", Ended.RETRY, 100.0) == (None, ["a2"])
     [hold] = gate.holds()
     assert (hold.key, hold.held_by, hold.since, hold.aside) == ("a", "a1", 100.0, 1)
-    assert gate.admit("a", "a3", "a3", lap=None, now=0) is Verdict.ASIDE  # fresh: aside too
-    assert gate.admit("b", "b1", "b1", lap=None, now=0) is Verdict.RUN  # other keys flow
-    assert gate.admit("a", "a2", "a2", lap="t", now=0) is Verdict.ASIDE  # back from a lap: again
+    assert _admit(gate, "a3") is Verdict.ASIDE  # fresh: aside too
+    assert _admit(gate, "b1") is Verdict.RUN  # other keys flow
+    assert _admit(gate, "a2") is Verdict.ASIDE  # back from a lap: again
+    assert not gate.idle()
     # the event holding the key comes back from its retry queue and succeeds
-    assert gate.admit("a", "a1", "a1", lap=None, now=0) is Verdict.RUN
+    assert _admit(gate, "a1") is Verdict.RUN
     assert gate.done("a", "a1", Ended.DONE, 0) == (None, [])
     assert gate.holds() == []
     # a fresh event must not pass the ones still out on a lap
-    assert gate.admit("a", "a4", "a4", lap=None, now=0) is Verdict.ASIDE
-    assert gate.admit("a", "a2", "a2", lap="t", now=0) is Verdict.RUN
-    assert gate.admit("a", "a3", "a3", lap="t", now=0) is Verdict.WAIT
+    assert _admit(gate, "a4") is Verdict.ASIDE
+    assert _admit(gate, "a2") is Verdict.RUN
+    assert _admit(gate, "a3") is Verdict.WAIT
     assert gate.done("a", "a2", Ended.DONE, 0) == ("a3", [])
-    assert gate.admit("a", "a4", "a4", lap="t", now=0) is Verdict.WAIT
+    assert _admit(gate, "a4") is Verdict.WAIT
     assert gate.done("a", "a3", Ended.DONE, 0) == ("a4", [])
     assert gate.done("a", "a4", Ended.DONE, 0) == (None, [])
-    assert gate.admit("a", "a5", "a5", lap=None, now=0) is Verdict.RUN
+    assert gate.idle()
+    assert _admit(gate, "a5") is Verdict.RUN
+
+
+def test_laps_that_come_back_out_of_order_run_in_sequence_order() -> None:
+    """The hold queue rotates a key's laps: a2 comes back and is sent round again behind a3,
+    still in the hold queue. After the release a3 comes back first: it must lap once more."""
+    gate: Gate[str] = Gate("t")
+    _admit(gate, "a1")
+    _admit(gate, "a2")
+    _admit(gate, "a3")
+    assert gate.done("a", "a1", Ended.RETRY, 0) == (None, ["a2", "a3"])
+    assert _admit(gate, "a2") is Verdict.ASIDE  # lap: now behind a3 in the hold queue
+    assert _admit(gate, "a1") is Verdict.RUN
+    assert gate.done("a", "a1", Ended.DONE, 0) == (None, [])
+    assert _admit(gate, "a3") is Verdict.ASIDE  # a2 is still out: a3 must not pass it
+    assert _admit(gate, "a2") is Verdict.RUN
+    assert gate.done("a", "a2", Ended.DONE, 0) == (None, [])
+    assert _admit(gate, "a3") is Verdict.RUN
+
+
+def test_waiting_events_step_aside_when_an_earlier_one_of_their_key_is_out() -> None:
+    gate: Gate[str] = Gate("t")
+    _admit(gate, "a1")
+    gate.done("a", "a1", Ended.RETRY, 0)
+    assert _admit(gate, "a2") is Verdict.ASIDE
+    assert _admit(gate, "a1") is Verdict.RUN
+    assert _admit(gate, "a3") is Verdict.ASIDE  # a2 out
+    gate.done("a", "a1", Ended.DONE, 0)
+    assert _admit(gate, "a2") is Verdict.RUN
+    assert _admit(gate, "a3") is Verdict.WAIT
+    assert gate.done("a", "a2", Ended.DONE, 0) == ("a3", [])
 
 
 def test_a_parked_event_releases_its_key() -> None:
     gate: Gate[str] = Gate("t")
-    gate.admit("a", "a1", "a1", lap=None, now=0)
+    _admit(gate, "a1")
     gate.done("a", "a1", Ended.RETRY, 0)
-    assert gate.admit("a", "a1", "a1", lap=None, now=0) is Verdict.RUN  # last attempt
+    assert _admit(gate, "a1") is Verdict.RUN  # last attempt
     assert gate.done("a", "a1", Ended.DONE, 0) == (None, [])  # parked: DONE for the key
-    assert gate.admit("a", "a2", "a2", lap=None, now=0) is Verdict.RUN
+    assert _admit(gate, "a2") is Verdict.RUN
 
 
 def test_a_gate_ignores_the_end_of_an_event_it_does_not_know() -> None:
     gate: Gate[str] = Gate("t")
     assert gate.done("a", "a1", Ended.RETRY, 0) == (None, [])
-    assert gate.admit("a", "a2", "a2", lap=None, now=0) is Verdict.RUN
+    assert _admit(gate, "a2") is Verdict.RUN
 
 
 def test_keys_held_by_the_previous_owner_stay_held_until_their_event_comes_back() -> None:
     gate: Gate[str] = Gate("new", held=[("a", "a1", 50.0)])
     [hold] = gate.holds()
     assert (hold.key, hold.held_by, hold.since) == ("a", "a1", 50.0)
-    assert gate.admit("a", "a2", "a2", lap="old", now=0) is Verdict.ASIDE  # the old owner's lap
-    assert gate.admit("a", "a3", "a3", lap=None, now=0) is Verdict.ASIDE
-    assert gate.admit("a", "a1", "a1", lap=None, now=0) is Verdict.RUN
+    assert _admit(gate, "a2") is Verdict.ASIDE  # the old owner's lap
+    assert _admit(gate, "a3") is Verdict.ASIDE
+    assert _admit(gate, "a1") is Verdict.RUN
     assert gate.done("a", "a1", Ended.DONE, 0) == (None, [])
-    assert gate.admit("a", "a2", "a2", lap="new", now=0) is Verdict.RUN
+    assert _admit(gate, "a3") is Verdict.ASIDE  # back first: a2 is still out
+    assert _admit(gate, "a2") is Verdict.RUN
 
 
-def test_after_a_takeover_fresh_events_take_a_lap_until_calm() -> None:
-    gate: Gate[str] = Gate("new", calm_at=10.0)
-    assert gate.admit("b", "b2", "b2", lap=None, now=9.0) is Verdict.ASIDE
-    assert gate.admit("b", "b1", "b1", lap="old", now=9.5) is Verdict.RUN  # the old owner's lap
-    assert gate.done("b", "b1", Ended.DONE, 9.6) == (None, [])
-    assert gate.admit("b", "b3", "b3", lap=None, now=11.0) is Verdict.ASIDE  # b2 still out
-    assert gate.admit("b", "b2", "b2", lap="new", now=11.0) is Verdict.RUN
-    assert gate.admit("c", "c1", "c1", lap=None, now=11.0) is Verdict.RUN  # calm: no lap
+def test_after_a_takeover_every_event_takes_a_lap_until_the_sentinel_is_back() -> None:
+    """The old owner's laps (b1, c1) come back after fresh events of their keys (b2, c2):
+    while calm every event laps, so all are this gate's own laps when it settles."""
+    gate: Gate[str] = Gate("new", held=[("a", "a1", 5.0)], calm=True)
+    assert _admit(gate, "b2") is Verdict.ASIDE  # fresh, ahead of the old owner's b1
+    assert _admit(gate, "b1") is Verdict.ASIDE  # the old owner's lap: adopted
+    assert _admit(gate, "c2") is Verdict.ASIDE
+    assert _admit(gate, "c1") is Verdict.ASIDE  # the old owner's lap: adopted
+    assert _admit(gate, "a1") is Verdict.RUN  # a held key's own retry runs: it is the first
+    gate.settle()  # the sentinel is back: every lap out is this gate's own
+    assert _admit(gate, "c1") is Verdict.RUN
+    assert _admit(gate, "b2") is Verdict.ASIDE  # b1 is still out
+    assert _admit(gate, "c2") is Verdict.WAIT
+    assert _admit(gate, "b1") is Verdict.RUN
+    assert _admit(gate, "d1") is Verdict.RUN  # settled: no lap
+
+
+# -- spreading the partitions ------------------------------------------------------------------
+
+
+def test_a_replica_over_its_fair_share_hands_on_the_partition_with_the_fewest_held_keys() -> None:
+    from bus.ordering.balance import fair_share, to_hand_on
+
+    assert fair_share(4, 2) == 2 and fair_share(4, 3) == 2 and fair_share(4, 0) == 4
+    four = ["q.p0", "q.p1", "q.p2", "q.p3"]
+    assert to_hand_on(four, 4, 1, {}) is None  # alone: every partition is its share
+    assert to_hand_on(four, 4, 2, {}) == "q.p3"
+    assert to_hand_on(four, 4, 2, {"q.p3": 2, "q.p2": 1}) == "q.p1"
+    assert to_hand_on(four[:2], 4, 2, {}) is None

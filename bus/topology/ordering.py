@@ -1,0 +1,69 @@
+"""The topology checks of ordered subscribers: `partitions` only with `ordered`, an ordered
+subscriber receives keyed types only, and the partition and hold queues it owns.
+
+Cross-reference checks on the unvalidated document (`bus.topology.model` calls them, one line
+per problem, beside its other checks).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from bus.topology.routing import matches
+
+DEFAULT_PARTITIONS = 4
+
+
+class RawDocument(Protocol):
+    """What the checks read of the document (`bus.topology.model._Raw`)."""
+
+    events: dict[str, Any]
+
+    def exchange_type(self, name: str) -> str: ...
+    def event_exchange(self, etype: str) -> Any: ...
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _strings(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def partition_queues(queue: str, sub: dict[str, Any]) -> list[str]:
+    """The partition and hold queues an ordered subscriber owns (none for another)."""
+    if sub.get("ordered") is not True:
+        return []
+    n = sub.get("partitions", DEFAULT_PARTITIONS)
+    n = n if isinstance(n, int) and 0 < n <= 1024 else 0
+    return [q for i in range(n) for q in (f"{queue}.p{i}", f"{queue}.p{i}.hold")]
+
+
+def check_ordered(doc: RawDocument, where: str, sub: dict[str, Any]) -> list[str]:
+    """An ordered subscriber receives only keyed types; `partitions` needs `ordered`."""
+    if sub.get("ordered") is not True:
+        if "partitions" in sub:
+            return [f"{where}.partitions: only an ordered subscriber has partitions "
+                    "(add `ordered: true`)"]  # fmt: skip
+        return []
+    received: list[str] = []
+    bindings = sub.get("bindings", [])
+    for b in bindings if isinstance(bindings, list) else []:
+        binding = _mapping(b)
+        exchange = binding.get("exchange")
+        keys = _strings(binding.get("keys", [])) or ["#"]
+        kind = doc.exchange_type(exchange) if isinstance(exchange, str) else "topic"
+        for etype in doc.events:
+            if doc.event_exchange(etype) != exchange or etype in received:
+                continue
+            if kind == "fanout" or any(
+                matches(k, etype) if kind == "topic" else k == etype for k in keys
+            ):
+                received.append(etype)
+    return [
+        f"{where}.ordered: it receives {etype!r}, which declares no `key` "
+        f"(add `key: <field>` under events.{etype})"
+        for etype in received
+        if not isinstance(_mapping(doc.events.get(etype)).get("key"), str)
+    ]
