@@ -21,7 +21,8 @@ nothing else: it takes whatever bytes have arrived, cuts them into frames, and
   queue.
 
 Other code that imports aiormq keeps the stock reader: only connections the bus creates through
-`bus.amqp.connection.connect` are `BufferedConnection`s, and `BUS_FRAME_READER=aiormq` turns it
+`bus.amqp.connection.connect` (and `connect_plain(..., frames=True)`, the history reader's)
+are `BufferedConnection`s, and `BUS_FRAME_READER=aiormq` turns it
 off (`enabled`). The reader replaces aiormq's private `Connection.__reader` (it is started by
 `Connection.connect` as `self.__reader(...)`); `supported()` checks the private names it relies
 on are there, and when an aiormq upgrade removes one the stock reader is used, with a warning.
