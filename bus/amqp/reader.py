@@ -61,7 +61,8 @@ _HEAD = struct.Struct(">BHI").unpack_from
 _IDS = struct.Struct(">HH").unpack_from
 # a channel attribute, {consumer tag: a plain function}: that consumer's deliveries, taken off
 # the wire with its channel idle, are handed to the function here instead of a task each (a
-# bulk reader whose function only stores the message: `bus.history.reader`)
+# bulk reader whose function only stores the message: `bus.history.reader`). Its deliveries
+# queued to a busy channel must be taken in place there too, or one could overtake another.
 INLINE = "bus_inline"
 _CLOSE_RESPONSES = (spec.Channel.Close, spec.Channel.CloseOk)
 # the private parts of aiormq.Connection the reader stands in for or calls, and of aio-pika's
