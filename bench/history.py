@@ -264,7 +264,7 @@ async def _read(url: str, prefix: str, logged: int) -> list[Row]:
 
 async def _replay(url: str, topo: Topology, logged: int, publish_rate: float) -> list[Row]:
     clock = Clock(min(MARK, logged))
-    conn = await connect_plain(url)
+    conn = await connect_plain(url, frames=True)  # as `bus replay` opens it
     try:
         with clock:
             out = await replay(conn, topo, topo.subscriber("late"), Selection(),

@@ -118,6 +118,16 @@ class ClusterConnection(aio_pika.RobustConnection):
                 _node(self.url))  # fmt: skip
 
 
+class FramedConnection(aio_pika.Connection):
+    """aio-pika's plain connection (no reconnects) over the bus's frame reader."""
+
+    async def connect(self, timeout: Any = None) -> None:
+        self.transport = await BufferedUnderlay.connect(
+            self.url, self._on_connection_close, timeout=timeout, **self.kwargs
+        )
+        await self._on_connected()
+
+
 def _node(url: URL | str) -> str:
     parts = urlsplit(str(url))
     return f"{parts.hostname}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}"
@@ -155,17 +165,20 @@ async def connect(
 
 
 async def connect_plain(
-    url: str, name: str = "bus", *, timeout: float = CONNECT_TIMEOUT
+    url: str, name: str = "bus", *, timeout: float = CONNECT_TIMEOUT, frames: bool = False
 ) -> AbstractConnection:
     """A plain connection to the first node of *url* that answers, for short administrative
     work where a failed declaration must stay failed (topology probes, DLQ tools) instead of
-    being retried behind our back."""
+    being retried behind our back. *frames*: read it with the bus's frame reader (a bulk
+    reader such as `bus history` and `bus replay`), as `BUS_FRAME_READER` allows."""
     failures: list[tuple[str, BaseException]] = []
+    kind = FramedConnection if frames and reader.wanted() else aio_pika.Connection
     for single in _urls(url):
         try:
             conn = await aio_pika.connect(
-                single, client_properties=_properties(name), timeout=timeout
-            )
+                single, client_properties=_properties(name), timeout=timeout,
+                connection_class=kind,
+            )  # fmt: skip
         except _FAILURES as exc:
             failures.append((single, exc))
             continue

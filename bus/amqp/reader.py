@@ -14,13 +14,15 @@ nothing else: it takes whatever bytes have arrived, cuts them into frames, and
   one task, in the channel's task store (so closing the channel cancels it), same done-callback;
   when the channel is busy with earlier frames, it queues the three frames to it, in order, so
   its reader handles them after those, as it always did;
+  a consumer registered in the channel's `INLINE` map is called in place instead, no task;
 - hands every other frame (connection.blocked/unblocked, heartbeats, close and close-ok,
   channel.flow, basic.cancel, confirms, returns, get-ok, every RPC reply) to aiormq's own handling
   unchanged: connection frames to the connection's handlers, channel frames to the channel's
   queue.
 
 Other code that imports aiormq keeps the stock reader: only connections the bus creates through
-`bus.amqp.connection.connect` are `BufferedConnection`s, and `BUS_FRAME_READER=aiormq` turns it
+`bus.amqp.connection.connect` (and `connect_plain(..., frames=True)`, the history reader's)
+are `BufferedConnection`s, and `BUS_FRAME_READER=aiormq` turns it
 off (`enabled`). The reader replaces aiormq's private `Connection.__reader` (it is started by
 `Connection.connect` as `self.__reader(...)`); `supported()` checks the private names it relies
 on are there, and when an aiormq upgrade removes one the stock reader is used, with a warning.
@@ -57,6 +59,11 @@ READ_SIZE = 256 * 1024  # per read: a loop turn's worth of frames (frame_max is 
 FRAME_END = 0xCE
 _HEAD = struct.Struct(">BHI").unpack_from
 _IDS = struct.Struct(">HH").unpack_from
+# a channel attribute, {consumer tag: a plain function}: that consumer's deliveries, taken off
+# the wire with its channel idle, are handed to the function here instead of a task each (a
+# bulk reader whose function only stores the message: `bus.history.reader`). Its deliveries
+# queued to a busy channel must be taken in place there too, or one could overtake another.
+INLINE = "bus_inline"
 _CLOSE_RESPONSES = (spec.Channel.Close, spec.Channel.CloseOk)
 # the private parts of aiormq.Connection the reader stands in for or calls, and of aio-pika's
 # RobustConnection that `bus.amqp.connection` overrides to open a BufferedConnection
@@ -216,11 +223,17 @@ class BufferedConnection(aiormq.Connection):
         if not isinstance(ch, aiormq.Channel) or not _idle(ch.frames):
             return False
         # as aiormq.Channel._on_deliver_frame, without the three trips through ch.frames
-        consumer = ch.consumers.get(p.deliver.consumer_tag)  # type: ignore[arg-type]
+        tag = p.deliver.consumer_tag
+        consumer = ch.consumers.get(tag)  # type: ignore[arg-type]
         if consumer is not None:
             header = p.header
             assert header is not None  # a whole delivery has one
             message = DeliveredMessage(delivery=p.deliver, header=header, body=p.body(), channel=ch)
+            inline = getattr(ch, INLINE, None)
+            take = inline.get(tag) if inline else None
+            if take is not None:
+                take(message)
+                return True
             task = ch.create_task(consumer(message))
             task.add_done_callback(ch._on_consumer_done)
         return True

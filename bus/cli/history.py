@@ -147,7 +147,7 @@ def replay_command(
 async def _replay(
     url: str, t: Topology, sub: Subscriber, selection: Selection, dry_run: bool, again: bool
 ) -> Outcome:
-    conn = await connect_plain(url, "replay")
+    conn = await connect_plain(url, "replay", frames=True)
     try:
         if not console.is_terminal:
             return await replay(conn, t, sub, selection, dry_run=dry_run, again=again)

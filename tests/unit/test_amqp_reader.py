@@ -7,6 +7,7 @@ import itertools
 import random
 from typing import Any
 
+import aiormq
 import pamqp.frame
 import pytest
 from aiormq.exceptions import AMQPConnectionError, InvalidFrameError
@@ -142,3 +143,28 @@ def test_an_aiormq_without_the_replaced_reader_falls_back_with_one_warning(
     assert len(warnings) == 1
     monkeypatch.setenv("BUS_FRAME_READER", "aiormq")
     assert reader.wanted() is False
+
+
+async def test_a_consumer_in_the_inline_map_gets_its_deliveries_in_place_in_order() -> None:
+    conn = reader.BufferedConnection("amqp://guest:guest@localhost:5672/")
+    ch = aiormq.Channel.__new__(aiormq.Channel)  # only what the delivery path reads
+    ch.frames = asyncio.Queue()
+    ch.consumers = {"inline": _never, "tasked": _never}
+    got: list[Any] = []
+    setattr(ch, reader.INLINE, {"inline": got.append})
+    conn.channels = {1: ch}  # type: ignore[dict-item]
+    waiting = asyncio.create_task(ch.frames.get())  # the channel's own reader, idle
+    await asyncio.sleep(0)
+    try:
+        for tag in (1, 2, 3):
+            p = reader._Pending(Basic.Deliver("inline", tag, False, "", "q"))
+            p.header, p.parts = ContentHeader(0, 1, Basic.Properties()), [b"x"]
+            assert conn._delivered(1, p)
+        assert [m.delivery.delivery_tag for m in got] == [1, 2, 3]  # no task, nothing queued
+        assert ch.frames.empty()
+    finally:
+        waiting.cancel()
+
+
+async def _never(message: Any) -> None:
+    raise AssertionError("an inline consumer's callback is not run")
