@@ -248,6 +248,8 @@ async def test_a_publish_nacked_again_and_again_gets_its_connection_replaced() -
         await asyncio.wait_for(pub.publish("order.placed", {"n": 1}), timeout=5)
     finally:
         await pub._stall.stop()
-    assert pub.stalls == 1 and len(conn.closed_with) == 1
+    # at least one drop; a second can come while the resend backs off (jittered, up to 2 s,
+    # longer than this test's 0.4 s stall), since this fake stays "connected" after its close
+    assert pub.stalls >= 1 and len(conn.closed_with) == pub.stalls
     assert set(attempts) == {1} and len(attempts) > 2, attempts
     assert pub._stall.outstanding == 0
