@@ -180,7 +180,7 @@ async def delete(conn: AbstractConnection, topology: Topology) -> None:
             continue  # the delay levels are the whole vhost's: only our own out queues go
         if isinstance(d, QueueDecl):
             names.append(("queue", d.name))
-            if d.role is Role.MAIN:
+            if d.role in (Role.MAIN, Role.PARTITION):  # the apply record, a partition's report
                 names.append(("queue", applier.state_queue(d.name)))
         elif isinstance(d, ExchangeDecl):
             names.append(("exchange", d.name))
