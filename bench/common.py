@@ -29,7 +29,15 @@ from bus.consume.router import Router
 from bus.envelope import Event, encode
 from bus.produce.frames import to_properties
 from bus.topology.model import Topology, from_dict
-from bus.topology.plan import BindingDecl, ExchangeDecl, QueueDecl, desired, is_delay_object
+from bus.topology.plan import (
+    BindingDecl,
+    ExchangeDecl,
+    QueueDecl,
+    Role,
+    desired,
+    is_delay_object,
+)
+from bus.topology.records import state_queue
 
 EMPTY = Router()  # topology files name a handlers module; the runtimes get their router directly
 
@@ -293,6 +301,8 @@ async def declared(url: str, topo: Topology) -> AsyncIterator[Topology]:
                 raw = await channel.get_underlay_channel()
                 if isinstance(d, QueueDecl):
                     await raw.queue_delete(d.name)
+                    if d.role is Role.PARTITION:  # the partition's report, written by its owner
+                        await raw.queue_delete(state_queue(d.name))
                 elif isinstance(d, ExchangeDecl):
                     await raw.exchange_delete(d.name)
             if not channel.is_closed:

@@ -90,7 +90,7 @@ async def delete_topology(url: str, topology: Topology) -> None:
                 raw = await channel.get_underlay_channel()
                 if isinstance(d, QueueDecl):
                     await raw.queue_delete(d.name)
-                    if d.role is Role.MAIN:
+                    if d.role in (Role.MAIN, Role.PARTITION):  # its record; a partition's report
                         await raw.queue_delete(applier.state_queue(d.name))
                 elif isinstance(d, ExchangeDecl):
                     await raw.exchange_delete(d.name)
