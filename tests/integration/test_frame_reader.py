@@ -138,4 +138,5 @@ async def test_get_return_broker_cancel_and_a_channel_error_still_reach_their_ca
     after = await q2.get(timeout=DEADLINE, fail=False)
     assert after is not None and after.body == b"after"
     await after.ack()
+    await q2.delete()  # auto_delete: only once a consumer has come and gone, and none did
     assert not conn.is_closed
