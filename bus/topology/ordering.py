@@ -15,7 +15,7 @@ DEFAULT_PARTITIONS = 4
 
 
 class RawDocument(Protocol):
-    """What the checks read of the document (`bus.topology.model._Raw`)."""
+    """What the checks read of the document (`bus.topology.checks._Raw`)."""
 
     events: dict[str, Any]
 
