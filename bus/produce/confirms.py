@@ -21,6 +21,7 @@ import asyncio
 
 import aiormq
 from aiormq.abc import ChannelFrame
+from pamqp.commands import Basic
 
 from bus.envelope import Wire
 from bus.produce.frames import PublishFrames
@@ -40,6 +41,18 @@ class ConfirmWriter:
         self, channel: aiormq.Channel, wire: Wire, exchange: str, routing_key: str
     ) -> tuple[asyncio.Future[object], int]:
         """Register the publish and buffer its frames; raises when the channel is closed."""
+        payload = self._frames_of(channel).frames(wire, exchange, routing_key)  # may raise
+        return self._register(channel, payload, wire.message_id)
+
+    def start_copy(
+        self, channel: aiormq.Channel, body: bytes, properties: Basic.Properties,
+        exchange: str, routing_key: str,
+    ) -> tuple[asyncio.Future[object], int]:  # fmt: skip
+        """`start` for a message published again as it came (*properties* as they are)."""
+        payload = self._frames_of(channel).copy(body, properties, exchange, routing_key)
+        return self._register(channel, payload, properties.message_id or "")
+
+    def _frames_of(self, channel: aiormq.Channel) -> PublishFrames:
         if channel.is_closed:
             raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
         frames = self._frames
@@ -47,12 +60,16 @@ class ConfirmWriter:
             self.flush()
             frames = self._frames = PublishFrames(channel.number, channel.max_content_size)
             self._channel = channel
-        payload = frames.frames(wire, exchange, routing_key)  # may raise: nothing taken yet
+        return frames
+
+    def _register(
+        self, channel: aiormq.Channel, payload: bytes, message_id: str
+    ) -> tuple[asyncio.Future[object], int]:
         channel.delivery_tag += 1
         tag = channel.delivery_tag
         confirmation = channel.create_future()
         channel.confirmations[tag] = confirmation
-        channel.message_id_delivery_tag[wire.message_id] = tag
+        channel.message_id_delivery_tag[message_id] = tag
         self._pending.append(payload)
         if not self._scheduled:
             self._scheduled = True

@@ -17,6 +17,7 @@ from typing import Any
 import pamqp.encode
 import pamqp.frame
 from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 
 from bus.envelope import Wire
 
@@ -58,11 +59,24 @@ class PublishFrames:
 
     def frames(self, wire: Wire, exchange: str, routing_key: str) -> bytes:
         """Basic.Publish (`mandatory`), the content header (persistent) and the body frames."""
+        header = _frame(FRAME_HEADER, self.channel, self._properties(wire, len(wire.body)))
+        return self._publish(wire.body, header, exchange, routing_key)
+
+    def copy(self, body: bytes, p: Basic.Properties, exchange: str, routing_key: str) -> bytes:
+        """The frames of a message published again as it came, with properties *p* (a move
+        between queues): a bus event's through the wire form, any other through pamqp."""
+        wire = as_wire(body, p)
+        if wire is not None:
+            return self.frames(wire, exchange, routing_key)
+        header = pamqp.frame.marshal(ContentHeader(0, len(body), p), self.channel)
+        return self._publish(body, header, exchange, routing_key)
+
+    def _publish(self, body: bytes, header: bytes, exchange: str, routing_key: str) -> bytes:
         method = self._methods.get((exchange, routing_key))
         if method is None:
             method = self._method(exchange, routing_key)
-        body = wire.body
-        header = _frame(FRAME_HEADER, self.channel, self._properties(wire, len(body)))
+        if not body:  # as pamqp: no body frame at all
+            return method + header
         if len(body) < self.max_body_frame:  # the common case: one body frame
             return b"".join((method, header, _frame(FRAME_BODY, self.channel, body)))
         step = self.max_body_frame
@@ -131,6 +145,22 @@ class PublishFrames:
                 parts.append(name + pamqp.encode.encode_table_value(value))
         table = b"".join(parts)
         return _LONG.pack(len(table)) + table
+
+
+def as_wire(body: bytes, p: Basic.Properties) -> Wire | None:
+    """*p* as a wire form when it holds nothing else (`to_properties` gives it back): persistent,
+    with a timestamp and headers, no priority, reply-to, expiry, encoding, user or cluster."""
+    if (
+        p.delivery_mode != 2 or p.timestamp is None or not p.headers or p.priority is not None
+        or p.reply_to is not None or p.expiration is not None or p.content_encoding is not None
+        or p.user_id is not None or p.cluster_id is not None
+    ):  # fmt: skip
+        return None
+    return Wire(
+        body=body, message_id=p.message_id or "", type=p.message_type or "",
+        app_id=p.app_id or "", timestamp=p.timestamp, headers=p.headers,
+        correlation_id=p.correlation_id, content_type=p.content_type or "",
+    )  # fmt: skip
 
 
 def to_properties(wire: Wire) -> Basic.Properties:

@@ -73,3 +73,43 @@ def test_a_string_property_over_255_bytes_is_refused_as_pamqp_refuses_it() -> No
     wire = encode(Event(type="order.placed", data={}, source="s", id="i" * 300))
     with pytest.raises(TypeError, match="exceeds maximum length"):
         PublishFrames(CHANNEL, FRAME_MAX - FRAME_OVERHEAD).frames(wire, "ex", "order.placed")
+
+
+def pamqp_copy(body: bytes, p: Basic.Properties, routing_key: str, max_body: int) -> bytes:
+    frames: list[Any] = [
+        Basic.Publish(exchange="", routing_key=routing_key, mandatory=True),
+        ContentHeader(properties=p, body_size=len(body)),
+    ]
+    frames += [ContentBody(body[i : i + max_body]) for i in range(0, len(body), max_body)]
+    return b"".join(pamqp.frame.marshal(f, CHANNEL) for f in frames)
+
+
+STAMP = datetime(2026, 12, 7, 1, 2, 3, tzinfo=UTC)
+COPIES = {
+    "a bus event": Basic.Properties(
+        content_type="application/json", headers={"bus-key": "o-1", "bus-seq": 17}, delivery_mode=2,
+        message_id="e-1", timestamp=STAMP, message_type="order.placed", app_id="shop",
+    ),
+    "with a correlation id": Basic.Properties(
+        headers={"bus-key": "o-1"}, delivery_mode=2, message_id="e-2", timestamp=STAMP,
+        correlation_id="c-1",
+    ),
+    "a foreign message: reply-to, priority, encoding, no timestamp": Basic.Properties(
+        content_type="text/plain", content_encoding="gzip", headers={"bus-key": "k"},
+        delivery_mode=2, priority=3, reply_to="replies", message_id="f-1",
+    ),
+    "without headers": Basic.Properties(delivery_mode=2, message_id="s-1", timestamp=STAMP),
+    "a sentinel": Basic.Properties(headers={"bus-lap-sentinel": "t"}, delivery_mode=2,
+                                   message_id="sentinel-1"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("properties", COPIES.values(), ids=list(COPIES))
+@pytest.mark.parametrize("body", [b"{}", b"", b"x" * 300_000], ids=["small", "empty", "big"])
+def test_a_copy_is_byte_for_byte_what_pamqp_marshals(
+    properties: Basic.Properties, body: bytes
+) -> None:
+    frames = PublishFrames(CHANNEL, FRAME_MAX - FRAME_OVERHEAD)
+    assert frames.copy(body, properties, "", "q.p1") == pamqp_copy(
+        body, properties, "q.p1", FRAME_MAX - FRAME_OVERHEAD
+    )
