@@ -31,6 +31,7 @@ from bus.produce.frames import to_properties
 from bus.topology.model import Topology, from_dict
 from bus.topology.plan import (
     BindingDecl,
+    ExchangeBindingDecl,
     ExchangeDecl,
     QueueDecl,
     Role,
@@ -286,12 +287,16 @@ async def declared(url: str, topo: Topology) -> AsyncIterator[Topology]:
         raw = await channel.get_underlay_channel()
         for d in want:
             if isinstance(d, ExchangeDecl):
-                await channel.declare_exchange(d.name, aio_pika.ExchangeType(d.type), durable=True)
+                await channel.declare_exchange(
+                    d.name, d.type, durable=True, arguments=dict(d.arguments)
+                )
             elif isinstance(d, QueueDecl):
                 await channel.declare_queue(d.name, durable=True, arguments=dict(d.arguments))
         for d in want:
             if isinstance(d, BindingDecl):
                 await raw.queue_bind(d.queue, d.exchange, routing_key=d.routing_key)
+            elif isinstance(d, ExchangeBindingDecl):  # an ordered subscriber's partition exchange
+                await raw.exchange_bind(d.destination, d.source, routing_key=d.routing_key)
         await channel.close()
         yield topo
     finally:

@@ -1,14 +1,18 @@
 """Ordered handling per key: an ordered subscriber against the same subscriber unordered, and
 what one held key costs the other keys.
 
-`python -m bench.ordering [--events 5000] [--rounds 4] [--work-ms 2] [--url URL]`, or as the
-`ordering` scenario of `python -m bench` (`--smoke` for tiny counts).
+`python -m bench.ordering [--events 5000] [--rounds 4] [--work-ms 2]
+[--partitioner bus|exchange] [--url URL]`, or as the `ordering` scenario of `python -m bench`
+(`--smoke` for tiny counts).
 
 Two subscribers of one run get the same events (100 keys, the handler awaits `--work-ms`, as
 an I/O-bound handler does): `ordered` (`ordered: true`, 4 partitions) and `unordered`, each
-with 2 replicas (two runtimes in this process). The ordered replicas first warm up until both
-are active (the partitions spread over the replicas within seconds). Each round publishes a
-chunk to one side and times it until its last event is handled; sides alternate in ABBA order.
+with 2 replicas (two runtimes in this process). `--partitioner exchange` (which needs the
+broker's consistent-hash exchange plugin) routes the ordered side's events straight to its
+partitions; the default, `bus`, moves each from the subscriber's queue. The ordered replicas
+first warm up until both are active (the partitions spread over the replicas within
+seconds). Each round publishes a chunk to one side and times it until its last event is
+handled; sides alternate in ABBA order.
 
 Then the cost of a held key: on the ordered subscriber, rounds that start with 20 events of a
 key whose handler fails (the first goes to a 1 h retry, the rest go round hold laps every
@@ -21,15 +25,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from bench.common import SMOKE, Counts, Env, Row, abba, declared, new_prefix, split, topology_doc
 from bus import Context, Publisher, Router
+from bus.amqp.connection import connect_plain
+from bus.amqp.plumbing import exchange_type_available
 from bus.consume.runtime import Runtime
 from bus.stores import MemoryStore
 from bus.topology.model import Topology, from_dict
+from bus.topology.ordering import CONSISTENT_HASH, HASH_PLUGIN
 
 NAME = "ordering"
 ORDERED, UNORDERED = "ordered", "unordered"
@@ -38,14 +47,16 @@ KEYS, PARTITIONS, REPLICAS, LEAD = 100, 4, 2, 20
 TYPE = {ORDERED: "ord.placed", UNORDERED: "un.placed"}
 
 
-def bench_topology(prefix: str, prefetch: int, queue_type: str) -> Topology:
+def bench_topology(
+    prefix: str, prefetch: int, queue_type: str, partitioner: str = "bus"
+) -> Topology:
     doc = topology_doc(
         prefix, {ORDERED: list(TYPE.values())[:1], UNORDERED: list(TYPE.values())[1:]},
         list(TYPE.values()), queue_type=queue_type, prefetch=prefetch, delays=("1h",),
     )  # fmt: skip
     for t in TYPE.values():
         doc["events"][t]["key"] = "k"
-    doc["subscribers"][ORDERED].update(ordered=True, partitions=PARTITIONS)
+    doc["subscribers"][ORDERED].update(ordered=True, partitions=PARTITIONS, partitioner=partitioner)
     return from_dict(doc, source=f"bench:{prefix}")
 
 
@@ -134,12 +145,13 @@ async def timed_round(pub: Publisher, tally: Tally, side: str, batch: list[Any])
 
 
 async def measure(
-    env: Env, events_per_side: int, work_ms: float, *, held: bool = True
+    env: Env, events_per_side: int, work_ms: float, *, held: bool = True, partitioner: str = "bus"
 ) -> list[Row]:
-    topo = bench_topology(new_prefix(), env.prefetch, env.queue_type)
+    topo = bench_topology(new_prefix(), env.prefetch, env.queue_type, partitioner)
     tally = Tally(work_ms / 1000)
     rounds = env.counts.rounds
     seconds = dict.fromkeys((ORDERED, UNORDERED, HELD, FREE), 0.0)
+    cpu = dict.fromkeys((ORDERED, UNORDERED), 0.0)
     n = 0
     chunks = split(events_per_side, rounds)
     async with (
@@ -150,7 +162,10 @@ async def measure(
         spread = await warm_up(pub, tally)
         for chunk, sides in zip(chunks, abba(rounds, (UNORDERED, ORDERED)), strict=True):
             for side in sides:
+                before = os.times()
                 seconds[side] += await timed_round(pub, tally, side, events(side, n, chunk))
+                after = os.times()
+                cpu[side] += after.user + after.system - before.user - before.system
             n += chunk
         for r, (chunk, sides) in enumerate(zip(chunks, abba(rounds, (FREE, HELD)), strict=True)):
             if not held:
@@ -162,11 +177,15 @@ async def measure(
             n += chunk
     rate = {side: events_per_side / s for side, s in seconds.items() if s}
     ratio = rate[ORDERED] / rate[UNORDERED]
+    per_event = {side: cpu[side] / events_per_side * 1e6 for side in (ORDERED, UNORDERED)}
     note = (f"{REPLICAS} replicas in one process, {PARTITIONS} partitions, {KEYS} keys, handler "
-            f"{work_ms:g} ms; bus = ordered, raw = the same subscriber unordered"
+            f"{work_ms:g} ms, partitioner: {partitioner}; bus = ordered, raw = the same "
+            f"subscriber unordered; CPU of this process (publisher and replicas) per event: "
+            f"ordered {per_event[ORDERED]:.0f} µs, unordered {per_event[UNORDERED]:.0f} µs"
             + ("" if spread else "; the partitions did not spread in time"))  # fmt: skip
+    by = "" if partitioner == "bus" else f", partitioner: {partitioner}"
     rows = [
-        Row(NAME, f"ordered vs unordered, 2 replicas, handler {work_ms:g} ms", "events/s",
+        Row(NAME, f"ordered vs unordered, 2 replicas, handler {work_ms:g} ms{by}", "events/s",
             rate[ORDERED], rate[UNORDERED], True, "ordered/unordered >= 0.70", ratio >= 0.7,
             note=note),
     ]  # fmt: skip
@@ -177,12 +196,28 @@ async def measure(
     return rows
 
 
+async def has_hash_exchange(url: str) -> bool:
+    """Does the broker at *url* have the consistent-hash exchange (its plugin enabled)?"""
+    conn = await connect_plain(url)
+    try:
+        return await exchange_type_available(conn, CONSISTENT_HASH)
+    finally:
+        await conn.close()
+
+
 async def run(env: Env) -> list[Row]:
-    """A handler of 2 ms (the bus's own cost per event shows) and one of 20 ms."""
+    """A handler of 2 ms (the bus's own cost per event shows) and one of 20 ms; and 2 ms with
+    the consistent-hash exchange as partitioner where the broker has it."""
     rows = await measure(env, env.counts.ordering, 2.0)
-    if env.counts.ordering <= SMOKE.ordering:  # --smoke: the code path once is enough
-        return rows
-    return rows + await measure(env, env.counts.ordering, 20.0, held=False)
+    smoke = env.counts.ordering <= SMOKE.ordering  # --smoke: the code path once is enough
+    if not smoke:
+        rows += await measure(env, env.counts.ordering, 20.0, held=False)
+    if await has_hash_exchange(env.url):
+        rows += await measure(env, env.counts.ordering, 2.0, held=False, partitioner="exchange")
+    else:
+        print(f"ordering: no `partitioner: exchange` rows: the broker lacks {CONSISTENT_HASH} "
+              f"(rabbitmq-plugins enable {HASH_PLUGIN})", file=sys.stderr)  # fmt: skip
+    return rows
 
 
 def main() -> None:
@@ -191,11 +226,18 @@ def main() -> None:
     p.add_argument("--events", type=int, default=Counts().ordering, help="per side")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--work-ms", type=float, default=2.0, help="what the handler awaits")
+    p.add_argument(
+        "--partitioner",
+        choices=("bus", "exchange"),
+        default="bus",
+        help="exchange: the broker's consistent-hash exchange (plugin enabled)",
+    )
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args()
     counts = SMOKE if a.smoke else Counts(rounds=a.rounds)
     env = Env(a.url, counts)
-    rows = asyncio.run(measure(env, counts.ordering if a.smoke else a.events, a.work_ms))
+    events = counts.ordering if a.smoke else a.events
+    rows = asyncio.run(measure(env, events, a.work_ms, partitioner=a.partitioner))
     for row in rows:
         print(f"{row.metric}: {row.bus:,.0f} vs {row.raw:,.0f} {row.unit} = {row.ratio:.2f}x")
         print(f"  ({row.note})")

@@ -5,7 +5,9 @@ memory on the broker itself).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -91,3 +93,35 @@ async def write_record(
             ),
             routing_key=queue,
         )
+
+
+async def exchange_type_available(conn: AbstractConnection, kind: str) -> bool:
+    """Does the broker of *conn* know exchange type *kind* (a plugin's, enabled)?
+
+    Asked on a connection of its own: RabbitMQ 3.x answers an unknown type by closing the
+    connection (COMMAND_INVALID), 4.x by closing the channel (PRECONDITION_FAILED). A
+    throwaway auto-delete exchange of that type is declared and deleted."""
+    probe = f"bus.probe.{uuid.uuid4().hex[:12]}"
+    quiet = logging.getLogger("aiormq.connection")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # the close is the answer, not an error to log
+    try:
+        connection = await aiormq.connect(str(conn.url))  # type: ignore[attr-defined]
+    except Exception:
+        quiet.setLevel(level)
+        raise
+    try:
+        channel = await connection.channel()
+        await channel.exchange_declare(probe, exchange_type=kind, auto_delete=True)
+        await channel.exchange_delete(probe)
+        return True
+    except aiormq.exceptions.ConnectionCommandInvalid:
+        return False
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        if "unknown exchange type" in str(exc):
+            return False
+        raise
+    finally:
+        quiet.setLevel(level)
+        with contextlib.suppress(Exception):
+            await connection.close()

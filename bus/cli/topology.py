@@ -24,6 +24,7 @@ from bus.topology import apply as applier
 from bus.topology.model import Topology
 from bus.topology.plan import (
     Action,
+    ExchangeDecl,
     QueueDecl,
     Step,
     desired,
@@ -88,6 +89,10 @@ async def _plan(
         busy = [m for m in moves if m.busy]
         if execute and busy:
             raise BusError(busy[0].refusal())
+        unknown = [x for x in steps if x.action is Action.DRIFT and isinstance(x.decl, ExchangeDecl)
+                   and x.decl.name not in seen.exchanges]  # fmt: skip
+        if execute and unknown:  # an exchange type the broker lacks: nothing made, nothing half
+            raise BusError(f"cannot create {unknown[0].decl.describe()}: {unknown[0].detail}")
         refused = await applier.apply(conn, steps, want, seen.removed) if execute else []
         await _backfill(conn, t, steps, execute)
         return steps, refused

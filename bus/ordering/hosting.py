@@ -206,26 +206,43 @@ class OrderedHost:
 
     async def _load_holds(self, partition: str) -> tuple[list[tuple[str, str, float]], bool]:
         """Held keys of *partition* from the store, and whether laps may be out: its hold queue
-        holds some, or the store's laps-out flag is set."""
+        holds some, or the store's laps-out flag is set.
+
+        Holds are recorded under the partition's name: a key's partition may be the
+        consistent-hash exchange's choice, which the bus cannot compute."""
         index = self.sub.partition_queues.index(partition)
         held: list[tuple[str, str, float]] = []
         flagged = False
         if isinstance(self.store, HoldStore):
-            for h in await self.store.holds(self.sub.name):
+            await self._adopt_earlier_holds(partition, index)
+            for h in await self.store.holds(partition):
                 if h[0].startswith(LAPS_FLAG):
                     flagged = flagged or h[0] == laps_flag(partition)
-                elif partition_of(h[0], self.sub.partitions) == index:
+                else:
                     held.append(h)
         counts = await queue_counts(self.publishing, self.sub.hold_queue(index))
         return held, flagged or bool(counts and counts.messages)
 
-    async def _record_hold(self, key: str, event_id: str, held: bool) -> None:
+    async def _adopt_earlier_holds(self, partition: str, index: int) -> None:
+        """Move the holds of *partition* an earlier version recorded under the subscriber's
+        name (found by the bus's own hash) to the partition's name."""
+        assert isinstance(self.store, HoldStore)
+        for key, event_id, _ in await self.store.holds(self.sub.name):
+            if key.startswith(LAPS_FLAG):
+                mine = key == laps_flag(partition)
+            else:
+                mine = partition_of(key, self.sub.partitions) == index
+            if mine:
+                await self.store.hold(partition, key, event_id)
+                await self.store.unhold(self.sub.name, key, event_id)
+
+    async def _record_hold(self, partition: str, key: str, event_id: str, held: bool) -> None:
         if not isinstance(self.store, HoldStore):
             return
         if held:
-            await self.store.hold(self.sub.name, key, event_id)
+            await self.store.hold(partition, key, event_id)
         else:
-            await self.store.unhold(self.sub.name, key, event_id)
+            await self.store.unhold(partition, key, event_id)
 
     # -- laps --------------------------------------------------------------------------------------
 

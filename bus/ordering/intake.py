@@ -13,7 +13,9 @@ now one of this gate's, and the gate settles. The flag is set in the store befor
 its first lap and cleared once it has nothing held and nothing out.
 
 Each event's verdict is taken the moment it arrives, before any await, so verdicts follow the
-order of the partition queue.
+order of the partition queue. An event without a sequence number (routed straight here by the
+partition exchange) gets one then, from this process's clock, in partition order: its laps and
+its retry copy carry it (the partitioner keeps it when the retry passes through `Q`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 from bus.amqp.delivery import Delivery
 from bus.ordering.gate import Ended, Gate, Hold, Verdict
-from bus.ordering.partitions import HELD_BY, LAP, SENTINEL, key_of, laps_flag, seq_of
+from bus.ordering.partitions import HELD_BY, LAP, SENTINEL, SEQ, key_of, laps_flag, seq_of
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ Aside = Callable[
 ]  # (delivery, hold queue, headers)
 # the partition's held keys from the store, and whether its hold queue holds laps
 Load = Callable[[str], Awaitable[tuple[list[tuple[str, str, float]], bool]]]
-Record = Callable[[str, str, bool], Awaitable[None]]  # (key, event id, held?)
+Record = Callable[[str, str, str, bool], Awaitable[None]]  # (partition, key, event id, held?)
 Mark = Callable[[str, dict[str, Any]], Awaitable[None]]  # a sentinel: (hold queue, headers)
 Drop = Callable[[Delivery], None]  # ack a delivery that is no event (a sentinel)
 
@@ -88,6 +90,7 @@ class Intake:
         self.drop = drop
         self._parts: dict[str, _Partition] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last = 0  # the last sequence number given here
 
     # -- what operators see ---------------------------------------------------------------------
 
@@ -219,7 +222,13 @@ class Intake:
     def _decide(self, gate: Gate[Delivery], m: Delivery) -> Verdict:
         headers = m.headers
         key = key_of(headers, m.message_id)
-        return gate.admit(key, m.message_id or "", seq_of(headers), m)
+        seq = seq_of(headers)
+        if not seq:  # routed here by the partition exchange: numbered in partition order now
+            self._last = seq = max(self._last + 1, time.time_ns())
+            if m.properties.headers is None:
+                m.properties.headers = headers
+            headers[SEQ] = seq  # its laps and its retry copy carry it
+        return gate.admit(key, m.message_id or "", seq, m)
 
     async def _act(self, p: _Partition, gate: Gate[Delivery], m: Delivery, v: Verdict) -> None:
         if v is Verdict.ASIDE:
@@ -254,7 +263,7 @@ class Intake:
         assert self.record is not None
         while True:
             try:
-                await self.record(laps_flag(p.queue), tag, out)
+                await self.record(p.queue, laps_flag(p.queue), tag, out)
                 p.flagged = out
                 return
             except Exception as exc:  # the store is down: the lap waits for it
@@ -289,9 +298,9 @@ class Intake:
                 if self.record is None:
                     return
                 if ended is Ended.RETRY:  # before the retry copy is acked: durable first
-                    await self.record(key, event_id, True)
+                    await self.record(p.queue, key, event_id, True)
                 elif gate.held_by(key) == event_id:  # before its ack: a crash runs it again
-                    await self.record(key, event_id, False)
+                    await self.record(p.queue, key, event_id, False)
 
             ended = await self.process(current, decided)
             nxt, aside = gate.done(key, event_id, Ended.RETRY if ended is None else ended,

@@ -2,23 +2,26 @@
 
 The subscriber's queue `Q` has one active consumer at a time (`x-single-active-consumer`), so
 one process moves its events, in queue order: each is republished, body and properties intact,
-to `Q.p<partition_of(bus-key)>` through the default exchange on one confirm channel, and acked
-once confirmed. One channel keeps publish order, so a key's events reach their partition in the
-order they reached `Q`. A crash between confirm and ack moves an event twice: the later copy is
-a duplicate of one already ahead of it, which the idempotency store absorbs.
+on one confirm channel, and acked once confirmed (a nack fails the move). With `partitioner:
+bus` it goes to `Q.p<crc32(bus-key) % N>` through the default exchange; with `partitioner:
+exchange` to the consistent-hash exchange `Q.partitions`, which picks the same partition for it
+as for the key's events published straight to it (there only retries, replays and backfills
+pass through `Q`). The moves started in one turn of the event loop go out in one write
+(`bus.produce.confirms`). One channel keeps publish order, so a key's events reach their
+partition in the order they reached `Q`. A crash between confirm and ack moves an event twice:
+the later copy is a duplicate of one already ahead of it, which the idempotency store absorbs.
 
-A move that fails (the connection went) stops every later one: they would reach their
-partition ahead of it. The caller then returns every event in hand to the queue in place by
-closing its channel, and consumes again.
+A move that fails (the connection went, the broker refused it) stops every later one: they
+would reach their partition ahead of it. The caller then returns every event in hand to the
+queue in place by closing its channel, and consumes again.
 
 Each event is stamped with a sequence number (`bus-seq`) the first time it is moved (a retry
 coming back keeps its own): the partitioner's clock in nanoseconds, strictly increasing in one
 process. A key's later events get larger numbers, also across a takeover of the partitioner, as
 long as the replicas' clocks agree to better than the takeover takes (the broker first has to
-see the old partitioner's connection go). The gates order a key's laps by them.
-
-No broker plugin is needed: the hash is ours (the consistent-hash exchange, where enabled, would
-save a hop, but never required).
+see the old partitioner's connection go). The gates order a key's laps by them. An event routed
+straight to its partition by the exchange has no number (0): it never needs one, being in its
+partition's order already; its retry gets one when it passes through `Q`.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pamqp.commands import Basic
 
 from bus.amqp.delivery import Delivery, copy_properties
 from bus.ordering.partitions import SEQ, key_of, partition_of
+from bus.produce.confirms import ConfirmWriter
 from bus.topology.model import Subscriber
 
 
@@ -53,16 +57,23 @@ class Partitioner:
         # events in hand are back in the queue (`reset`)
         self._failed: int | None = None
         self._epoch = 0  # moves of an earlier epoch (before a reset) never publish
+        self._writer = ConfirmWriter()
 
-    def partition(self, m: Delivery) -> str:
-        return self._names[partition_of(key_of(m.headers, m.message_id), self.sub.partitions)]
+    def target(self, m: Delivery) -> tuple[str, str]:
+        """(exchange, routing key) that takes *m* to its partition: the partition exchange
+        (which hashes its `bus-key`), or the partition queue through the default exchange."""
+        exchange = self.sub.partition_exchange
+        if exchange is not None:
+            return exchange, ""
+        key = key_of(m.headers, m.message_id)
+        return "", self._names[partition_of(key, self.sub.partitions)]
 
     async def route(self, m: Delivery) -> None:
         """Republish *m* to its partition; returns once the broker confirmed it.
 
         Call it from each delivery's own task before its first await elsewhere: aiormq's publish
         lock is first come first served, so the publishes keep the deliveries' order."""
-        queue = self.partition(m)
+        exchange, queue = self.target(m)
         headers = dict(m.headers)
         self._last = order = max(self._last + 1, time.time_ns())  # in delivery order
         headers.setdefault(SEQ, order)  # a retry keeps the number it had
@@ -78,17 +89,28 @@ class Partitioner:
         except BaseException:
             self._fail(order, epoch)
             raise
-        # wait=False: the frame goes into the connection's write queue (first in, first out)
-        # without holding the channel's lock until the socket drained, which would move one
-        # event per turn of the loop; the confirm is still awaited
+        # the frames join the other moves of this loop turn in one write (one system call for
+        # us, one read for the broker); the delivery tag is taken now, in delivery order
         try:
-            await channel.basic_publish(
-                m.body, routing_key=queue, mandatory=True, wait=False,
-                properties=copy_properties(m.properties, headers),
-            )  # fmt: skip
+            properties = copy_properties(m.properties, headers)
+            confirmation, tag = self._writer.start_copy(
+                channel, m.body, properties, exchange, queue
+            )
         except BaseException:
             self._fail(order, epoch)
             raise
+        try:
+            result = await confirmation
+        except BaseException:
+            self._fail(order, epoch)
+            raise
+        finally:
+            ConfirmWriter.forget(channel, m.message_id or "", tag)
+        if not isinstance(result, Basic.Ack):  # a nack: the broker did not take it
+            self._fail(order, epoch)
+            raise RuntimeError(
+                f"the broker refused to move {m.message_id} to {queue or exchange}: {result}"
+            )
 
     def _fail(self, order: int, epoch: int) -> None:
         if epoch == self._epoch and (self._failed is None or order < self._failed):
@@ -111,7 +133,13 @@ class Partitioner:
         channel = await self._reopened()
         properties = Basic.Properties(headers=headers, delivery_mode=2,
                                       message_id=f"sentinel-{uuid.uuid4().hex[:12]}")  # fmt: skip
-        await channel.basic_publish(b"", routing_key=queue, mandatory=True, properties=properties)
+        confirmation, tag = self._writer.start_copy(channel, b"", properties, "", queue)
+        try:
+            result = await confirmation
+        finally:
+            ConfirmWriter.forget(channel, properties.message_id or "", tag)
+        if not isinstance(result, Basic.Ack):
+            raise RuntimeError(f"the broker refused the sentinel for {queue}: {result}")
 
     async def _reopened(self) -> aiormq.Channel:
         """The channel, reopened if a cut closed it for good (a robust channel whose reopen

@@ -1,7 +1,9 @@
-"""What a change of `partitions` moves, and whether `apply` may make it now.
+"""What a change of `partitions` or `partitioner` moves, and whether `apply` may make it now.
 
-A key's partition is `crc32(key) % N`: with another N most keys land in another partition. An
-event of such a key still queued in its old partition could then run beside, or after, a later
+With the bus as partitioner a key's partition is `crc32(key) % N`: with another N most keys land
+in another partition. The consistent-hash exchange (jump consistent hash over its bindings)
+moves fewer: growing from N to M moves 1 - N/M of them. A change of partitioner moves most. An
+event of a moved key still queued in its old partition could then run beside, or after, a later
 event of the key in its new one. So the change is made only while the subscriber holds no
 events: its queue, partitions, hold and retry queues all empty.
 """
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 
 from bus.ordering.partitions import partition_of
 from bus.topology.model import Topology
-from bus.topology.plan import Observed, QueueDecl, Role
+from bus.topology.ordering import Partitioner
+from bus.topology.plan import ExchangeDecl, Observed, QueueDecl, Role
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,18 +26,26 @@ class Repartition:
     before: int
     after: int
     busy: tuple[tuple[str, int], ...]  # its queues that hold messages, with how many
+    partitioner: tuple[Partitioner, Partitioner] = (Partitioner.BUS, Partitioner.BUS)
 
     @property
     def moved_share(self) -> float:
         """The share of keys whose partition changes (estimated on 10,000 keys)."""
-        keys = [f"k{i}" for i in range(10_000)]
         before, after = max(self.before, 1), max(self.after, 1)
+        if self.partitioner[0] is not self.partitioner[1]:
+            return 1 - 1 / max(before, after)  # another hash: about as many as at random
+        if self.partitioner[1] is Partitioner.EXCHANGE:
+            return 1 - min(before, after) / max(before, after)
+        keys = [f"k{i}" for i in range(10_000)]
         moved = sum(partition_of(k, before) != partition_of(k, after) for k in keys)
         return moved / len(keys)
 
     def line(self) -> str:
+        old, new = self.partitioner
+        changes = [f"partitions {self.before} -> {self.after}"] if self.before != self.after else []
+        changes += [f"partitioner {old} -> {new}"] if old is not new else []
         text = (
-            f"~ partitions of {self.name}: {self.before} -> {self.after}; about "
+            f"~ {' and '.join(changes)} of {self.name}; about "
             f"{self.moved_share:.0%} of keys move to another partition"
         )
         if self.busy:
@@ -44,8 +55,12 @@ class Repartition:
 
     def refusal(self) -> str:
         held = ", ".join(f"{q} ({n})" for q, n in self.busy)
+        old, new = self.partitioner
+        what = f"partitions of {self.name} change {self.before} -> {self.after}"
+        if old is not new:
+            what = f"the partitioner of {self.name} changes {old} -> {new}"
         return (
-            f"partitions of {self.name} change {self.before} -> {self.after} while it still "
+            f"{what} while it still "
             f"holds events ({held}): keys would change partition under queued events and lose "
             "their order. Let its replicas drain them (pause the producers: their events "
             "wait in their outbox), apply again, then restart the replicas with the new file"
@@ -61,10 +76,18 @@ def repartitions(topology: Topology, seen: Observed) -> list[Repartition]:
             if isinstance(d, QueueDecl) and d.owner == sub.name and d.role is Role.PARTITION
             and d.name in seen.queues
         )  # fmt: skip
-        if before == sub.partitions or (before == 0 and sub.queue not in seen.queues):
+        by_exchange = any(
+            isinstance(d, ExchangeDecl) and d.owner == sub.name and d.name in seen.exchanges
+            for d in seen.recorded
+        )
+        was = Partitioner.EXCHANGE if by_exchange else Partitioner.BUS
+        now = sub.partitioner if sub.ordered else Partitioner.BUS
+        if (before == sub.partitions and was is now) or (
+            before == 0 and sub.queue not in seen.queues
+        ):
             continue
         mine = [d.name for d in seen.recorded if isinstance(d, QueueDecl) and d.owner == sub.name]
         names = dict.fromkeys([sub.queue, *sub.retry_queues, *mine])
         busy = tuple((q, seen.queues[q]) for q in names if seen.queues.get(q))
-        out.append(Repartition(sub.name, before, sub.partitions, busy))
+        out.append(Repartition(sub.name, before, sub.partitions, busy, (was, now)))
     return out

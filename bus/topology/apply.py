@@ -12,13 +12,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from bus.amqp import plumbing
-from bus.amqp.plumbing import close_quietly, queue_counts
+from bus.amqp.plumbing import close_quietly, exchange_type_available, queue_counts
 from bus.topology import migrate, records
+from bus.topology.ordering import CONSISTENT_HASH, HASH_PLUGIN
 from bus.topology.plan import (
     Action,
     BindingDecl,
@@ -32,6 +32,7 @@ from bus.topology.plan import (
     is_delay_hand_off,
     is_delay_object,
     is_history_object,
+    owned_by,
     retired_history,
 )
 from bus.topology.release import Release
@@ -65,6 +66,16 @@ async def observe(conn: AbstractConnection, want: Sequence[Decl]) -> Observed:
                 problem = await _probe(conn, d)
                 if problem:
                     drift[d.key] = problem
+            elif (
+                d.type == CONSISTENT_HASH
+                and d in want
+                and not await exchange_type_available(conn, d.type)
+            ):
+                drift[d.key] = (
+                    f"the broker has no {d.type} exchange type, which `partitioner: exchange` "
+                    f"of {d.owner} needs: enable it with `rabbitmq-plugins enable {HASH_PLUGIN}` "
+                    "(or leave `partitioner` out: the bus moves the events)"
+                )
         elif isinstance(d, QueueDecl):
             counts = await queue_counts(conn, d.name)
             if counts is not None:
@@ -133,7 +144,9 @@ async def _probe(conn: AbstractConnection, decl: ExchangeDecl | QueueDecl) -> st
 
 async def _declare(channel: AbstractChannel, decl: ExchangeDecl | QueueDecl) -> None:
     if isinstance(decl, ExchangeDecl):
-        await channel.declare_exchange(decl.name, aio_pika.ExchangeType(decl.type), durable=True)
+        await channel.declare_exchange(
+            decl.name, decl.type, durable=True, arguments=dict(decl.arguments)
+        )
     else:
         await channel.declare_queue(decl.name, durable=True, arguments=dict(decl.arguments))
 
@@ -162,10 +175,11 @@ async def apply(
                 await _declare(channel, d)
         drifted = {s.decl.key for s in steps if s.action is Action.DRIFT}
         raw = await channel.get_underlay_channel()
-        for d in want:
-            if isinstance(d, BindingDecl) and f"queue {d.queue}" not in drifted:
-                await raw.queue_bind(d.queue, d.exchange, routing_key=d.routing_key)
-            elif isinstance(d, ExchangeBindingDecl):
+        for d in want:  # in order: a partition exchange numbers its buckets in binding order
+            if isinstance(d, BindingDecl):
+                if not {f"queue {d.queue}", f"exchange {d.exchange}"} & drifted:
+                    await raw.queue_bind(d.queue, d.exchange, routing_key=d.routing_key)
+            elif isinstance(d, ExchangeBindingDecl) and f"exchange {d.destination}" not in drifted:
                 await raw.exchange_bind(d.destination, d.source, routing_key=d.routing_key)
         for step in steps:
             if step.action is Action.DELETE and await _delete(channel, step):
@@ -194,12 +208,7 @@ async def apply(
     ]
     owned += left
     for owner, main in mains.items():
-        mine = [
-            d
-            for d in owned
-            if (isinstance(d, QueueDecl) and d.owner == owner)
-            or (isinstance(d, BindingDecl) and d.queue == main)
-        ]
+        mine = [d for d in owned if owned_by(d, owner, main)]
         await records.write(conn, main, mine, siblings, shared)
     for main in pending:
         record = await records.read(conn, main)
@@ -273,6 +282,10 @@ async def _delete(channel: AbstractChannel, step: Step) -> bool:
         await raw.queue_delete(decl.name)
     elif isinstance(decl, BindingDecl):
         await raw.queue_unbind(decl.queue, decl.exchange, routing_key=decl.routing_key)
+    elif isinstance(decl, ExchangeBindingDecl):
+        await raw.exchange_unbind(decl.destination, decl.source, routing_key=decl.routing_key)
+    else:  # a subscriber's own exchange (bindings from it go with it)
+        await raw.exchange_delete(decl.name)
     return True
 
 
@@ -314,8 +327,9 @@ async def inventory(conn: AbstractConnection, want: Sequence[Decl]) -> list[Pres
     for main in _main_queues(want).values():
         if await queue_depth(conn, state_queue(main)) is not None:
             found.append(Present("queue", state_queue(main)))
-    for d in want:
-        if isinstance(d, ExchangeDecl) and await _exists_exchange(conn, d.name):
+    exchanges = [d for d in want if isinstance(d, ExchangeDecl)]
+    for d in sorted(exchanges, key=lambda d: not d.owner):  # a subscriber's first: it is bound
+        if await _exists_exchange(conn, d.name):  # to the shared ones, which go only when unused
             found.append(Present("exchange", d.name))
     return found
 

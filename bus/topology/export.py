@@ -102,7 +102,7 @@ def _exchange(d: ExchangeDecl, vhost: str) -> dict[str, Any]:
         "durable": True,
         "auto_delete": False,
         "internal": False,
-        "arguments": {},
+        "arguments": dict(sorted(d.arguments.items())),
     }
 
 
@@ -117,7 +117,7 @@ def _queue(d: QueueDecl, vhost: str) -> dict[str, Any]:
 
 
 def _binding(d: BindingDecl | ExchangeBindingDecl, vhost: str) -> dict[str, Any]:
-    if isinstance(d, ExchangeBindingDecl):  # a delay level passing keys on to the next
+    if isinstance(d, ExchangeBindingDecl):  # a delay level, or a subscriber's partition exchange
         source, destination, kind = d.source, d.destination, "exchange"
     else:
         source, destination, kind = d.exchange, d.queue, "queue"

@@ -30,7 +30,7 @@ from bus.topology.history import History as History
 from bus.topology.history import HistorySpec as HistorySpec
 from bus.topology.history import history_of
 from bus.topology.history import history_stream as history_stream
-from bus.topology.ordering import DEFAULT_PARTITIONS
+from bus.topology.ordering import DEFAULT_PARTITIONS, PARTITION_EXCHANGE_SUFFIX, Partitioner
 from bus.topology.suggest import did_you_mean
 
 Duration = Annotated[str, AfterValidator(normalise)]
@@ -124,6 +124,9 @@ class SubscriberSpec(_Strict):
     # events of one key (`events.<type>.key`) one at a time, in publish order
     ordered: bool = False
     partitions: Annotated[int, Field(ge=1, le=1024)] | None = None  # default DEFAULT_PARTITIONS
+    # how events reach the partitions: "bus" (moved from the queue by the bus, no plugin) or
+    # "exchange" (RabbitMQ's consistent-hash exchange routes them, a hop saved)
+    partitioner: Partitioner | None = None
 
 
 class ScheduleSpec(_Strict):
@@ -171,6 +174,7 @@ class Subscriber:
     processes: int = 1  # consumer processes `bus run` starts (bus.consume.processes)
     ordered: bool = False
     partitions: int = 0  # ordered: how many partition queues; 0 when not ordered
+    partitioner: Partitioner = Partitioner.BUS  # ordered: how events reach the partitions
 
     @property
     def rate(self) -> float | None:
@@ -207,6 +211,14 @@ class Subscriber:
     @property
     def partition_queues(self) -> tuple[str, ...]:
         return tuple(self.partition_queue(i) for i in range(self.partitions))
+
+    @property
+    def partition_exchange(self) -> str | None:
+        """`Q.partitions`: the consistent-hash exchange in front of the partitions (`partitioner:
+        exchange`), None when the bus moves the events itself."""
+        if not self.ordered or self.partitioner is not Partitioner.EXCHANGE:
+            return None
+        return f"{self.queue}{PARTITION_EXCHANGE_SUFFIX}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +281,7 @@ class Topology:
             processes=s.processes or 1,
             ordered=s.ordered,
             partitions=(s.partitions or DEFAULT_PARTITIONS) if s.ordered else 0,
+            partitioner=(s.partitioner or Partitioner.BUS) if s.ordered else Partitioner.BUS,
         )
 
     def history(self, exchange: str) -> History | None:

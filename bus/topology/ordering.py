@@ -1,5 +1,6 @@
-"""The topology checks of ordered subscribers: `partitions` only with `ordered`, an ordered
-subscriber receives keyed types only, and the partition and hold queues it owns.
+"""The topology checks of ordered subscribers: `partitions` and `partitioner` only with
+`ordered`, an ordered subscriber receives keyed types only, and the partition and hold queues
+it owns.
 
 Cross-reference checks on the unvalidated document (`bus.topology.model` calls them, one line
 per problem, beside its other checks).
@@ -7,11 +8,22 @@ per problem, beside its other checks).
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, Protocol
 
 from bus.topology.routing import matches
 
 DEFAULT_PARTITIONS = 4
+PARTITION_EXCHANGE_SUFFIX = ".partitions"  # Q.partitions: the consistent-hash exchange
+CONSISTENT_HASH = "x-consistent-hash"  # its type (the rabbitmq_consistent_hash_exchange plugin)
+HASH_PLUGIN = "rabbitmq_consistent_hash_exchange"
+
+
+class Partitioner(StrEnum):
+    """How an ordered subscriber's events reach its partitions."""
+
+    BUS = "bus"  # the bus moves each from the subscriber's queue: no plugin needed
+    EXCHANGE = "exchange"  # the consistent-hash exchange routes them straight there
 
 
 class RawDocument(Protocol):
@@ -43,10 +55,9 @@ def partition_queues(queue: str, sub: dict[str, Any]) -> list[str]:
 def check_ordered(doc: RawDocument, where: str, sub: dict[str, Any]) -> list[str]:
     """An ordered subscriber receives only keyed types; `partitions` needs `ordered`."""
     if sub.get("ordered") is not True:
-        if "partitions" in sub:
-            return [f"{where}.partitions: only an ordered subscriber has partitions "
-                    "(add `ordered: true`)"]  # fmt: skip
-        return []
+        return [f"{where}.{k}: only an ordered subscriber has {what} (add `ordered: true`)"
+                for k, what in (("partitions", "partitions"), ("partitioner", "a partitioner"))
+                if k in sub]  # fmt: skip
     received: list[str] = []
     bindings = sub.get("bindings", [])
     for b in bindings if isinstance(bindings, list) else []:

@@ -13,6 +13,7 @@ from typing import Any
 
 import bus.topology.delays as delays
 from bus.durations import parse_ms
+from bus.envelope import H_KEY
 from bus.topology.model import (
     ExchangeType,
     History,
@@ -21,6 +22,7 @@ from bus.topology.model import (
     Topology,
     history_stream,
 )
+from bus.topology.ordering import CONSISTENT_HASH, PARTITION_EXCHANGE_SUFFIX
 from bus.topology.release import OLDEST, Release
 
 STATE_QUEUE_PREFIX = "bus.state."  # + a subscriber's queue: what `apply` created for it
@@ -44,13 +46,18 @@ HOLD_LAP_MS = 1000  # a held key's later events come back to their partition thi
 class ExchangeDecl:
     name: str
     type: str
+    # a subscriber's own exchange (an ordered subscriber's `Q.partitions`) names its owner; the
+    # topology's exchanges, shared with producers, none
+    owner: str = ""
+    arguments: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=True)
 
     @property
     def key(self) -> str:
         return f"exchange {self.name}"
 
     def describe(self) -> str:
-        return f"exchange {self.name} ({self.type}, durable)"
+        args = "".join(f", {k}={v!r}" for k, v in sorted(self.arguments.items()))
+        return f"exchange {self.name} ({self.type}, durable{args})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +186,15 @@ def subscriber_objects(sub: Subscriber, release: Release = OLDEST) -> list[Decl]
                       partition_queue_arguments(sub)),
             QueueDecl(sub.hold_queue(i), sub.name, Role.HOLD, hold_queue_arguments(sub, i)),
         ]  # fmt: skip
-    decls += [BindingDecl(sub.queue, b.exchange, b.key) for b in sub.bindings]
+    exchange = sub.partition_exchange
+    if exchange is None:
+        decls += [BindingDecl(sub.queue, b.exchange, b.key) for b in sub.bindings]
+        return decls
+    # the consistent-hash exchange: each partition one bucket, bound in partition order (the
+    # plugin numbers buckets in binding order); the subscriber's bindings lead to it, not to Q
+    decls.append(ExchangeDecl(exchange, CONSISTENT_HASH, sub.name, {"hash-header": H_KEY}))
+    decls += [BindingDecl(q, exchange, "1") for q in sub.partition_queues]
+    decls += [ExchangeBindingDecl(exchange, b.exchange, b.key) for b in sub.bindings]
     return decls
 
 
@@ -295,8 +310,8 @@ def is_delay_object(d: Decl) -> bool:
         return d.role is Role.DELAY
     if isinstance(d, BindingDecl):
         return d.queue.startswith(f"{delays.PREFIX}.")
-    if isinstance(d, ExchangeBindingDecl):
-        return True
+    if isinstance(d, ExchangeBindingDecl):  # a level passing keys on to the next
+        return d.source.startswith(f"{delays.PREFIX}.")
     return d.name.startswith(f"{delays.PREFIX}.")
 
 
@@ -404,9 +419,17 @@ def diff(
     steps = [_step(d, seen, recorded_bindings) for d in want]
     wanted = {d.key for d in want}
     running = _running_owners(seen, wanted)
+    routes = _PartitionRoutes(want, seen)
     queue_steps: dict[str, Step] = {}
     for old in seen.recorded:
-        if old.key in wanted or isinstance(old, ExchangeDecl | ExchangeBindingDecl):
+        if old.key in wanted:
+            continue
+        if routes.covers(old) and not isinstance(old, QueueDecl):
+            step = routes.step(old, prune, running)
+            if step is not None:
+                steps.append(step)
+            continue
+        if isinstance(old, ExchangeDecl | ExchangeBindingDecl):
             continue  # exchanges are shared with producers: never pruned
         if isinstance(old, QueueDecl):
             if old.name in seen.queues and old.name not in queue_steps:
@@ -421,6 +444,76 @@ def diff(
             else:
                 steps.append(Step(Action.DELETE, old))
     return steps
+
+
+def owned_by(d: Decl, owner: str, main: str) -> bool:
+    """Is *d* one of subscriber *owner*'s objects (its main queue *main*), to be recorded?"""
+    if isinstance(d, QueueDecl | ExchangeDecl):
+        return d.owner == owner
+    if isinstance(d, BindingDecl):
+        return d.queue == main or d.exchange == f"{main}{PARTITION_EXCHANGE_SUFFIX}"
+    return d.destination == f"{main}{PARTITION_EXCHANGE_SUFFIX}"
+
+
+class _PartitionRoutes:
+    """What leads an ordered subscriber's events to its partitions, and what must go when that
+    changes: a leftover route would hand events to a partition the keys no longer map to, or
+    twice (through the subscriber's queue and through its partition exchange).
+
+    Removed at once (`apply` checked first that the subscriber holds no events, as for a
+    change of `partitions`): the partition exchange of a subscriber now without one, the
+    bindings into the queue of one that now has one, the partition bindings beyond its count.
+    A subscriber removed from the file loses its exchange with `--prune`, as its queues."""
+
+    def __init__(self, want: list[Decl], seen: Observed) -> None:
+        self.seen = seen
+        everything = [*want, *seen.recorded]
+        self.exchanges = {
+            d.name: d.owner
+            for d in everything
+            if isinstance(d, ExchangeDecl) and d.type == CONSISTENT_HASH and d.owner
+        }
+        self.wanted_exchanges = {d.name for d in want if isinstance(d, ExchangeDecl)}
+        mains = {d.owner: d.name for d in want if isinstance(d, QueueDecl) and d.role is Role.MAIN}
+        self.in_file = set(mains)
+        # main queues whose events now go through a partition exchange
+        self.rerouted = {mains[o] for n, o in self.exchanges.items()
+                         if n in self.wanted_exchanges and o in mains}  # fmt: skip
+
+    def covers(self, d: Decl) -> bool:
+        if isinstance(d, ExchangeDecl):
+            return d.name in self.exchanges
+        if isinstance(d, ExchangeBindingDecl):
+            return d.destination in self.exchanges
+        if isinstance(d, BindingDecl):
+            return d.exchange in self.exchanges or d.queue in self.rerouted
+        return False
+
+    def step(
+        self, d: ExchangeDecl | BindingDecl | ExchangeBindingDecl, prune: bool, running: set[str]
+    ) -> Step | None:
+        seen = self.seen
+        if isinstance(d, ExchangeDecl):
+            if d.name not in seen.exchanges:
+                return None
+            if d.owner in self.in_file or (prune and d.owner not in running):
+                return Step(Action.DELETE, d, "its partitions are no longer fed through it")
+            return Step(Action.KEEP, d, "no longer declared")
+        source = d.source if isinstance(d, ExchangeBindingDecl) else d.exchange
+        target = d.destination if isinstance(d, ExchangeBindingDecl) else d.queue
+        if source not in seen.exchanges or (target not in seen.exchanges
+                                            and target not in seen.queues):  # fmt: skip
+            return None
+        exchange = d.destination if isinstance(d, ExchangeBindingDecl) else d.exchange
+        if exchange in self.exchanges and exchange not in self.wanted_exchanges:
+            return None  # goes with its exchange
+        if isinstance(d, BindingDecl) and d.exchange in self.exchanges:  # a partition beyond N
+            return Step(Action.DELETE, d, "a partition no longer in the exchange")
+        if isinstance(d, BindingDecl):  # into the queue: the partition exchange takes over
+            return Step(Action.DELETE, d, "its events now reach the partitions directly")
+        if prune:
+            return Step(Action.DELETE, d)
+        return Step(Action.KEEP, d, "no longer declared")
 
 
 def _running_owners(seen: Observed, wanted: set[str]) -> set[str]:

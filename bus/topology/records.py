@@ -85,7 +85,8 @@ def decode(body: bytes) -> Record:
 
 def _to_json(d: Decl) -> dict[str, object]:
     if isinstance(d, ExchangeDecl):
-        return {"kind": "exchange", "name": d.name, "type": d.type}
+        return {"kind": "exchange", "name": d.name, "type": d.type, "owner": d.owner,
+                "arguments": dict(d.arguments)}  # fmt: skip
     if isinstance(d, QueueDecl):
         return {
             "kind": "queue",
@@ -104,7 +105,10 @@ def _from_json(items: list[dict[str, object]]) -> list[Decl]:
     out: list[Decl] = []
     for i in items:
         if i["kind"] == "exchange":
-            out.append(ExchangeDecl(str(i["name"]), str(i["type"])))
+            args = i.get("arguments", {})
+            if not isinstance(args, dict):
+                raise TypeError("exchange arguments are not a mapping")
+            out.append(ExchangeDecl(str(i["name"]), str(i["type"]), str(i.get("owner", "")), args))
         elif i["kind"] == "queue":
             args = i["arguments"]
             if not isinstance(args, dict):
@@ -112,4 +116,6 @@ def _from_json(items: list[dict[str, object]]) -> list[Decl]:
             out.append(QueueDecl(str(i["name"]), str(i["owner"]), Role(str(i["role"])), args))
         elif i["kind"] == "binding":
             out.append(BindingDecl(str(i["queue"]), str(i["exchange"]), str(i["key"])))
+        elif i["kind"] == "exchange-binding":
+            out.append(ExchangeBindingDecl(str(i["destination"]), str(i["source"]), str(i["key"])))
     return out

@@ -35,11 +35,16 @@ from tests.integration.proxy import Proxy
 pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
 
 
-def ordered_topology(prefix: str, *, delays: list[str], partitions: int = 4) -> Any:
+def ordered_topology(
+    prefix: str, *, delays: list[str], partitions: int = 4, partitioner: str = "bus"
+) -> Any:
     exchange = f"{prefix}.events"
+    sub = {"keys": ["order.*"], "ordered": True, "partitions": partitions}
+    if partitioner != "bus":
+        sub["partitioner"] = partitioner
     doc = topology_doc(
         prefix,
-        {"fulfillment": {"keys": ["order.*"], "ordered": True, "partitions": partitions}},
+        {"fulfillment": sub},
         delays=delays,
         events={
             "order.placed": {"exchange": exchange, "key": "order_id"},
@@ -101,11 +106,21 @@ class Recorder:
         return sum(r.ok for r in self.runs)
 
 
+@pytest.fixture(params=["bus", "exchange"])
+def partitioner(request: pytest.FixtureRequest, amqp_url: str) -> tuple[str, str]:
+    """(partitioner, broker URL): the bus's own on the shared broker; the consistent-hash
+    exchange on a private node that has its plugin enabled."""
+    if request.param == "exchange":
+        return "exchange", request.getfixturevalue("hash_node").url()
+    return "bus", amqp_url
+
+
 async def test_two_replicas_handle_each_key_in_publish_order_through_retries(
-    amqp_url: str, prefix: str
+    partitioner: tuple[str, str], prefix: str
 ) -> None:
+    kind, amqp_url = partitioner
     keys, per_key = 30, 8
-    topology = ordered_topology(prefix, delays=["200ms", "400ms"])
+    topology = ordered_topology(prefix, delays=["200ms", "400ms"], partitioner=kind)
     rec = Recorder()
 
     def every_seventh_fails_once(event: dict[str, Any], ctx: Context) -> bool:
@@ -209,8 +224,12 @@ async def test_order_holds_while_the_broker_connections_are_cut(amqp_url: str, p
     assert_each_once_in_order_never_overlapping(rec, keys, per_key)
 
 
-async def test_a_held_key_does_not_stop_the_other_keys(amqp_url: str, prefix: str) -> None:
-    topology = ordered_topology(prefix, delays=["500ms", "1s", "2s"], partitions=1)
+async def test_a_held_key_does_not_stop_the_other_keys(
+    partitioner: tuple[str, str], prefix: str
+) -> None:
+    kind, amqp_url = partitioner
+    topology = ordered_topology(prefix, delays=["500ms", "1s", "2s"], partitions=1,
+                                partitioner=kind)  # fmt: skip
     rec = Recorder()
     started = time.monotonic()
     hold_for = 2.5

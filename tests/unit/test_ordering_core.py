@@ -13,7 +13,17 @@ from bus.ordering.gate import Ended, Gate, Verdict
 from bus.ordering.partitions import key_of, partition_of
 from bus.produce.validation import EventChecker
 from bus.topology.model import from_dict
-from bus.topology.plan import Role, subscriber_objects
+from bus.topology.plan import (
+    Action,
+    BindingDecl,
+    ExchangeBindingDecl,
+    ExchangeDecl,
+    Observed,
+    QueueDecl,
+    Role,
+    diff,
+    subscriber_objects,
+)
 
 
 def _topology(**sub: Any) -> dict[str, Any]:
@@ -131,6 +141,75 @@ def test_bad_ordering_topology_is_one_line_per_problem() -> None:
         "subscribers.fulfillment.ordered: it receives 'mail.sent', which declares no `key`" in text
     )
     assert "subscribers.other.partitions: only an ordered subscriber has partitions" in text
+
+
+def test_the_exchange_partitioner_puts_a_consistent_hash_exchange_before_the_partitions() -> None:
+    sub = from_dict(_topology(ordered=True, partitions=3, partitioner="exchange")).subscriber(
+        "fulfillment"
+    )
+    decls = subscriber_objects(sub)
+    exchange = next(d for d in decls if isinstance(d, ExchangeDecl))
+    assert (exchange.name, exchange.type, exchange.owner) == (
+        "fulfillment.partitions", "x-consistent-hash", "fulfillment",
+    )  # fmt: skip
+    assert exchange.arguments == {"hash-header": "bus-key"}
+    bindings = [d for d in decls if isinstance(d, BindingDecl)]
+    # one bucket per partition, bound in partition order; nothing binds the queue itself
+    assert [(b.queue, b.exchange, b.routing_key) for b in bindings] == [
+        (f"fulfillment.p{i}", "fulfillment.partitions", "1") for i in range(3)
+    ]
+    assert [d for d in decls if isinstance(d, ExchangeBindingDecl)] == [
+        ExchangeBindingDecl("fulfillment.partitions", "events", "order.*")
+    ]
+    by_bus = from_dict(_topology(ordered=True)).subscriber("fulfillment")
+    assert by_bus.partitioner == "bus" and by_bus.partition_exchange is None
+    assert not any(isinstance(d, ExchangeDecl) for d in subscriber_objects(by_bus))
+
+
+def test_a_partitioner_without_ordered_is_one_line() -> None:
+    raw = _topology(partitioner="exchange")
+    with pytest.raises(
+        TopologyError, match=r"subscribers\.fulfillment\.partitioner: only an ordered"
+    ):
+        from_dict(raw)
+
+
+def _seen(recorded: list[Any], *, queues: list[str], exchanges: list[str]) -> Observed:
+    return Observed(frozenset(exchanges), dict.fromkeys(queues, 0), {}, tuple(recorded))
+
+
+def test_switching_to_the_exchange_removes_the_queues_bindings_at_once() -> None:
+    by_bus = subscriber_objects(from_dict(_topology(ordered=True)).subscriber("fulfillment"))
+    by_exchange = subscriber_objects(
+        from_dict(_topology(ordered=True, partitioner="exchange")).subscriber("fulfillment")
+    )
+    queues = [d.name for d in by_bus if isinstance(d, QueueDecl)]
+    steps = diff(by_exchange, _seen(by_bus, queues=queues, exchanges=["events"]))
+    got = {(s.action, s.decl.key) for s in steps}
+    assert (Action.CREATE, "exchange fulfillment.partitions") in got
+    assert (Action.DELETE, "binding events -> fulfillment [order.*]") in got, "without --prune"
+    # and back: the exchange goes (its bindings with it), the queue is bound again
+    seen = _seen(by_exchange, queues=queues, exchanges=["events", "fulfillment.partitions"])
+    back = {(s.action, s.decl.key) for s in diff(by_bus, seen)}
+    assert (Action.DELETE, "exchange fulfillment.partitions") in back
+    assert (Action.CREATE, "binding events -> fulfillment [order.*]") in back
+    assert not any(a is Action.DELETE and "binding" in k for a, k in back), back
+
+
+def test_fewer_partitions_behind_the_exchange_unbinds_the_ones_left_over() -> None:
+    def objects(n: int) -> list[Any]:
+        topo = from_dict(_topology(ordered=True, partitions=n, partitioner="exchange"))
+        return subscriber_objects(topo.subscriber("fulfillment"))
+
+    four, two = objects(4), objects(2)
+    queues = [d.name for d in four if isinstance(d, QueueDecl)]
+    seen = _seen(four, queues=queues, exchanges=["events", "fulfillment.partitions"])
+    got = {(s.action, s.decl.key) for s in diff(two, seen)}
+    for i in (2, 3):  # else the exchange would still route keys to queues nobody consumes
+        assert (Action.DELETE, f"binding fulfillment.partitions -> fulfillment.p{i} [1]") in got
+    assert (Action.KEEP, "queue fulfillment.p3") in {
+        (s.action, s.decl.key) for s in diff(two, seen)
+    }
 
 
 # -- the gate ----------------------------------------------------------------------------------
