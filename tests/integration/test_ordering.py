@@ -172,9 +172,12 @@ def assert_each_once_in_order_never_overlapping(rec: Recorder, keys: int, per_ke
 
 
 @pytest.mark.timeout(300)
-async def test_order_holds_while_the_broker_connections_are_cut(amqp_url: str, prefix: str) -> None:
+async def test_order_holds_while_the_broker_connections_are_cut(
+    partitioner: tuple[str, str], prefix: str
+) -> None:
+    kind, amqp_url = partitioner
     keys, per_key = 30, 8
-    topology = ordered_topology(prefix, delays=["200ms", "400ms"])
+    topology = ordered_topology(prefix, delays=["200ms", "400ms"], partitioner=kind)
     rec = Recorder()
 
     def every_seventh_fails_once(event: dict[str, Any], ctx: Context) -> bool:
@@ -360,10 +363,11 @@ def _replica(url: str, files: tuple[str, str, str]) -> subprocess.Popen[str]:
 
 
 async def test_a_sigkilled_replica_hands_its_partitions_over_with_order_kept(
-    amqp_url: str, prefix: str, tmp_path: Path
+    partitioner: tuple[str, str], prefix: str, tmp_path: Path
 ) -> None:
+    kind, amqp_url = partitioner
     keys, per_key = 30, 8
-    topology = ordered_topology(prefix, delays=["300ms", "600ms"])
+    topology = ordered_topology(prefix, delays=["300ms", "600ms"], partitioner=kind)
     topo_file, store, record = tmp_path / "t.json", tmp_path / "s.db", tmp_path / "r.jsonl"
     topo_file.write_text(json.dumps(topology.spec.model_dump(by_alias=True, exclude_none=True)))
     files = (str(topo_file), str(store), str(record))
