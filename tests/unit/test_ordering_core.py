@@ -346,3 +346,16 @@ def test_a_replica_over_its_fair_share_hands_on_the_partition_with_the_fewest_he
     assert to_hand_on(four, 4, 2, {}) == "q.p3"
     assert to_hand_on(four, 4, 2, {"q.p3": 2, "q.p2": 1}) == "q.p1"
     assert to_hand_on(four[:2], 4, 2, {}) is None
+
+
+def test_a_removed_subscribers_partition_exchange_goes_only_with_prune() -> None:
+    objects = subscriber_objects(
+        from_dict(_topology(ordered=True, partitioner="exchange")).subscriber("fulfillment")
+    )
+    queues = [d.name for d in objects if isinstance(d, QueueDecl)]
+    seen = _seen(objects, queues=queues, exchanges=["events", "fulfillment.partitions"])
+    kept = {(s.action, s.decl.key) for s in diff([], seen)}
+    assert (Action.KEEP, "exchange fulfillment.partitions") in kept
+    pruned = {(s.action, s.decl.key) for s in diff([], seen, prune=True)}
+    assert (Action.DELETE, "exchange fulfillment.partitions") in pruned
+    assert not any("fulfillment.partitions" in k and "binding" in k for _, k in pruned), pruned
