@@ -18,17 +18,10 @@ from aio_pika.abc import AbstractConnection
 from bus.amqp.plumbing import close_quietly
 from bus.errors import BusError
 from bus.topology import apply as applier
+from bus.topology.diff import Action, diff
 from bus.topology.model import Subscriber, Topology, from_dict
 from bus.topology.model import load as load_topology
-from bus.topology.plan import (
-    Action,
-    ExchangeDecl,
-    QueueDecl,
-    Role,
-    desired,
-    diff,
-    is_delay_object,
-)
+from bus.topology.plan import ExchangeDecl, QueueDecl, Role, desired, is_delay_object
 from bus.topology.routing import matches
 
 # What the demo's flows cause. One order: the API writes `order.placed`, fulfillment publishes

@@ -21,17 +21,9 @@ from bus.errors import BusError, NoHistory, TopologyError
 from bus.ordering.repartition import Repartition, repartitions
 from bus.settings import redact
 from bus.topology import apply as applier
+from bus.topology.diff import Action, Step, diff
 from bus.topology.model import Topology
-from bus.topology.plan import (
-    Action,
-    ExchangeDecl,
-    QueueDecl,
-    Step,
-    desired,
-    diff,
-    is_delay_hand_off,
-    is_delay_object,
-)
+from bus.topology.plan import ExchangeDecl, QueueDecl, desired, is_delay_hand_off, is_delay_object
 
 DropOption = typer.Option(
     False,

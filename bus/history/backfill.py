@@ -20,8 +20,9 @@ from bus.history.replay import Outcome, replay
 
 __all__ = ["Outcome", "backfill", "due", "selection_of"]
 from bus.history.select import Selection
+from bus.topology.diff import Action, Step
 from bus.topology.model import Subscriber, Topology
-from bus.topology.plan import Action, QueueDecl, Role, Step
+from bus.topology.plan import QueueDecl, Role
 
 
 def due(topology: Topology, steps: Sequence[Step]) -> list[Subscriber]:

@@ -18,17 +18,15 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from bus.amqp import plumbing
 from bus.amqp.plumbing import close_quietly, exchange_type_available, queue_counts
 from bus.topology import migrate, records
+from bus.topology.diff import Action, Observed, Step
 from bus.topology.ordering import CONSISTENT_HASH, HASH_PLUGIN
 from bus.topology.plan import (
-    Action,
     BindingDecl,
     Decl,
     ExchangeBindingDecl,
     ExchangeDecl,
-    Observed,
     QueueDecl,
     Role,
-    Step,
     is_delay_hand_off,
     is_delay_object,
     is_history_object,

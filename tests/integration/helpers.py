@@ -15,8 +15,9 @@ from bus.consume.runtime import Runtime
 from bus.stores import MemoryStore
 from bus.topology import apply as applier
 from bus.topology.delays import PREFIX
+from bus.topology.diff import diff
 from bus.topology.model import Topology, from_dict
-from bus.topology.plan import ExchangeDecl, QueueDecl, Role, desired, diff, is_delay_object
+from bus.topology.plan import ExchangeDecl, QueueDecl, Role, desired, is_delay_object
 
 OUT = f"{PREFIX}.out."  # a topology's own delay queues: one per event type
 

@@ -19,7 +19,8 @@ from bus.metrics import Metrics
 from bus.produce.publisher import Publisher
 from bus.stores import MemoryStore
 from bus.topology import apply as applier
-from bus.topology.plan import Action, desired, diff
+from bus.topology.diff import Action, diff
+from bus.topology.plan import desired
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, make_topology, queue_depth
 from tests.integration.nodes import Node, free_port

@@ -18,8 +18,9 @@ from aio_pika.abc import AbstractIncomingMessage
 from bus.amqp.connection import connect_plain
 from bus.ops import dlq
 from bus.topology import apply as applier
+from bus.topology.diff import diff
 from bus.topology.migrate import holding_queue
-from bus.topology.plan import desired, diff
+from bus.topology.plan import desired
 from bus.topology.release import OLDEST
 from tests.conftest import wait_for
 from tests.integration.helpers import delete_topology, make_topology, queue_depth, topology_doc

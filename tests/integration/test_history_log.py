@@ -18,7 +18,8 @@ from bus.history.replay import replay
 from bus.ops import dlq
 from bus.stores import MemoryStore
 from bus.topology import apply as applier
-from bus.topology.plan import desired, diff
+from bus.topology.diff import diff
+from bus.topology.plan import desired
 from tests.conftest import wait_for
 from tests.integration.helpers import applied, running
 from tests.integration.history_kit import history_topology, logged

@@ -283,7 +283,7 @@ async def test_changing_partitions_is_refused_while_events_are_queued_then_appli
 ) -> None:
     from bus.cli.topology import _plan
     from bus.errors import BusError
-    from bus.topology.plan import Action
+    from bus.topology.diff import Action
 
     two = ordered_topology(prefix, delays=["200ms"], partitions=2)
     four = ordered_topology(prefix, delays=["200ms"], partitions=4)

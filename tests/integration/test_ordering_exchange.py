@@ -79,7 +79,7 @@ async def test_switching_the_partitioner_waits_for_the_queues_to_drain_and_rerou
 ) -> None:
     from bus.cli.topology import _plan
     from bus.errors import BusError
-    from bus.topology.plan import Action
+    from bus.topology.diff import Action
 
     url = hash_node.url()
     by_bus = ordered_topology(prefix, delays=["200ms"])

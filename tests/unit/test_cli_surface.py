@@ -17,7 +17,8 @@ import yaml
 from rich.console import Console
 
 from bus.cli import app
-from bus.topology.plan import Action, BindingDecl, Step
+from bus.topology.diff import Action, Step
+from bus.topology.plan import BindingDecl
 
 REPO = Path(__file__).resolve().parents[2]
 # options backed by a variable of the configuration reference (docs/reference/configuration.md)

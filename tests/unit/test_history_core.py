@@ -13,18 +13,9 @@ from bus.envelope import H_AGAIN, idempotency_key
 from bus.errors import TopologyError
 from bus.history.event import MARKER, decode
 from bus.history.select import MARGIN, Selection, parse_when, routes
+from bus.topology.diff import Action, Observed, diff
 from bus.topology.model import ExchangeType, from_dict
-from bus.topology.plan import (
-    Action,
-    BindingDecl,
-    Observed,
-    QueueDecl,
-    Role,
-    desired,
-    diff,
-    retired_history,
-    stream_max_age,
-)
+from bus.topology.plan import BindingDecl, QueueDecl, Role, desired, retired_history, stream_max_age
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

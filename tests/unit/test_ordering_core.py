@@ -12,16 +12,14 @@ from bus.errors import InvalidEvent, TopologyError
 from bus.ordering.gate import Ended, Gate, Verdict
 from bus.ordering.partitions import key_of, partition_of
 from bus.produce.validation import EventChecker
+from bus.topology.diff import Action, Observed, diff
 from bus.topology.model import from_dict
 from bus.topology.plan import (
-    Action,
     BindingDecl,
     ExchangeBindingDecl,
     ExchangeDecl,
-    Observed,
     QueueDecl,
     Role,
-    diff,
     subscriber_objects,
 )
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from bus.topology.diff import Action, Observed, diff
 from bus.topology.model import from_dict
-from bus.topology.plan import Action, Observed, QueueDecl, Role, desired, diff
+from bus.topology.plan import QueueDecl, Role, desired
 from bus.topology.release import OLDEST, Release
 from tests.unit.test_topology_plan import DOC, queues
 

@@ -1,4 +1,5 @@
-"""bus.topology.plan: the contract table's broker objects, and the diff against the broker."""
+"""bus.topology.plan: the contract table's broker objects; bus.topology.diff: the diff against
+the broker."""
 
 from __future__ import annotations
 
@@ -6,18 +7,15 @@ from typing import Any
 
 import pytest
 
+from bus.topology.diff import Action, Observed, Step, diff
 from bus.topology.model import Topology, from_dict
 from bus.topology.plan import (
-    Action,
     BindingDecl,
     Decl,
     ExchangeDecl,
-    Observed,
     QueueDecl,
     Role,
-    Step,
     desired,
-    diff,
     is_delay_object,
 )
 
