@@ -200,7 +200,7 @@ async def has_hash_exchange(url: str) -> bool:
     """Does the broker at *url* have the consistent-hash exchange (its plugin enabled)?"""
     conn = await connect_plain(url)
     try:
-        return await exchange_type_available(conn, CONSISTENT_HASH)
+        return await exchange_type_available(conn, CONSISTENT_HASH, "bench.ordering")
     finally:
         await conn.close()
 

@@ -95,13 +95,15 @@ async def write_record(
         )
 
 
-async def exchange_type_available(conn: AbstractConnection, kind: str) -> bool:
+async def exchange_type_available(conn: AbstractConnection, kind: str, near: str) -> bool:
     """Does the broker of *conn* know exchange type *kind* (a plugin's, enabled)?
 
     Asked on a connection of its own: RabbitMQ 3.x answers an unknown type by closing the
     connection (COMMAND_INVALID), 4.x by closing the channel (PRECONDITION_FAILED). A
-    throwaway auto-delete exchange of that type is declared and deleted."""
-    probe = f"bus.probe.{uuid.uuid4().hex[:12]}"
+    throwaway auto-delete exchange of that type, named after *near* (so that a user allowed to
+    configure *near* may make it), is declared and deleted. A user who may not: True (the
+    declaration of the real one tells)."""
+    probe = f"{near}.probe-{uuid.uuid4().hex[:8]}"
     quiet = logging.getLogger("aiormq.connection")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # the close is the answer, not an error to log
@@ -121,6 +123,8 @@ async def exchange_type_available(conn: AbstractConnection, kind: str) -> bool:
         if "unknown exchange type" in str(exc):
             return False
         raise
+    except aiormq.exceptions.ChannelAccessRefused:
+        return True
     finally:
         quiet.setLevel(level)
         with contextlib.suppress(Exception):

@@ -126,6 +126,19 @@ class Gate(Generic[T]):
         k.running = True
         return Verdict.RUN
 
+    def returned(self, key: str, seq: int) -> None:
+        """The lap copy *seq* of *key* was never sent (its event went back to the partition
+        queue instead): it is not out. It comes back as a fresh delivery, maybe without its
+        number (an event the partition exchange routed was numbered here, in memory only)."""
+        k = self._keys.get(key)
+        copies = k.out.get(seq) if k is not None else None
+        if k is None or not copies:
+            return
+        if copies == 1:
+            del k.out[seq]
+        else:
+            k.out[seq] = copies - 1
+
     def held_by(self, key: str) -> str | None:
         k = self._keys.get(key)
         return k.held_by if k is not None else None

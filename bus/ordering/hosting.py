@@ -204,58 +204,50 @@ class OrderedHost:
 
     # -- the holds in the store ------------------------------------------------------------------
 
+    def _holds_of(self, partition: str) -> str:
+        """Whose holds the store keeps for *partition*: the subscriber's, found by the bus's
+        hash (`partitioner: bus`); the partition's own with `partitioner: exchange`, whose hash
+        (the broker's) the bus cannot compute."""
+        return self.sub.name if self.sub.partition_exchange is None else partition
+
     async def _load_holds(self, partition: str) -> tuple[list[tuple[str, str, float]], bool]:
         """Held keys of *partition* from the store, and whether laps may be out: its hold queue
-        holds some, or the store's laps-out flag is set.
-
-        Holds are recorded under the partition's name: a key's partition may be the
-        consistent-hash exchange's choice, which the bus cannot compute."""
+        holds some, or the store's laps-out flag is set."""
         index = self.sub.partition_queues.index(partition)
         held: list[tuple[str, str, float]] = []
         flagged = False
+        by_hash = self.sub.partition_exchange is None
         if isinstance(self.store, HoldStore):
-            await self._adopt_earlier_holds(partition, index)
-            for h in await self.store.holds(partition):
+            for h in await self.store.holds(self._holds_of(partition)):
                 if h[0].startswith(LAPS_FLAG):
                     flagged = flagged or h[0] == laps_flag(partition)
-                else:
+                elif not by_hash or partition_of(h[0], self.sub.partitions) == index:
                     held.append(h)
         counts = await queue_counts(self.publishing, self.sub.hold_queue(index))
         return held, flagged or bool(counts and counts.messages)
-
-    async def _adopt_earlier_holds(self, partition: str, index: int) -> None:
-        """Move the holds of *partition* an earlier version recorded under the subscriber's
-        name (found by the bus's own hash) to the partition's name."""
-        assert isinstance(self.store, HoldStore)
-        for key, event_id, _ in await self.store.holds(self.sub.name):
-            if key.startswith(LAPS_FLAG):
-                mine = key == laps_flag(partition)
-            else:
-                mine = partition_of(key, self.sub.partitions) == index
-            if mine:
-                await self.store.hold(partition, key, event_id)
-                await self.store.unhold(self.sub.name, key, event_id)
 
     async def _record_hold(self, partition: str, key: str, event_id: str, held: bool) -> None:
         if not isinstance(self.store, HoldStore):
             return
         if held:
-            await self.store.hold(partition, key, event_id)
+            await self.store.hold(self._holds_of(partition), key, event_id)
         else:
-            await self.store.unhold(partition, key, event_id)
+            await self.store.unhold(self._holds_of(partition), key, event_id)
 
     # -- laps --------------------------------------------------------------------------------------
 
-    async def _set_aside(self, m: Delivery, hold: str, headers: dict[str, Any]) -> None:
-        """Send an event of a held key round its partition's hold queue, then ack it."""
+    async def _set_aside(self, m: Delivery, hold: str, headers: dict[str, Any]) -> bool:
+        """Send an event of a held key round its partition's hold queue, then ack it; False
+        when it went back to its partition instead."""
         try:
             await self.shell.republish(m, hold, headers)
         except Exception as exc:
             log.warning("could not set %s aside (%s); returned to its partition",
                         m.message_id, exc)  # fmt: skip
             await self.shell.requeue(m)
-            return
+            return False
         self.shell.ack(m)
+        return True
 
     async def _mark(self, hold: str, headers: dict[str, Any]) -> None:
         """A sentinel round *hold*, confirmed."""

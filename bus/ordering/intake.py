@@ -39,9 +39,8 @@ Decided = Callable[[Ended], Awaitable[None]]
 # dispatch and perform a delivery, calling back once decided and before performing;
 # None: it went back to its queue unhandled
 Process = Callable[[Delivery, Decided], Awaitable[Ended | None]]
-Aside = Callable[
-    [Delivery, str, dict[str, Any]], Awaitable[None]
-]  # (delivery, hold queue, headers)
+# (delivery, hold queue, headers) -> sent round the lap (False: it went back to its partition)
+Aside = Callable[[Delivery, str, dict[str, Any]], Awaitable[bool]]
 # the partition's held keys from the store, and whether its hold queue holds laps
 Load = Callable[[str], Awaitable[tuple[list[tuple[str, str, float]], bool]]]
 Record = Callable[[str, str, str, bool], Awaitable[None]]  # (partition, key, event id, held?)
@@ -225,7 +224,7 @@ class Intake:
         seq = seq_of(headers)
         if not seq:  # routed here by the partition exchange: numbered in partition order now
             self._last = seq = max(self._last + 1, time.time_ns())
-            if m.properties.headers is None:
+            if not m.properties.headers:  # None or an empty table: `m.headers` made a new dict
                 m.properties.headers = headers
             headers[SEQ] = seq  # its laps and its retry copy carry it
         return gate.admit(key, m.message_id or "", seq, m)
@@ -255,7 +254,8 @@ class Intake:
                     async with p.flag_lock:  # durable before the first lap leaves
                         await self._flag(p, p.tag, True)
                 m, headers = p.asides.popleft()
-                await self.aside(m, p.hold, headers)
+                if not await self.aside(m, p.hold, headers) and p.gate is not None:
+                    p.gate.returned(key_of(headers, m.message_id), seq_of(headers))
         finally:
             p.sending = False
 

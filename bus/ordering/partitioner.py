@@ -19,9 +19,9 @@ Each event is stamped with a sequence number (`bus-seq`) the first time it is mo
 coming back keeps its own): the partitioner's clock in nanoseconds, strictly increasing in one
 process. A key's later events get larger numbers, also across a takeover of the partitioner, as
 long as the replicas' clocks agree to better than the takeover takes (the broker first has to
-see the old partitioner's connection go). The gates order a key's laps by them. An event routed
-straight to its partition by the exchange has no number (0): it never needs one, being in its
-partition's order already; its retry gets one when it passes through `Q`.
+see the old partitioner's connection go). The gates order a key's laps by them. An event the
+exchange routed straight to its partition has none: its partition's gate numbers it on arrival
+(`bus.ordering.intake`), and its retry keeps that number when it passes through `Q`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from bus.amqp.delivery import Delivery, copy_properties
 from bus.ordering.partitions import SEQ, key_of, partition_of
 from bus.produce.confirms import ConfirmWriter
 from bus.topology.model import Subscriber
+
+MARK_TIMEOUT = 30.0  # seconds a sentinel waits for its confirm
 
 
 class Partitioner:
@@ -134,8 +136,8 @@ class Partitioner:
         properties = Basic.Properties(headers=headers, delivery_mode=2,
                                       message_id=f"sentinel-{uuid.uuid4().hex[:12]}")  # fmt: skip
         confirmation, tag = self._writer.start_copy(channel, b"", properties, "", queue)
-        try:
-            result = await confirmation
+        try:  # bounded: the caller sends the sentinel again
+            result = await asyncio.wait_for(asyncio.shield(confirmation), MARK_TIMEOUT)
         finally:
             ConfirmWriter.forget(channel, properties.message_id or "", tag)
         if not isinstance(result, Basic.Ack):

@@ -43,12 +43,13 @@ class Repartition:
 
     def line(self) -> str:
         old, new = self.partitioner
-        changes = [f"partitions {self.before} -> {self.after}"] if self.before != self.after else []
-        changes += [f"partitioner {old} -> {new}"] if old is not new else []
-        text = (
-            f"~ {' and '.join(changes)} of {self.name}; about "
-            f"{self.moved_share:.0%} of keys move to another partition"
-        )
+        changes = []
+        if self.before != self.after:
+            changes.append(f"partitions of {self.name}: {self.before} -> {self.after}")
+        if old is not new:
+            changes.append(f"partitioner of {self.name}: {old} -> {new}")
+        moved = f"about {self.moved_share:.0%} of keys move to another partition"
+        text = f"~ {'; '.join(changes)}; {moved}"
         if self.busy:
             held = ", ".join(f"{q} ({n})" for q, n in self.busy)
             text += f"; apply waits until these are empty: {held}"

@@ -58,6 +58,12 @@ class ConfirmWriter:
         frames = self._frames
         if channel is not self._channel or frames is None:  # a new channel after a reconnect
             self.flush()
+            old, putting = self._channel, self._putting
+            if old is not None and old.is_closed and putting is not None and not putting.done():
+                # frames of a channel that is gone (its confirms failed with it), waiting for
+                # room in a write queue nobody drains any more: later frames must not wait
+                putting.cancel()
+                self._putting = None
             frames = self._frames = PublishFrames(channel.number, channel.max_content_size)
             self._channel = channel
         return frames

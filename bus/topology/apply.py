@@ -67,7 +67,7 @@ async def observe(conn: AbstractConnection, want: Sequence[Decl]) -> Observed:
             elif (
                 d.type == CONSISTENT_HASH
                 and d in want
-                and not await exchange_type_available(conn, d.type)
+                and not await exchange_type_available(conn, d.type, d.name)
             ):
                 drift[d.key] = (
                     f"the broker has no {d.type} exchange type, which `partitioner: exchange` "
@@ -172,13 +172,7 @@ async def apply(
                 log.debug("creating %s", d.key)
                 await _declare(channel, d)
         drifted = {s.decl.key for s in steps if s.action is Action.DRIFT}
-        raw = await channel.get_underlay_channel()
-        for d in want:  # in order: a partition exchange numbers its buckets in binding order
-            if isinstance(d, BindingDecl):
-                if not {f"queue {d.queue}", f"exchange {d.exchange}"} & drifted:
-                    await raw.queue_bind(d.queue, d.exchange, routing_key=d.routing_key)
-            elif isinstance(d, ExchangeBindingDecl) and f"exchange {d.destination}" not in drifted:
-                await raw.exchange_bind(d.destination, d.source, routing_key=d.routing_key)
+        await _bind(channel, steps, want, drifted)
         for step in steps:
             if step.action is Action.DELETE and await _delete(channel, step):
                 deleted.add(step.decl.key)
@@ -257,6 +251,35 @@ async def _migrate(
         elif step.action in (Action.CREATE, Action.UNCHANGED):
             await migrate.restore(conn, d)
     return refused
+
+
+async def _bind(
+    channel: AbstractChannel, steps: Sequence[Step], want: Sequence[Decl], drifted: set[str]
+) -> None:
+    """Assert every binding of *want* (idempotent), in order: a partition exchange numbers its
+    buckets in binding order. None to or from a drifted object."""
+    raw = await channel.get_underlay_channel()
+    for old in _rebound(steps):  # bound again below, all in name order
+        await raw.queue_unbind(old.queue, old.exchange, routing_key=old.routing_key)
+    for d in want:
+        if isinstance(d, BindingDecl):
+            if not {f"queue {d.queue}", f"exchange {d.exchange}"} & drifted:
+                await raw.queue_bind(d.queue, d.exchange, routing_key=d.routing_key)
+        elif isinstance(d, ExchangeBindingDecl) and f"exchange {d.destination}" not in drifted:
+            await raw.exchange_bind(d.destination, d.source, routing_key=d.routing_key)
+
+
+def _rebound(steps: Sequence[Step]) -> list[BindingDecl]:
+    """The partitions of an existing partition exchange that gains one: unbound first, so that
+    all are bound again in name order, the order its buckets get after a broker restart (a
+    partition bound later would take the last bucket now, another one after a restart). The
+    subscriber holds no events then (`bus.ordering.repartition`); the producers are paused."""
+    kept = {s.decl.name for s in steps if isinstance(s.decl, ExchangeDecl) and s.decl.owner
+            and s.action is Action.UNCHANGED}  # fmt: skip
+    binding = [(s.action, s.decl) for s in steps
+               if isinstance(s.decl, BindingDecl) and s.decl.exchange in kept]  # fmt: skip
+    growing = {d.exchange for action, d in binding if action is Action.CREATE}
+    return [d for action, d in binding if d.exchange in growing and action is Action.UNCHANGED]
 
 
 def _main_queues(decls: Sequence[Decl]) -> dict[str, str]:

@@ -190,10 +190,11 @@ def subscriber_objects(sub: Subscriber, release: Release = OLDEST) -> list[Decl]
     if exchange is None:
         decls += [BindingDecl(sub.queue, b.exchange, b.key) for b in sub.bindings]
         return decls
-    # the consistent-hash exchange: each partition one bucket, bound in partition order (the
-    # plugin numbers buckets in binding order); the subscriber's bindings lead to it, not to Q
+    # the consistent-hash exchange: each partition one bucket. The plugin numbers its buckets
+    # in binding order, and after a broker restart in the order of the queues' names (Q.p10
+    # before Q.p2): so they are bound in name order. The subscriber's bindings lead to it.
     decls.append(ExchangeDecl(exchange, CONSISTENT_HASH, sub.name, {"hash-header": H_KEY}))
-    decls += [BindingDecl(q, exchange, "1") for q in sub.partition_queues]
+    decls += [BindingDecl(q, exchange, "1") for q in sorted(sub.partition_queues)]
     decls += [ExchangeBindingDecl(exchange, b.exchange, b.key) for b in sub.bindings]
     return decls
 

@@ -258,6 +258,21 @@ def test_a_retry_holds_only_its_key_and_sends_its_waiting_events_aside() -> None
     assert _admit(gate, "a5") is Verdict.RUN
 
 
+def test_a_lap_copy_that_went_back_unsent_is_no_longer_out() -> None:
+    gate: Gate[str] = Gate("t")
+    _admit(gate, "a1")
+    gate.done("a", "a1", Ended.RETRY, 0)
+    assert _admit(gate, "a2") is Verdict.ASIDE  # its key is held
+    gate.returned("a", 2)  # the lap could not be sent: a2 went back to its partition
+    assert _admit(gate, "a1") is Verdict.RUN  # the held event is back and succeeds
+    assert gate.done("a", "a1", Ended.DONE, 0) == (None, [])
+    # a2 comes again with another number (numbered in memory only, as the exchange's events
+    # are): nothing of its key is out, so it runs, instead of lapping behind a copy never sent
+    assert _admit(gate, "a5") is Verdict.RUN
+    assert gate.done("a", "a5", Ended.DONE, 0) == (None, [])
+    assert gate.idle()
+
+
 def test_laps_that_come_back_out_of_order_run_in_sequence_order() -> None:
     """The hold queue rotates a key's laps: a2 comes back and is sent round again behind a3,
     still in the hold queue. After the release a3 comes back first: it must lap once more."""
