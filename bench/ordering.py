@@ -7,9 +7,9 @@ what one held key costs the other keys.
 
 Two subscribers of one run get the same events (100 keys, the handler awaits `--work-ms`, as
 an I/O-bound handler does): `ordered` (`ordered: true`, 4 partitions) and `unordered`, each
-with 2 replicas (two runtimes in this process). `--partitioner exchange` (which needs the
-broker's consistent-hash exchange plugin) routes the ordered side's events straight to its
-partitions; the default, `bus`, moves each from the subscriber's queue. The ordered replicas
+with 2 replicas (two runtimes in this process). With `--partitioner exchange` the broker routes
+the ordered side's events straight to their partitions; with the default, `bus`, the bus moves
+each from the subscriber's queue. The ordered replicas
 first warm up until both are active (the partitions spread over the replicas within
 seconds). Each round publishes a chunk to one side and times it until its last event is
 handled; sides alternate in ABBA order.
@@ -26,19 +26,15 @@ import argparse
 import asyncio
 import contextlib
 import os
-import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from bench.common import SMOKE, Counts, Env, Row, abba, declared, new_prefix, split, topology_doc
 from bus import Context, Publisher, Router
-from bus.amqp.connection import connect_plain
-from bus.amqp.plumbing import exchange_type_available
 from bus.consume.runtime import Runtime
 from bus.stores import MemoryStore
 from bus.topology.model import Topology, from_dict
-from bus.topology.ordering import CONSISTENT_HASH, HASH_PLUGIN
 
 NAME = "ordering"
 ORDERED, UNORDERED = "ordered", "unordered"
@@ -196,28 +192,13 @@ async def measure(
     return rows
 
 
-async def has_hash_exchange(url: str) -> bool:
-    """Does the broker at *url* have the consistent-hash exchange (its plugin enabled)?"""
-    conn = await connect_plain(url)
-    try:
-        return await exchange_type_available(conn, CONSISTENT_HASH, "bench.ordering")
-    finally:
-        await conn.close()
-
-
 async def run(env: Env) -> list[Row]:
-    """A handler of 2 ms (the bus's own cost per event shows) and one of 20 ms; and 2 ms with
-    the consistent-hash exchange as partitioner where the broker has it."""
+    """A handler of 2 ms (the bus's own cost per event shows) and one of 20 ms, with the bus's
+    own partitioner; and 2 ms with the broker's exchange as partitioner."""
     rows = await measure(env, env.counts.ordering, 2.0)
-    smoke = env.counts.ordering <= SMOKE.ordering  # --smoke: the code path once is enough
-    if not smoke:
+    if env.counts.ordering > SMOKE.ordering:  # --smoke: the code path once is enough
         rows += await measure(env, env.counts.ordering, 20.0, held=False)
-    if await has_hash_exchange(env.url):
-        rows += await measure(env, env.counts.ordering, 2.0, held=False, partitioner="exchange")
-    else:
-        print(f"ordering: no `partitioner: exchange` rows: the broker lacks {CONSISTENT_HASH} "
-              f"(rabbitmq-plugins enable {HASH_PLUGIN})", file=sys.stderr)  # fmt: skip
-    return rows
+    return rows + await measure(env, env.counts.ordering, 2.0, held=False, partitioner="exchange")
 
 
 def main() -> None:

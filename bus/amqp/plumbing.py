@@ -5,9 +5,7 @@ memory on the broker itself).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -93,39 +91,3 @@ async def write_record(
             ),
             routing_key=queue,
         )
-
-
-async def exchange_type_available(conn: AbstractConnection, kind: str, near: str) -> bool:
-    """Does the broker of *conn* know exchange type *kind* (a plugin's, enabled)?
-
-    Asked on a connection of its own: RabbitMQ 3.x answers an unknown type by closing the
-    connection (COMMAND_INVALID), 4.x by closing the channel (PRECONDITION_FAILED). A
-    throwaway auto-delete exchange of that type, named after *near* (so that a user allowed to
-    configure *near* may make it), is declared and deleted. A user who may not: True (the
-    declaration of the real one tells)."""
-    probe = f"{near}.probe-{uuid.uuid4().hex[:8]}"
-    quiet = logging.getLogger("aiormq.connection")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # the close is the answer, not an error to log
-    try:
-        connection = await aiormq.connect(str(conn.url))  # type: ignore[attr-defined]
-    except Exception:
-        quiet.setLevel(level)
-        raise
-    try:
-        channel = await connection.channel()
-        await channel.exchange_declare(probe, exchange_type=kind, auto_delete=True)
-        await channel.exchange_delete(probe)
-        return True
-    except aiormq.exceptions.ConnectionCommandInvalid:
-        return False
-    except aiormq.exceptions.ChannelPreconditionFailed as exc:
-        if "unknown exchange type" in str(exc):
-            return False
-        raise
-    except aiormq.exceptions.ChannelAccessRefused:
-        return True
-    finally:
-        quiet.setLevel(level)
-        with contextlib.suppress(Exception):
-            await connection.close()

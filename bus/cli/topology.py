@@ -81,17 +81,14 @@ async def _plan(
         busy = [m for m in moves if m.busy]
         if execute and busy:
             raise BusError(busy[0].refusal())
-        # an exchange type the broker lacks, or a partition exchange that differs from the
-        # file: nothing made, rather than a subscriber half rerouted
-        unusable = [(x.decl, x.detail) for x in steps if x.action is Action.DRIFT
-                    and isinstance(x.decl, ExchangeDecl)
-                    and (x.decl.owner or x.decl.name not in seen.exchanges)]  # fmt: skip
-        if execute and unusable:
-            decl, detail = unusable[0]
-            if decl.name in seen.exchanges:
-                raise BusError(f"{decl.key} differs from the file: {detail}; delete it "
-                               "(the subscriber holds no events) and apply again")  # fmt: skip
-            raise BusError(f"cannot create {decl.describe()}: {detail}")
+        # a subscriber's own exchange that differs from the file: nothing made, rather than a
+        # subscriber half rerouted (its queue's bindings removed, the exchange's not made)
+        drifted = [(x.decl.key, x.detail) for x in steps if x.action is Action.DRIFT
+                   and isinstance(x.decl, ExchangeDecl) and x.decl.owner]  # fmt: skip
+        if execute and drifted:
+            key, detail = drifted[0]
+            raise BusError(f"{key} differs from the file: {detail}; delete it (the subscriber "
+                           "holds no events) and apply again")  # fmt: skip
         refused = await applier.apply(conn, steps, want, seen.removed) if execute else []
         await _backfill(conn, t, steps, execute)
         return steps, refused

@@ -25,10 +25,11 @@ from bus.ordering.balance import BALANCE_EVERY, QUIET_WITHIN, fair_share, to_han
 from bus.ordering.gate import Ended
 from bus.ordering.intake import Decided, Intake
 from bus.ordering.partitioner import Partitioner
-from bus.ordering.partitions import LAPS_FLAG, laps_flag, partition_of
+from bus.ordering.partitions import LAPS_FLAG, laps_flag
 from bus.ordering.reporter import Reporter
 from bus.stores.base import HoldStore, Store
 from bus.topology.model import Subscriber
+from bus.topology.ordering import partition_of
 
 log = logging.getLogger(__name__)
 
@@ -204,24 +205,17 @@ class OrderedHost:
 
     # -- the holds in the store ------------------------------------------------------------------
 
-    def _holds_of(self, partition: str) -> str:
-        """Whose holds the store keeps for *partition*: the subscriber's, found by the bus's
-        hash (`partitioner: bus`); the partition's own with `partitioner: exchange`, whose hash
-        (the broker's) the bus cannot compute."""
-        return self.sub.name if self.sub.partition_exchange is None else partition
-
     async def _load_holds(self, partition: str) -> tuple[list[tuple[str, str, float]], bool]:
         """Held keys of *partition* from the store, and whether laps may be out: its hold queue
         holds some, or the store's laps-out flag is set."""
         index = self.sub.partition_queues.index(partition)
         held: list[tuple[str, str, float]] = []
         flagged = False
-        by_hash = self.sub.partition_exchange is None
         if isinstance(self.store, HoldStore):
-            for h in await self.store.holds(self._holds_of(partition)):
+            for h in await self.store.holds(self.sub.name):
                 if h[0].startswith(LAPS_FLAG):
                     flagged = flagged or h[0] == laps_flag(partition)
-                elif not by_hash or partition_of(h[0], self.sub.partitions) == index:
+                elif partition_of(h[0], self.sub.partitions) == index:
                     held.append(h)
         counts = await queue_counts(self.publishing, self.sub.hold_queue(index))
         return held, flagged or bool(counts and counts.messages)
@@ -230,9 +224,9 @@ class OrderedHost:
         if not isinstance(self.store, HoldStore):
             return
         if held:
-            await self.store.hold(self._holds_of(partition), key, event_id)
+            await self.store.hold(self.sub.name, key, event_id)
         else:
-            await self.store.unhold(self._holds_of(partition), key, event_id)
+            await self.store.unhold(self.sub.name, key, event_id)
 
     # -- laps --------------------------------------------------------------------------------------
 

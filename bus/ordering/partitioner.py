@@ -2,14 +2,14 @@
 
 The subscriber's queue `Q` has one active consumer at a time (`x-single-active-consumer`), so
 one process moves its events, in queue order: each is republished, body and properties intact,
-on one confirm channel, and acked once confirmed (a nack fails the move). With `partitioner:
-bus` it goes to `Q.p<crc32(bus-key) % N>` through the default exchange; with `partitioner:
-exchange` to the consistent-hash exchange `Q.partitions`, which picks the same partition for it
-as for the key's events published straight to it (there only retries, replays and backfills
-pass through `Q`). The moves started in one turn of the event loop go out in one write
-(`bus.produce.confirms`). One channel keeps publish order, so a key's events reach their
-partition in the order they reached `Q`. A crash between confirm and ack moves an event twice:
-the later copy is a duplicate of one already ahead of it, which the idempotency store absorbs.
+to `Q.p<crc32(bus-key) % N>` through the default exchange on one confirm channel, and acked
+once confirmed (a nack fails the move). With `partitioner: exchange` the broker routes the
+bus's producers' events straight to their partition by the same hash (`bus-partition-<N>`),
+and only what that exchange could not route, retries, replays and backfills pass through `Q`.
+The moves started in one turn of the event loop go out in one write (`bus.produce.confirms`).
+One channel keeps publish order, so a key's events reach their partition in the order they
+reached `Q`. A crash between confirm and ack moves an event twice: the later copy is a
+duplicate of one already ahead of it, which the idempotency store absorbs.
 
 A move that fails (the connection went, the broker refused it) stops every later one: they
 would reach their partition ahead of it. The caller then returns every event in hand to the
@@ -36,9 +36,10 @@ from aio_pika.abc import AbstractChannel
 from pamqp.commands import Basic
 
 from bus.amqp.delivery import Delivery, copy_properties
-from bus.ordering.partitions import SEQ, key_of, partition_of
+from bus.ordering.partitions import SEQ, key_of
 from bus.produce.confirms import ConfirmWriter
 from bus.topology.model import Subscriber
+from bus.topology.ordering import partition_of
 
 MARK_TIMEOUT = 30.0  # seconds a sentinel waits for its confirm
 
@@ -61,21 +62,15 @@ class Partitioner:
         self._epoch = 0  # moves of an earlier epoch (before a reset) never publish
         self._writer = ConfirmWriter()
 
-    def target(self, m: Delivery) -> tuple[str, str]:
-        """(exchange, routing key) that takes *m* to its partition: the partition exchange
-        (which hashes its `bus-key`), or the partition queue through the default exchange."""
-        exchange = self.sub.partition_exchange
-        if exchange is not None:
-            return exchange, ""
-        key = key_of(m.headers, m.message_id)
-        return "", self._names[partition_of(key, self.sub.partitions)]
+    def partition(self, m: Delivery) -> str:
+        return self._names[partition_of(key_of(m.headers, m.message_id), self.sub.partitions)]
 
     async def route(self, m: Delivery) -> None:
         """Republish *m* to its partition; returns once the broker confirmed it.
 
         Call it from each delivery's own task before its first await elsewhere: aiormq's publish
         lock is first come first served, so the publishes keep the deliveries' order."""
-        exchange, queue = self.target(m)
+        queue = self.partition(m)
         headers = dict(m.headers)
         self._last = order = max(self._last + 1, time.time_ns())  # in delivery order
         headers.setdefault(SEQ, order)  # a retry keeps the number it had
@@ -95,9 +90,7 @@ class Partitioner:
         # us, one read for the broker); the delivery tag is taken now, in delivery order
         try:
             properties = copy_properties(m.properties, headers)
-            confirmation, tag = self._writer.start_copy(
-                channel, m.body, properties, exchange, queue
-            )
+            confirmation, tag = self._writer.start_copy(channel, m.body, properties, "", queue)
         except BaseException:
             self._fail(order, epoch)
             raise
@@ -110,9 +103,7 @@ class Partitioner:
             ConfirmWriter.forget(channel, m.message_id or "", tag)
         if not isinstance(result, Basic.Ack):  # a nack: the broker did not take it
             self._fail(order, epoch)
-            raise RuntimeError(
-                f"the broker refused to move {m.message_id} to {queue or exchange}: {result}"
-            )
+            raise RuntimeError(f"the broker refused to move {m.message_id} to {queue}: {result}")
 
     def _fail(self, order: int, epoch: int) -> None:
         if epoch == self._epoch and (self._failed is None or order < self._failed):

@@ -1,8 +1,8 @@
-"""Which partition a key falls in: a hash that every process and every version agrees on."""
+"""A delivery's ordering key and sequence number, and the headers of hold laps (the hash that
+puts a key in its partition is part of the topology: `bus.topology.ordering.partition_of`)."""
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,12 +12,6 @@ HELD_BY = "bus-held-by"  # on an event sent round a hold lap: the id of the even
 LAP = "bus-lap"  # on an event sent round a hold lap: the tag of the gate that sent it
 SEQ = "bus-seq"  # stamped by the partitioner: a key's later events have larger numbers
 SENTINEL = "bus-lap-sentinel"  # a gate's marker sent round the hold queue after a takeover
-
-
-def partition_of(key: str, partitions: int) -> int:
-    """The partition of *key* among *partitions*: CRC-32 of its UTF-8, stable across processes
-    (unlike `hash()`, which is salted per process)."""
-    return zlib.crc32(key.encode()) % partitions
 
 
 def key_of(headers: Mapping[str, Any], message_id: str | None) -> str:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bus.ordering.partitions import partition_of
 from bus.topology.diff import Observed
 from bus.topology.model import Topology
-from bus.topology.ordering import Partitioner
+from bus.topology.ordering import Partitioner, partition_of
 from bus.topology.plan import ExchangeDecl, QueueDecl, Role
 
 

@@ -46,6 +46,7 @@ from bus.settings import DEFAULT_RECONNECT_INTERVAL, Settings, redact
 from bus.topology.delays import Delay
 from bus.topology.model import Topology
 from bus.topology.model import load as load_topology
+from bus.topology.ordering import partition_header, partition_of
 
 log = logging.getLogger(__name__)
 DELAY_HEADER = "bus-delay-seconds"  # on a delayed event: the delay it was published with
@@ -99,6 +100,7 @@ class Publisher:
         self._channel: AbstractChannel | None = None
         self._aiormq: aiormq.Channel | None = None  # the robust channel's current one
         self._writer = ConfirmWriter()  # a batch's publishes: one write per loop turn
+        self._partitions: dict[str, tuple[int, ...]] = {}  # event type -> `partitions` stamped
         self._direct = 0  # `basic_publish` calls under way, which the writer must not overtake
         self._checker = EventChecker(topology)
         self._published: dict[str, Any] = {}
@@ -193,6 +195,20 @@ class Publisher:
         """Raise UnknownEventType or InvalidEvent before anything is sent."""
         self._checker.check(event_type, data)
 
+    def _wire(self, event: Event) -> Wire:
+        """*event*'s wire form with its ordering headers: `bus-key`, and for each ordered
+        subscriber whose exchange routes it to its partition, `bus-partition-<N>`."""
+        key = self.key(event.type, event.data)
+        wire = encode(event, key)
+        if key is None:
+            return wire
+        counts = self._partitions.get(event.type)
+        if counts is None:
+            counts = self._partitions[event.type] = self.topology.partition_counts(event.type)
+        for n in counts:
+            wire.headers[partition_header(n)] = str(partition_of(key, n))
+        return wire
+
     def key(self, event_type: str, data: Any) -> str | None:
         """The `bus-key` header of a checked event: its ordering key, None for an unkeyed type."""
         return self._checker.key(event_type, data)
@@ -276,7 +292,7 @@ class Publisher:
         """
         first_timeout = self.deadline if timer else None
         exchange_name = self.topology.events[event.type].exchange
-        wire = encode(event, self.key(event.type, event.data))
+        wire = self._wire(event)
         routing_key = event.type
         if delay is not None:  # into the delay levels, which end at exchange_name
             wire.headers[DELAY_HEADER] = delay

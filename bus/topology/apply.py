@@ -16,10 +16,9 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from bus.amqp import plumbing
-from bus.amqp.plumbing import close_quietly, exchange_type_available, queue_counts
+from bus.amqp.plumbing import close_quietly, queue_counts
 from bus.topology import migrate, records
 from bus.topology.diff import Action, Observed, Step
-from bus.topology.ordering import CONSISTENT_HASH, HASH_PLUGIN
 from bus.topology.plan import (
     BindingDecl,
     Decl,
@@ -64,16 +63,6 @@ async def observe(conn: AbstractConnection, want: Sequence[Decl]) -> Observed:
                 problem = await _probe(conn, d)
                 if problem:
                     drift[d.key] = problem
-            elif (
-                d.type == CONSISTENT_HASH
-                and d in want
-                and not await exchange_type_available(conn, d.type, d.name)
-            ):
-                drift[d.key] = (
-                    f"the broker has no {d.type} exchange type, which `partitioner: exchange` "
-                    f"of {d.owner} needs: enable it with `rabbitmq-plugins enable {HASH_PLUGIN}` "
-                    "(or leave `partitioner` out: the bus moves the events)"
-                )
         elif isinstance(d, QueueDecl):
             counts = await queue_counts(conn, d.name)
             if counts is not None:
@@ -172,7 +161,7 @@ async def apply(
                 log.debug("creating %s", d.key)
                 await _declare(channel, d)
         drifted = {s.decl.key for s in steps if s.action is Action.DRIFT}
-        await _bind(channel, steps, want, drifted)
+        await _bind(channel, want, drifted)
         for step in steps:
             if step.action is Action.DELETE and await _delete(channel, step):
                 deleted.add(step.decl.key)
@@ -253,33 +242,17 @@ async def _migrate(
     return refused
 
 
-async def _bind(
-    channel: AbstractChannel, steps: Sequence[Step], want: Sequence[Decl], drifted: set[str]
-) -> None:
-    """Assert every binding of *want* (idempotent), in order: a partition exchange numbers its
-    buckets in binding order. None to or from a drifted object."""
+async def _bind(channel: AbstractChannel, want: Sequence[Decl], drifted: set[str]) -> None:
+    """Assert every binding of *want* (idempotent); none to or from a drifted object."""
     raw = await channel.get_underlay_channel()
-    for old in _rebound(steps):  # bound again below, all in name order
-        await raw.queue_unbind(old.queue, old.exchange, routing_key=old.routing_key)
     for d in want:
         if isinstance(d, BindingDecl):
             if not {f"queue {d.queue}", f"exchange {d.exchange}"} & drifted:
-                await raw.queue_bind(d.queue, d.exchange, routing_key=d.routing_key)
+                await raw.queue_bind(
+                    d.queue, d.exchange, routing_key=d.routing_key, arguments=dict(d.arguments)
+                )
         elif isinstance(d, ExchangeBindingDecl) and f"exchange {d.destination}" not in drifted:
             await raw.exchange_bind(d.destination, d.source, routing_key=d.routing_key)
-
-
-def _rebound(steps: Sequence[Step]) -> list[BindingDecl]:
-    """The partitions of an existing partition exchange that gains one: unbound first, so that
-    all are bound again in name order, the order its buckets get after a broker restart (a
-    partition bound later would take the last bucket now, another one after a restart). The
-    subscriber holds no events then (`bus.ordering.repartition`); the producers are paused."""
-    kept = {s.decl.name for s in steps if isinstance(s.decl, ExchangeDecl) and s.decl.owner
-            and s.action is Action.UNCHANGED}  # fmt: skip
-    binding = [(s.action, s.decl) for s in steps
-               if isinstance(s.decl, BindingDecl) and s.decl.exchange in kept]  # fmt: skip
-    growing = {d.exchange for action, d in binding if action is Action.CREATE}
-    return [d for action, d in binding if d.exchange in growing and action is Action.UNCHANGED]
 
 
 def _main_queues(decls: Sequence[Decl]) -> dict[str, str]:
@@ -302,7 +275,9 @@ async def _delete(channel: AbstractChannel, step: Step) -> bool:
             return False
         await raw.queue_delete(decl.name)
     elif isinstance(decl, BindingDecl):
-        await raw.queue_unbind(decl.queue, decl.exchange, routing_key=decl.routing_key)
+        await raw.queue_unbind(
+            decl.queue, decl.exchange, routing_key=decl.routing_key, arguments=dict(decl.arguments)
+        )
     elif isinstance(decl, ExchangeBindingDecl):
         await raw.exchange_unbind(decl.destination, decl.source, routing_key=decl.routing_key)
     else:  # a subscriber's own exchange (bindings from it go with it)

@@ -10,7 +10,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from bus.topology.ordering import CONSISTENT_HASH
 from bus.topology.plan import (
     BindingDecl,
     Decl,
@@ -151,7 +150,8 @@ def diff(
 class _PartitionRoutes:
     """What leads an ordered subscriber's events to its partitions, and what must go when that
     changes: a leftover route would hand events to a partition the keys no longer map to, or
-    twice (through the subscriber's queue and through its partition exchange).
+    twice (through the subscriber's queue and through its partition exchange). The exchanges a
+    subscriber owns (`Q.partitions`, `Q.unrouted`) are its own, unlike the topology's.
 
     Removed at once (`apply` checked first that the subscriber holds no events, as for a
     change of `partitions`): the partition exchange of a subscriber now without one, the
@@ -162,9 +162,7 @@ class _PartitionRoutes:
         self.seen = seen
         everything = [*want, *seen.recorded]
         self.exchanges = {
-            d.name: d.owner
-            for d in everything
-            if isinstance(d, ExchangeDecl) and d.type == CONSISTENT_HASH and d.owner
+            d.name: d.owner for d in everything if isinstance(d, ExchangeDecl) and d.owner
         }
         self.wanted_exchanges = {d.name for d in want if isinstance(d, ExchangeDecl)}
         mains = {d.owner: d.name for d in want if isinstance(d, QueueDecl) and d.role is Role.MAIN}
@@ -200,8 +198,8 @@ class _PartitionRoutes:
         exchange = d.destination if isinstance(d, ExchangeBindingDecl) else d.exchange
         if exchange in self.exchanges and exchange not in self.wanted_exchanges:
             return None  # goes with its exchange
-        if isinstance(d, BindingDecl) and d.exchange in self.exchanges:  # a partition beyond N
-            return Step(Action.DELETE, d, "a partition no longer in the exchange")
+        if isinstance(d, BindingDecl) and d.exchange in self.exchanges:  # another N, fewer
+            return Step(Action.DELETE, d, "a partition binding the file no longer declares")
         if isinstance(d, BindingDecl):  # into the queue: the partition exchange takes over
             return Step(Action.DELETE, d, "its events now reach the partitions directly")
         if prune:

@@ -35,15 +35,12 @@ from bus.envelope import H_ID, H_SOURCE, H_SPECVERSION, H_TIME, H_TYPE
 from bus.topology.model import ExchangeType, Subscriber, Topology
 from bus.topology.plan import (
     BindingDecl,
-    Decl,
     ExchangeBindingDecl,
     ExchangeDecl,
     QueueDecl,
-    Role,
     desired,
 )
 from bus.topology.release import OLDEST, Release
-from bus.topology.routing import matches
 
 HASHING_ALGORITHM = "rabbit_password_hashing_sha256"
 DEFAULT_EXCHANGE = "amq.default"  # the resource name RabbitMQ checks for publishes to ""
@@ -117,17 +114,19 @@ def _queue(d: QueueDecl, vhost: str) -> dict[str, Any]:
 
 
 def _binding(d: BindingDecl | ExchangeBindingDecl, vhost: str) -> dict[str, Any]:
+    args: dict[str, Any] = {}
     if isinstance(d, ExchangeBindingDecl):  # a delay level, or a subscriber's partition exchange
         source, destination, kind = d.source, d.destination, "exchange"
     else:
         source, destination, kind = d.exchange, d.queue, "queue"
+        args = dict(sorted(d.arguments.items()))
     return {
         "source": source,
         "vhost": vhost,
         "destination": destination,
         "destination_type": kind,
         "routing_key": d.routing_key,
-        "arguments": {},
+        "arguments": args,
     }
 
 
@@ -274,8 +273,8 @@ def asyncapi(
             "summary": f"Publish {etype} to exchange {ev.exchange} with routing key {etype}.",
             "messages": [message_ref],
         }
-        for name in receivers(decls, ev.exchange, exchange_types[ev.exchange], etype):
-            operations[f"{name}.receive.{etype}"] = _receive(subs[name], etype, message_ref)
+        for sub in topology.receivers(etype):  # through its queue or its partition exchange
+            operations[f"{sub.name}.receive.{etype}"] = _receive(subs[sub.name], etype, message_ref)
     return {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
@@ -288,23 +287,6 @@ def asyncapi(
         "operations": operations,
         "components": {"messages": messages},
     }
-
-
-def receivers(decls: list[Decl], exchange: str, exchange_type: str, etype: str) -> list[str]:
-    """Subscribers whose main queue receives *etype* published to *exchange*, as RabbitMQ routes."""
-    owner = {d.name: d.owner for d in decls if isinstance(d, QueueDecl) and d.role is Role.MAIN}
-    names: list[str] = []
-    for d in decls:
-        if not isinstance(d, BindingDecl) or d.exchange != exchange or d.queue not in owner:
-            continue
-        hit = (
-            exchange_type == "fanout"
-            or (exchange_type == "direct" and d.routing_key == etype)
-            or (exchange_type == "topic" and matches(d.routing_key, etype))
-        )
-        if hit and owner[d.queue] not in names:
-            names.append(owner[d.queue])
-    return names
 
 
 def _receive(sub: Subscriber, etype: str, message_ref: dict[str, str]) -> dict[str, Any]:

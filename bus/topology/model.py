@@ -30,7 +30,13 @@ from bus.topology.history import History as History
 from bus.topology.history import HistorySpec as HistorySpec
 from bus.topology.history import history_of
 from bus.topology.history import history_stream as history_stream
-from bus.topology.ordering import DEFAULT_PARTITIONS, PARTITION_EXCHANGE_SUFFIX, Partitioner
+from bus.topology.ordering import (
+    DEFAULT_PARTITIONS,
+    PARTITION_EXCHANGE_SUFFIX,
+    UNROUTED_EXCHANGE_SUFFIX,
+    Partitioner,
+)
+from bus.topology.routing import matches
 from bus.topology.suggest import did_you_mean
 
 Duration = Annotated[str, AfterValidator(normalise)]
@@ -214,11 +220,16 @@ class Subscriber:
 
     @property
     def partition_exchange(self) -> str | None:
-        """`Q.partitions`: the consistent-hash exchange in front of the partitions (`partitioner:
+        """`Q.partitions`: the headers exchange in front of the partitions (`partitioner:
         exchange`), None when the bus moves the events itself."""
         if not self.ordered or self.partitioner is not Partitioner.EXCHANGE:
             return None
         return f"{self.queue}{PARTITION_EXCHANGE_SUFFIX}"
+
+    @property
+    def unrouted_exchange(self) -> str:
+        """`Q.unrouted`: where `Q.partitions` sends what it cannot route (to `Q`)."""
+        return f"{self.queue}{UNROUTED_EXCHANGE_SUFFIX}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +301,25 @@ class Topology:
         if spec is None or spec.history is None:
             return None
         return history_of(exchange, spec.history)
+
+    def receivers(self, event_type: str) -> list[Subscriber]:
+        """The subscribers whose bindings take *event_type*, as RabbitMQ routes it."""
+        exchange = self.events[event_type].exchange
+        kind = self.exchanges[exchange].type if exchange in self.exchanges else None
+        return [
+            sub for sub in self.subscribers()
+            if any(b.exchange == exchange and (
+                kind is ExchangeType.FANOUT
+                or (kind is ExchangeType.DIRECT and b.key == event_type)
+                or (kind is ExchangeType.TOPIC and matches(b.key, event_type))
+            ) for b in sub.bindings)
+        ]  # fmt: skip
+
+    def partition_counts(self, event_type: str) -> tuple[int, ...]:
+        """The partition counts of the subscribers of *event_type* whose partitions the broker
+        feeds (`partitioner: exchange`): a producer stamps `bus-partition-<N>` for each."""
+        counts = {s.partitions for s in self.receivers(event_type) if s.partition_exchange}
+        return tuple(sorted(counts))
 
     def histories(self) -> list[History]:
         return [h for name in self.spec.exchanges if (h := self.history(name)) is not None]

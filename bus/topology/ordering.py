@@ -8,22 +8,37 @@ per problem, beside its other checks).
 
 from __future__ import annotations
 
+import zlib
 from enum import StrEnum
 from typing import Any, Protocol
 
 from bus.topology.routing import matches
 
 DEFAULT_PARTITIONS = 4
-PARTITION_EXCHANGE_SUFFIX = ".partitions"  # Q.partitions: the consistent-hash exchange
-CONSISTENT_HASH = "x-consistent-hash"  # its type (the rabbitmq_consistent_hash_exchange plugin)
-HASH_PLUGIN = "rabbitmq_consistent_hash_exchange"
+# `partitioner: exchange`: Q.partitions, a headers exchange, routes an event to its partition by
+# the `bus-partition-<N>` header the bus's producers stamp; what it cannot route (no such
+# header: a foreign producer, or one whose file says another N) goes to Q.unrouted, a fanout
+# exchange bound to Q, whence the partitioner moves it
+PARTITION_EXCHANGE_SUFFIX = ".partitions"
+UNROUTED_EXCHANGE_SUFFIX = ".unrouted"
 
 
 class Partitioner(StrEnum):
     """How an ordered subscriber's events reach its partitions."""
 
-    BUS = "bus"  # the bus moves each from the subscriber's queue: no plugin needed
-    EXCHANGE = "exchange"  # the consistent-hash exchange routes them straight there
+    BUS = "bus"  # the bus moves each from the subscriber's queue
+    EXCHANGE = "exchange"  # the broker routes it there, by a header the producer stamps
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition of *key* among *partitions*: CRC-32 of its UTF-8, stable across processes
+    and versions (unlike `hash()`, which is salted per process)."""
+    return zlib.crc32(key.encode()) % partitions
+
+
+def partition_header(partitions: int) -> str:
+    """The header that names an event's partition among *partitions*: `bus-partition-4`."""
+    return f"bus-partition-{partitions}"
 
 
 class RawDocument(Protocol):

@@ -13,7 +13,6 @@ from typing import Any
 
 import bus.topology.delays as delays
 from bus.durations import parse_ms
-from bus.envelope import H_KEY
 from bus.topology.model import (
     ExchangeType,
     History,
@@ -22,7 +21,11 @@ from bus.topology.model import (
     Topology,
     history_stream,
 )
-from bus.topology.ordering import CONSISTENT_HASH, PARTITION_EXCHANGE_SUFFIX
+from bus.topology.ordering import (
+    PARTITION_EXCHANGE_SUFFIX,
+    UNROUTED_EXCHANGE_SUFFIX,
+    partition_header,
+)
 from bus.topology.release import OLDEST, Release
 
 STATE_QUEUE_PREFIX = "bus.state."  # + a subscriber's queue: what `apply` created for it
@@ -81,10 +84,15 @@ class BindingDecl:
     queue: str
     exchange: str
     routing_key: str
+    # a headers exchange's match (a partition's `bus-partition-<N>`); none elsewhere
+    arguments: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=True)
 
     @property
     def key(self) -> str:
-        return f"binding {self.exchange} -> {self.queue} [{self.routing_key}]"
+        text = f"binding {self.exchange} -> {self.queue} [{self.routing_key}]"
+        if self.arguments:
+            text += " " + ", ".join(f"{k}={v}" for k, v in sorted(self.arguments.items()))
+        return text
 
     def describe(self) -> str:
         return self.key
@@ -190,11 +198,18 @@ def subscriber_objects(sub: Subscriber, release: Release = OLDEST) -> list[Decl]
     if exchange is None:
         decls += [BindingDecl(sub.queue, b.exchange, b.key) for b in sub.bindings]
         return decls
-    # the consistent-hash exchange: each partition one bucket. The plugin numbers its buckets
-    # in binding order, and after a broker restart in the order of the queues' names (Q.p10
-    # before Q.p2): so they are bound in name order. The subscriber's bindings lead to it.
-    decls.append(ExchangeDecl(exchange, CONSISTENT_HASH, sub.name, {"hash-header": H_KEY}))
-    decls += [BindingDecl(q, exchange, "1") for q in sorted(sub.partition_queues)]
+    # the broker routes each event to its partition by the header the bus's producers stamp;
+    # what it cannot route (a foreign producer, a producer whose file says another number of
+    # partitions) reaches Q through Q.unrouted, and the partitioner moves it by the same hash
+    unrouted = sub.unrouted_exchange
+    decls += [
+        ExchangeDecl(exchange, "headers", sub.name, {"alternate-exchange": unrouted}),
+        ExchangeDecl(unrouted, "fanout", sub.name),
+        BindingDecl(sub.queue, unrouted, ""),
+    ]
+    header = partition_header(sub.partitions)
+    decls += [BindingDecl(q, exchange, "", {"x-match": "all", header: str(i)})
+              for i, q in enumerate(sub.partition_queues)]  # fmt: skip
     decls += [ExchangeBindingDecl(exchange, b.exchange, b.key) for b in sub.bindings]
     return decls
 
@@ -326,6 +341,7 @@ def owned_by(d: Decl, owner: str, main: str) -> bool:
     """Is *d* one of subscriber *owner*'s objects (its main queue *main*), to be recorded?"""
     if isinstance(d, QueueDecl | ExchangeDecl):
         return d.owner == owner
+    own = (f"{main}{PARTITION_EXCHANGE_SUFFIX}", f"{main}{UNROUTED_EXCHANGE_SUFFIX}")
     if isinstance(d, BindingDecl):
-        return d.queue == main or d.exchange == f"{main}{PARTITION_EXCHANGE_SUFFIX}"
-    return d.destination == f"{main}{PARTITION_EXCHANGE_SUFFIX}"
+        return d.queue == main or d.exchange in own
+    return d.destination in own

@@ -98,7 +98,8 @@ def _to_json(d: Decl) -> dict[str, object]:
     if isinstance(d, ExchangeBindingDecl):
         return {"kind": "exchange-binding", "destination": d.destination, "source": d.source,
                 "key": d.routing_key}  # fmt: skip
-    return {"kind": "binding", "queue": d.queue, "exchange": d.exchange, "key": d.routing_key}
+    return {"kind": "binding", "queue": d.queue, "exchange": d.exchange, "key": d.routing_key,
+            "arguments": dict(d.arguments)}  # fmt: skip
 
 
 def _from_json(items: list[dict[str, object]]) -> list[Decl]:
@@ -115,7 +116,10 @@ def _from_json(items: list[dict[str, object]]) -> list[Decl]:
                 raise TypeError("queue arguments are not a mapping")
             out.append(QueueDecl(str(i["name"]), str(i["owner"]), Role(str(i["role"])), args))
         elif i["kind"] == "binding":
-            out.append(BindingDecl(str(i["queue"]), str(i["exchange"]), str(i["key"])))
+            args = i.get("arguments", {})
+            if not isinstance(args, dict):
+                raise TypeError("binding arguments are not a mapping")
+            out.append(BindingDecl(str(i["queue"]), str(i["exchange"]), str(i["key"]), args))
         elif i["kind"] == "exchange-binding":
             out.append(ExchangeBindingDecl(str(i["destination"]), str(i["source"]), str(i["key"])))
     return out

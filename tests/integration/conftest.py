@@ -117,15 +117,6 @@ def expired_tls_node(nodes: Nodes, tls_material: TlsMaterial) -> Node:
 
 
 @pytest.fixture(scope="session")
-def hash_node(nodes: Nodes) -> Node:
-    """A private node with the consistent-hash exchange plugin enabled (`partitioner:
-    exchange`); the shared broker runs without any plugin."""
-    node = nodes.new("hash", plugins=["rabbitmq_consistent_hash_exchange"])
-    nodes.start([node])
-    return node
-
-
-@pytest.fixture(scope="session")
 def cluster(nodes: Nodes) -> list[Node]:
     """Three private nodes joined into one cluster."""
     return nodes.cluster("c", 3)

@@ -190,7 +190,6 @@ class Node:
     tls: TlsFiles | None = None
     tls_port: int | None = None
     extra_config: list[str] = field(default_factory=list)  # more rabbitmq.conf lines
-    plugins: tuple[str, ...] = ()  # enabled at start (shipped with RabbitMQ)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -224,7 +223,7 @@ class Node:
             (self.base / sub).mkdir(exist_ok=True)
             self.install.chown(self.base / sub)
         (self.base / "owner.pid").write_text(str(os.getpid()))
-        (self.base / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
+        (self.base / "enabled_plugins").write_text("[].\n")
         (self.base / "rabbitmq-env.conf").write_text("")  # not the machine's: it names its node
         lines = [f"listeners.tcp.local = 127.0.0.1:{self.port}", "loopback_users.guest = true"]
         lines += self.extra_config
@@ -380,12 +379,8 @@ class Nodes:
         self.nodes: list[Node] = []
         self.folders: list[Path] = []
 
-    def new(
-        self, label: str, *, tls: TlsFiles | None = None, config: Iterable[str] = (),
-        plugins: Iterable[str] = (),
-    ) -> Node:  # fmt: skip
-        """A prepared node (not started); *config* adds rabbitmq.conf lines, *plugins* names
-        plugins to enable."""
+    def new(self, label: str, *, tls: TlsFiles | None = None, config: Iterable[str] = ()) -> Node:
+        """A prepared node (not started); *config* adds rabbitmq.conf lines."""
         folder = self.install.node_root
         base = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{self.token}-{label}-", dir=folder))
         base.chmod(0o755)
@@ -396,7 +391,6 @@ class Nodes:
             install=self.install,
             tls=tls,
             extra_config=list(config),
-            plugins=tuple(plugins),
         )
         node.prepare()
         self.nodes.append(node)

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from bench.run import SCENARIOS
-from tests.integration.nodes import Node
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,13 +52,3 @@ def test_the_profile_scripts_report_both_sides_and_the_bus_sides_profile(amqp_ur
         assert "bus/naive (events/s)" in done.stdout and "Ordered by: cumulative" in done.stdout
         if script == "bench.profile_consume":  # and the bus on aiormq's frame reader
             assert any(ln.startswith("bus-aiormq ") for ln in lines), done.stdout
-
-
-def test_the_ordering_benchmark_runs_with_the_exchange_as_partitioner(hash_node: Node) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.ordering", "--smoke", "--partitioner", "exchange",
-         "--url", hash_node.url()],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, f"failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
-    assert "partitioner: exchange" in done.stdout, done.stdout

@@ -1,16 +1,20 @@
-"""`partitioner: exchange`: RabbitMQ's consistent-hash exchange routes an ordered subscriber's
-events straight to its partitions (a hop saved), where its plugin is enabled; and the moves of
-the bus's own partitioner that the broker refuses (both partitioners on the real broker)."""
+"""`partitioner: exchange`: the broker routes an ordered subscriber's events straight to their
+partitions by the `bus-partition-<N>` header the bus's producers stamp (a hop saved), and what it
+cannot route reaches them through the subscriber's queue; and the moves of the bus's own
+partitioner that the broker refuses."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
+import aio_pika
 import pytest
 
 from bus.amqp.connection import connect_plain
 from bus.produce.publisher import Publisher
+from bus.topology.ordering import partition_of
 from tests.conftest import wait_for
 from tests.integration.helpers import (
     applied,
@@ -19,10 +23,11 @@ from tests.integration.helpers import (
     queue_depth,
     running,
 )
-from tests.integration.nodes import Node
 from tests.integration.test_ordering import Recorder, ordered_topology
 
 pytestmark = pytest.mark.rabbitmq4  # also runs on RabbitMQ 4.0 (make test's second pass)
+
+never = lambda e, c: False  # noqa: E731  # a handler that always succeeds
 
 
 async def exchange_exists(url: str, name: str) -> bool:
@@ -38,56 +43,65 @@ async def exchange_exists(url: str, name: str) -> bool:
         await conn.close()
 
 
-async def test_the_exchange_routes_events_to_the_partitions_without_the_queue(
-    hash_node: Node, prefix: str
+async def test_the_exchange_routes_each_event_to_its_keys_partition_without_the_queue(
+    amqp_url: str, prefix: str
 ) -> None:
-    url = hash_node.url()
     topology = ordered_topology(prefix, delays=["200ms"], partitioner="exchange")
     q = f"{prefix}.fulfillment"
-    async with applied(url, topology), Publisher(url, topology) as pub:
+    async with applied(amqp_url, topology), Publisher(amqp_url, topology) as pub:
         await pub.publish_many(
             [("order.placed", {"order_id": f"o-{k}", "seq": 0, "n": k}) for k in range(40)]
         )
-        depths = [await queue_depth(url, f"{q}.p{i}") for i in range(4)]
-        assert await queue_depth(url, q) == 0, "nothing passes through the subscriber's queue"
-        assert sum(depths) == 40 and all(depths), f"spread over the partitions: {depths}"
-        await pub.publish_many([("order.cancelled", {"order_id": f"o-{k}", "seq": 1, "n": k})
-                                for k in range(40)])  # fmt: skip
-        again = [await queue_depth(url, f"{q}.p{i}") for i in range(4)]
-        assert again == [2 * d for d in depths], "a key's later events follow it to its partition"
-    assert not await exchange_exists(url, f"{q}.partitions")
+        depths = [await queue_depth(amqp_url, f"{q}.p{i}") for i in range(4)]
+        assert await queue_depth(amqp_url, q) == 0, "nothing passes through the subscriber's queue"
+        expected = [sum(1 for k in range(40) if partition_of(f"o-{k}", 4) == i) for i in range(4)]
+        assert depths == expected, "each in the partition of its key, as the bus hashes it"
+    for name in (f"{q}.partitions", f"{q}.unrouted"):
+        assert not await exchange_exists(amqp_url, name)
 
 
-async def test_apply_without_the_plugin_says_how_to_enable_it_in_one_line(
+async def test_what_the_exchange_cannot_route_reaches_its_partition_through_the_queue(
     amqp_url: str, prefix: str
 ) -> None:
-    from bus.cli.topology import _plan
-    from bus.errors import BusError
-
+    """A foreign producer that sets `bus-key` only, and a producer whose file says 8 partitions
+    where the subscriber has 4: both go round through `Q`, and every event is handled."""
     topology = ordered_topology(prefix, delays=["200ms"], partitioner="exchange")
-    try:
-        with pytest.raises(BusError) as refused:
-            await _plan(amqp_url, topology, prune=False, execute=True)
-        text = str(refused.value)
-        assert "rabbitmq-plugins enable rabbitmq_consistent_hash_exchange" in text, text
-        assert await queue_depth(amqp_url, f"{prefix}.fulfillment.p0") == 0
-    finally:
-        await delete_topology(amqp_url, topology)
+    stale = ordered_topology(prefix, delays=["200ms"], partitions=8, partitioner="exchange")
+    rec = Recorder()
+    async with (
+        applied(amqp_url, topology),
+        running(amqp_url, topology, "fulfillment", rec.router("a", never)),
+        Publisher(amqp_url, stale) as pub,
+    ):
+        await pub.publish("order.placed", {"order_id": "o-1", "seq": 0, "n": 1})
+        conn = await aio_pika.connect(amqp_url)
+        try:
+            channel = await conn.channel()
+            exchange = await channel.get_exchange(f"{prefix}.events")
+            body = json.dumps({"order_id": "o-1", "seq": 1, "n": 2}).encode()
+            await exchange.publish(
+                aio_pika.Message(body, message_id="foreign-1", type="order.cancelled",
+                                 content_type="application/json", headers={"bus-key": "o-1"}),
+                routing_key="order.cancelled",
+            )  # fmt: skip
+        finally:
+            await conn.close()
+        await wait_for(lambda: rec.ok_count() == 2, message="both handled")
+    assert rec.handled() == {"o-1": [0, 1]}
 
 
 async def test_switching_the_partitioner_waits_for_the_queues_to_drain_and_reroutes_the_events(
-    hash_node: Node, prefix: str
+    amqp_url: str, prefix: str
 ) -> None:
     from bus.cli.topology import _plan
     from bus.errors import BusError
     from bus.topology.diff import Action
 
-    url = hash_node.url()
+    url = amqp_url
     by_bus = ordered_topology(prefix, delays=["200ms"])
     by_exchange = ordered_topology(prefix, delays=["200ms"], partitioner="exchange")
     q = f"{prefix}.fulfillment"
     rec = Recorder()
-    never = lambda e, c: False  # noqa: E731
     await apply_topology(url, by_bus)
     try:
         async with Publisher(url, by_bus) as pub:
@@ -98,23 +112,46 @@ async def test_switching_the_partitioner_waits_for_the_queues_to_drain_and_rerou
             assert not await exchange_exists(url, f"{q}.partitions"), "nothing made"
             async with running(url, by_bus, "fulfillment", rec.router("a", never)):
                 await wait_for(lambda: rec.ok_count() == 1, message="drained")
-            steps, _ = await _plan(url, by_exchange, prune=False, execute=True)
-            done = {(x.action, x.decl.key) for x in steps}
-            assert (Action.CREATE, f"exchange {q}.partitions") in done
-            assert (Action.DELETE, f"binding {prefix}.events -> {q} [order.*]") in done, done
+        steps, _ = await _plan(url, by_exchange, prune=False, execute=True)
+        done = {(x.action, x.decl.key) for x in steps}
+        assert (Action.CREATE, f"exchange {q}.partitions") in done
+        assert (Action.DELETE, f"binding {prefix}.events -> {q} [order.*]") in done, done
+        async with Publisher(url, by_exchange) as pub:
             await pub.publish("order.placed", {"order_id": "o-2", "seq": 0, "n": 2})
             assert await queue_depth(url, q) == 0, "the queue is no longer bound"
             async with running(url, by_exchange, "fulfillment", rec.router("a", never)):
                 await wait_for(lambda: rec.ok_count() == 2, message="handled via the exchange")
-            steps, _ = await _plan(url, by_bus, prune=False, execute=True)  # and back
-            done = {(x.action, x.decl.key) for x in steps}
-            assert (Action.DELETE, f"exchange {q}.partitions") in done, done
-            assert not await exchange_exists(url, f"{q}.partitions")
+        steps, _ = await _plan(url, by_bus, prune=False, execute=True)  # and back
+        done = {(x.action, x.decl.key) for x in steps}
+        assert (Action.DELETE, f"exchange {q}.partitions") in done, done
+        assert not await exchange_exists(url, f"{q}.partitions")
+        async with Publisher(url, by_bus) as pub:
             await pub.publish("order.placed", {"order_id": "o-3", "seq": 0, "n": 3})
-            assert await queue_depth(url, q) == 1, "bound to the queue again"
+        assert await queue_depth(url, q) == 1, "bound to the queue again"
     finally:
         await delete_topology(url, by_exchange)
         await delete_topology(url, by_bus)
+
+
+async def test_more_partitions_behind_the_exchange_rebind_them_by_the_new_count(
+    amqp_url: str, prefix: str
+) -> None:
+    four = ordered_topology(prefix, delays=["200ms"], partitioner="exchange")
+    eight = ordered_topology(prefix, delays=["200ms"], partitions=8, partitioner="exchange")
+    q = f"{prefix}.fulfillment"
+    await apply_topology(amqp_url, four)
+    try:
+        await apply_topology(amqp_url, eight)  # the subscriber holds no events
+        async with Publisher(amqp_url, eight) as pub:
+            await pub.publish_many(
+                [("order.placed", {"order_id": f"o-{k}", "seq": 0, "n": k}) for k in range(40)]
+            )
+        depths = [await queue_depth(amqp_url, f"{q}.p{i}") for i in range(8)]
+        expected = [sum(1 for k in range(40) if partition_of(f"o-{k}", 8) == i) for i in range(8)]
+        assert depths == expected, "no partition still bound by the count of 4"
+        assert await queue_depth(amqp_url, q) == 0
+    finally:
+        await delete_topology(amqp_url, eight)
 
 
 async def test_a_move_the_broker_refuses_leaves_the_event_in_the_queue(
@@ -126,7 +163,6 @@ async def test_a_move_the_broker_refuses_leaves_the_event_in_the_queue(
     topology = ordered_topology(prefix, delays=["200ms"], partitions=2)
     q = f"{prefix}.fulfillment"
     rec = Recorder()
-    never = lambda e, c: False  # noqa: E731
     refusing = {"x-max-length": 0, "x-overflow": "reject-publish",
                 "x-single-active-consumer": True}  # fmt: skip
     events = [("order.placed", {"order_id": f"o-{k % 3}", "seq": k // 3, "n": k})
@@ -188,10 +224,11 @@ async def where_keys_go(url: str, topology: Any, queue: str, keys: list[str]) ->
 async def test_a_keys_partition_behind_the_exchange_survives_a_broker_restart(
     nodes: Any, prefix: str
 ) -> None:
-    """The plugin rebuilds its buckets at boot in the order of the queues' names (Q.p10 before
-    Q.p2): grown from 4 to 12 partitions, every key must still reach the partition it reached
-    before."""
-    node = nodes.new(f"ring-{prefix[-4:]}", plugins=["rabbitmq_consistent_hash_exchange"])
+    """The routing is the broker's matching of a header against each partition's binding, not
+    a ring the broker rebuilds at boot (RabbitMQ's consistent-hash exchange may deal keys to
+    other queues after a restart): grown from 4 to 12 partitions, every key reaches the
+    partition it reached before."""
+    node = nodes.new(f"ring-{prefix[-4:]}")
     nodes.start([node])
     try:
         url = node.url()
@@ -199,15 +236,15 @@ async def test_a_keys_partition_behind_the_exchange_survives_a_broker_restart(
                                     partitioner="exchange")  # fmt: skip
         q = f"{prefix}.fulfillment"
         keys = [f"o-{i}" for i in range(120)]
-        four = ordered_topology(prefix, delays=["200ms"], partitioner="exchange")
-        await apply_topology(url, four)
-        await apply_topology(url, topology)  # grown: the partitions are bound again, in order
+        await apply_topology(
+            url, ordered_topology(prefix, delays=["200ms"], partitioner="exchange")
+        )
+        await apply_topology(url, topology)
         before = await where_keys_go(url, topology, q, keys)
-        assert len(before) == 120 and len(set(before.values())) == 12
+        assert before == {k: f"p{partition_of(k, 12)}" for k in keys}
         node.stop()
         nodes.start([node])
         after = await where_keys_go(url, topology, q, keys)
-        moved = {k: (before[k], after.get(k)) for k in keys if after.get(k) != before[k]}
-        assert not moved, f"keys changed partition across the restart: {moved}"
+        assert after == before, "keys changed partition across the restart"
     finally:
         node.kill()

@@ -10,10 +10,11 @@ import pytest
 from bus.envelope import H_KEY, Event, encode, key_at
 from bus.errors import InvalidEvent, TopologyError
 from bus.ordering.gate import Ended, Gate, Verdict
-from bus.ordering.partitions import key_of, partition_of
+from bus.ordering.partitions import key_of
 from bus.produce.validation import EventChecker
 from bus.topology.diff import Action, Observed, diff
 from bus.topology.model import from_dict
+from bus.topology.ordering import partition_header, partition_of
 from bus.topology.plan import (
     BindingDecl,
     ExchangeBindingDecl,
@@ -141,27 +142,49 @@ def test_bad_ordering_topology_is_one_line_per_problem() -> None:
     assert "subscribers.other.partitions: only an ordered subscriber has partitions" in text
 
 
-def test_the_exchange_partitioner_puts_a_consistent_hash_exchange_before_the_partitions() -> None:
+def test_the_exchange_partitioner_routes_by_the_partition_header_and_falls_back_to_the_queue() -> (
+    None
+):
     sub = from_dict(_topology(ordered=True, partitions=3, partitioner="exchange")).subscriber(
         "fulfillment"
     )
     decls = subscriber_objects(sub)
-    exchange = next(d for d in decls if isinstance(d, ExchangeDecl))
-    assert (exchange.name, exchange.type, exchange.owner) == (
-        "fulfillment.partitions", "x-consistent-hash", "fulfillment",
-    )  # fmt: skip
-    assert exchange.arguments == {"hash-header": "bus-key"}
-    bindings = [d for d in decls if isinstance(d, BindingDecl)]
-    # one bucket per partition, bound in partition order; nothing binds the queue itself
-    assert [(b.queue, b.exchange, b.routing_key) for b in bindings] == [
-        (f"fulfillment.p{i}", "fulfillment.partitions", "1") for i in range(3)
-    ]
+    exchanges = {d.name: d for d in decls if isinstance(d, ExchangeDecl)}
+    partitions, unrouted = exchanges["fulfillment.partitions"], exchanges["fulfillment.unrouted"]
+    assert (partitions.type, partitions.owner) == ("headers", "fulfillment")
+    assert partitions.arguments == {"alternate-exchange": "fulfillment.unrouted"}
+    assert (unrouted.type, unrouted.owner) == ("fanout", "fulfillment")
+    bindings = [(b.queue, b.exchange, dict(b.arguments)) for b in decls
+                if isinstance(b, BindingDecl)]  # fmt: skip
+    # each partition matches its index under the header of its count; only Q.unrouted feeds Q
+    assert bindings == [
+        ("fulfillment", "fulfillment.unrouted", {}),
+        *((f"fulfillment.p{i}", "fulfillment.partitions",
+           {"x-match": "all", "bus-partition-3": str(i)}) for i in range(3)),
+    ]  # fmt: skip
     assert [d for d in decls if isinstance(d, ExchangeBindingDecl)] == [
         ExchangeBindingDecl("fulfillment.partitions", "events", "order.*")
     ]
     by_bus = from_dict(_topology(ordered=True)).subscriber("fulfillment")
     assert by_bus.partitioner == "bus" and by_bus.partition_exchange is None
     assert not any(isinstance(d, ExchangeDecl) for d in subscriber_objects(by_bus))
+
+
+def test_producers_stamp_the_partition_of_each_count_the_broker_routes_by() -> None:
+    raw = _topology(ordered=True, partitions=3, partitioner="exchange")
+    raw["subscribers"]["ledger"] = {
+        "handlers": "x.h:router", "bindings": [{"exchange": "events", "keys": ["order.placed"]}],
+        "ordered": True, "partitions": 8, "partitioner": "exchange",
+    }  # fmt: skip
+    raw["subscribers"]["audit"] = {  # moved by the bus: nothing to stamp for it
+        "handlers": "x.h:router", "bindings": [{"exchange": "events", "keys": ["order.*"]}],
+        "ordered": True, "partitions": 5,
+    }  # fmt: skip
+    topology = from_dict(raw)
+    assert topology.partition_counts("order.placed") == (3, 8)
+    assert topology.partition_counts("order.cancelled") == (3,)
+    assert topology.partition_counts("mail.sent") == ()
+    assert partition_header(8) == "bus-partition-8"
 
 
 def test_a_partitioner_without_ordered_is_one_line() -> None:
@@ -186,28 +209,47 @@ def test_switching_to_the_exchange_removes_the_queues_bindings_at_once() -> None
     got = {(s.action, s.decl.key) for s in steps}
     assert (Action.CREATE, "exchange fulfillment.partitions") in got
     assert (Action.DELETE, "binding events -> fulfillment [order.*]") in got, "without --prune"
-    # and back: the exchange goes (its bindings with it), the queue is bound again
-    seen = _seen(by_exchange, queues=queues, exchanges=["events", "fulfillment.partitions"])
-    back = {(s.action, s.decl.key) for s in diff(by_bus, seen)}
+    # and back: the exchanges go (their bindings with them), the queue is bound again
+    owned = ["events", "fulfillment.partitions", "fulfillment.unrouted"]
+    back = {(s.action, s.decl.key) for s in diff(by_bus, _seen(by_exchange, queues=queues,
+                                                                exchanges=owned))}  # fmt: skip
     assert (Action.DELETE, "exchange fulfillment.partitions") in back
+    assert (Action.DELETE, "exchange fulfillment.unrouted") in back
     assert (Action.CREATE, "binding events -> fulfillment [order.*]") in back
     assert not any(a is Action.DELETE and "binding" in k for a, k in back), back
 
 
-def test_fewer_partitions_behind_the_exchange_unbinds_the_ones_left_over() -> None:
+def test_another_partition_count_behind_the_exchange_unbinds_the_old_matches() -> None:
     def objects(n: int) -> list[Any]:
         topo = from_dict(_topology(ordered=True, partitions=n, partitioner="exchange"))
         return subscriber_objects(topo.subscriber("fulfillment"))
 
     four, two = objects(4), objects(2)
     queues = [d.name for d in four if isinstance(d, QueueDecl)]
-    seen = _seen(four, queues=queues, exchanges=["events", "fulfillment.partitions"])
-    got = {(s.action, s.decl.key) for s in diff(two, seen)}
-    for i in (2, 3):  # else the exchange would still route keys to queues nobody consumes
-        assert (Action.DELETE, f"binding fulfillment.partitions -> fulfillment.p{i} [1]") in got
-    assert (Action.KEEP, "queue fulfillment.p3") in {
-        (s.action, s.decl.key) for s in diff(two, seen)
-    }
+    owned = ["events", "fulfillment.partitions", "fulfillment.unrouted"]
+    got = {(s.action, s.decl.key) for s in diff(two, _seen(four, queues=queues, exchanges=owned))}
+    for i in range(4):  # else events stamped for 4 partitions would still reach them
+        old = f"binding fulfillment.partitions -> fulfillment.p{i} [] bus-partition-4={i}, x-match=all"
+        assert (Action.DELETE, old) in got, got
+    for i in range(2):
+        new = f"binding fulfillment.partitions -> fulfillment.p{i} [] bus-partition-2={i}, x-match=all"
+        assert (Action.CREATE, new) in got
+    assert (Action.KEEP, "queue fulfillment.p3") in got
+
+
+def test_a_removed_subscribers_exchanges_go_only_with_prune() -> None:
+    objects = subscriber_objects(
+        from_dict(_topology(ordered=True, partitioner="exchange")).subscriber("fulfillment")
+    )
+    queues = [d.name for d in objects if isinstance(d, QueueDecl)]
+    owned = ["events", "fulfillment.partitions", "fulfillment.unrouted"]
+    seen = _seen(objects, queues=queues, exchanges=owned)
+    kept = {(s.action, s.decl.key) for s in diff([], seen)}
+    assert (Action.KEEP, "exchange fulfillment.partitions") in kept
+    pruned = {(s.action, s.decl.key) for s in diff([], seen, prune=True)}
+    assert (Action.DELETE, "exchange fulfillment.partitions") in pruned
+    assert (Action.DELETE, "exchange fulfillment.unrouted") in pruned
+    assert not any("fulfillment.partitions" in k and "binding" in k for _, k in pruned), pruned
 
 
 # -- the gate ----------------------------------------------------------------------------------
@@ -359,16 +401,3 @@ def test_a_replica_over_its_fair_share_hands_on_the_partition_with_the_fewest_he
     assert to_hand_on(four, 4, 2, {}) == "q.p3"
     assert to_hand_on(four, 4, 2, {"q.p3": 2, "q.p2": 1}) == "q.p1"
     assert to_hand_on(four[:2], 4, 2, {}) is None
-
-
-def test_a_removed_subscribers_partition_exchange_goes_only_with_prune() -> None:
-    objects = subscriber_objects(
-        from_dict(_topology(ordered=True, partitioner="exchange")).subscriber("fulfillment")
-    )
-    queues = [d.name for d in objects if isinstance(d, QueueDecl)]
-    seen = _seen(objects, queues=queues, exchanges=["events", "fulfillment.partitions"])
-    kept = {(s.action, s.decl.key) for s in diff([], seen)}
-    assert (Action.KEEP, "exchange fulfillment.partitions") in kept
-    pruned = {(s.action, s.decl.key) for s in diff([], seen, prune=True)}
-    assert (Action.DELETE, "exchange fulfillment.partitions") in pruned
-    assert not any("fulfillment.partitions" in k and "binding" in k for _, k in pruned), pruned
