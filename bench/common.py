@@ -294,7 +294,9 @@ async def declared(url: str, topo: Topology) -> AsyncIterator[Topology]:
                 await channel.declare_queue(d.name, durable=True, arguments=dict(d.arguments))
         for d in want:
             if isinstance(d, BindingDecl):
-                await raw.queue_bind(d.queue, d.exchange, routing_key=d.routing_key)
+                await raw.queue_bind(
+                    d.queue, d.exchange, routing_key=d.routing_key, arguments=dict(d.arguments)
+                )
             elif isinstance(d, ExchangeBindingDecl):  # an ordered subscriber's partition exchange
                 await raw.exchange_bind(d.destination, d.source, routing_key=d.routing_key)
         await channel.close()

@@ -175,7 +175,9 @@ async def _late_queues(url: str, prefix: str) -> AsyncIterator[None]:
                 await raw.queue_declare(d.name, durable=True, arguments=dict(d.arguments))
         for d in extra:
             if isinstance(d, BindingDecl):
-                await raw.queue_bind(d.queue, d.exchange, routing_key=d.routing_key)
+                await raw.queue_bind(
+                    d.queue, d.exchange, routing_key=d.routing_key, arguments=dict(d.arguments)
+                )
         yield
     finally:
         raw = await (await conn.channel()).get_underlay_channel()

@@ -211,7 +211,7 @@ def main() -> None:
         "--partitioner",
         choices=("bus", "exchange"),
         default="bus",
-        help="exchange: the broker's consistent-hash exchange (plugin enabled)",
+        help="exchange: the broker routes events straight to their partitions",
     )
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args()

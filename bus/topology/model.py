@@ -130,8 +130,8 @@ class SubscriberSpec(_Strict):
     # events of one key (`events.<type>.key`) one at a time, in publish order
     ordered: bool = False
     partitions: Annotated[int, Field(ge=1, le=1024)] | None = None  # default DEFAULT_PARTITIONS
-    # how events reach the partitions: "bus" (moved from the queue by the bus, no plugin) or
-    # "exchange" (RabbitMQ's consistent-hash exchange routes them, a hop saved)
+    # how events reach the partitions: "bus" (moved from the queue by the bus) or
+    # "exchange" (the broker routes them there by a header the bus's producers stamp)
     partitioner: Partitioner | None = None
 
 
