@@ -220,7 +220,7 @@ class OrderedHost:
         counts = await queue_counts(self.publishing, self.sub.hold_queue(index))
         return held, flagged or bool(counts and counts.messages)
 
-    async def _record_hold(self, partition: str, key: str, event_id: str, held: bool) -> None:
+    async def _record_hold(self, key: str, event_id: str, held: bool) -> None:
         if not isinstance(self.store, HoldStore):
             return
         if held:

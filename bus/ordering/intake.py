@@ -43,7 +43,7 @@ Process = Callable[[Delivery, Decided], Awaitable[Ended | None]]
 Aside = Callable[[Delivery, str, dict[str, Any]], Awaitable[bool]]
 # the partition's held keys from the store, and whether its hold queue holds laps
 Load = Callable[[str], Awaitable[tuple[list[tuple[str, str, float]], bool]]]
-Record = Callable[[str, str, str, bool], Awaitable[None]]  # (partition, key, event id, held?)
+Record = Callable[[str, str, bool], Awaitable[None]]  # (key, event id, held?)
 Mark = Callable[[str, dict[str, Any]], Awaitable[None]]  # a sentinel: (hold queue, headers)
 Drop = Callable[[Delivery], None]  # ack a delivery that is no event (a sentinel)
 
@@ -263,7 +263,7 @@ class Intake:
         assert self.record is not None
         while True:
             try:
-                await self.record(p.queue, laps_flag(p.queue), tag, out)
+                await self.record(laps_flag(p.queue), tag, out)
                 p.flagged = out
                 return
             except Exception as exc:  # the store is down: the lap waits for it
@@ -298,9 +298,9 @@ class Intake:
                 if self.record is None:
                     return
                 if ended is Ended.RETRY:  # before the retry copy is acked: durable first
-                    await self.record(p.queue, key, event_id, True)
+                    await self.record(key, event_id, True)
                 elif gate.held_by(key) == event_id:  # before its ack: a crash runs it again
-                    await self.record(p.queue, key, event_id, False)
+                    await self.record(key, event_id, False)
 
             ended = await self.process(current, decided)
             nxt, aside = gate.done(key, event_id, Ended.RETRY if ended is None else ended,
