@@ -94,16 +94,13 @@ class Partitioner:
         except BaseException:
             self._fail(order, epoch)
             raise
-        try:
-            result = await confirmation
+        try:  # a nack raises (aiormq's DeliveryError), as a lost connection does
+            await confirmation
         except BaseException:
             self._fail(order, epoch)
             raise
         finally:
             ConfirmWriter.forget(channel, m.message_id or "", tag)
-        if not isinstance(result, Basic.Ack):  # a nack: the broker did not take it
-            self._fail(order, epoch)
-            raise RuntimeError(f"the broker refused to move {m.message_id} to {queue}: {result}")
 
     def _fail(self, order: int, epoch: int) -> None:
         if epoch == self._epoch and (self._failed is None or order < self._failed):
@@ -128,11 +125,9 @@ class Partitioner:
                                       message_id=f"sentinel-{uuid.uuid4().hex[:12]}")  # fmt: skip
         confirmation, tag = self._writer.start_copy(channel, b"", properties, "", queue)
         try:  # bounded: the caller sends the sentinel again
-            result = await asyncio.wait_for(asyncio.shield(confirmation), MARK_TIMEOUT)
+            await asyncio.wait_for(asyncio.shield(confirmation), MARK_TIMEOUT)
         finally:
             ConfirmWriter.forget(channel, properties.message_id or "", tag)
-        if not isinstance(result, Basic.Ack):
-            raise RuntimeError(f"the broker refused the sentinel for {queue}: {result}")
 
     async def _reopened(self) -> aiormq.Channel:
         """The channel, reopened if a cut closed it for good (a robust channel whose reopen

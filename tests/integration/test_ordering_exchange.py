@@ -14,6 +14,7 @@ import pytest
 
 from bus.amqp.connection import connect_plain
 from bus.produce.publisher import Publisher
+from bus.topology.apply import queue_depth as applier_depth
 from bus.topology.ordering import partition_of
 from tests.conftest import wait_for
 from tests.integration.helpers import (
@@ -248,3 +249,31 @@ async def test_a_keys_partition_behind_the_exchange_survives_a_broker_restart(
         assert after == before, "keys changed partition across the restart"
     finally:
         node.kill()
+
+
+async def test_apply_refuses_a_partition_exchange_that_differs_from_the_file(
+    amqp_url: str, prefix: str
+) -> None:
+    """Left alone, apply would bind the subscriber to the exchange it cannot use and take the
+    bindings off its queue: the subscriber would receive nothing."""
+    from bus.cli.topology import _plan
+    from bus.errors import BusError
+
+    topology = ordered_topology(prefix, delays=["200ms"], partitioner="exchange")
+    q = f"{prefix}.fulfillment"
+    conn = await aio_pika.connect(amqp_url)
+    try:
+        channel = await conn.channel()
+        await channel.declare_exchange(f"{q}.partitions", "fanout", durable=True)
+        with pytest.raises(BusError, match=rf"exchange {q}\.partitions differs from the file"):
+            await _plan(amqp_url, topology, prune=False, execute=True)
+        plain = await connect_plain(amqp_url)
+        try:
+            assert await applier_depth(plain, f"{q}.p0") is None, "nothing made"
+        finally:
+            await plain.close()
+    finally:
+        raw = await (await conn.channel()).get_underlay_channel()
+        await raw.exchange_delete(f"{q}.partitions")
+        await conn.close()
+        await delete_topology(amqp_url, topology)

@@ -81,3 +81,18 @@ def test_forget_drops_only_its_own_message_id() -> None:
     assert channel.message_id_delivery_tag == {"a": 5}, "a later publish of the same id"
     ConfirmWriter.forget(channel, "a", 5)  # type: ignore[arg-type]
     assert channel.message_id_delivery_tag == {}
+
+
+async def test_frames_stuck_behind_a_closed_channels_full_queue_do_not_hold_a_new_channel() -> None:
+    old = FakeChannel(queue_size=1)
+    old.write_queue.put_nowait(ChannelFrame(payload=b"never drained", should_close=False))
+    writer = ConfirmWriter()
+    writer.start(old, wire(0), "ex", "order.placed")  # type: ignore[arg-type]
+    for _ in range(3):  # its frames wait for room that never comes: the connection died
+        await asyncio.sleep(0)
+    old.is_closed = True
+    new = FakeChannel()
+    writer.start(new, wire(1), "ex", "order.placed")  # type: ignore[arg-type]
+    [payload] = await frames_of(new, 1)
+    assert b"id-1" in payload and b"id-0" not in payload
+    await asyncio.wait_for(writer.drained(), 1)
