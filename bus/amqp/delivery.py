@@ -9,11 +9,14 @@ keeps pamqp's already decoded properties and reads each only when asked.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import aiormq
 from aiormq.abc import DeliveredMessage
 from pamqp.commands import Basic
+
+from bus.amqp.writes import written
 
 
 class Delivery:
@@ -56,10 +59,12 @@ class Delivery:
         return self.properties.headers or {}
 
     async def nack(self, *, requeue: bool = True) -> None:
-        await self.channel.basic_nack(self.delivery_tag, requeue=requeue)
+        await written(self.channel, partial(self.channel.basic_nack, self.delivery_tag,
+                                            requeue=requeue))  # fmt: skip
 
     async def reject(self, *, requeue: bool = False) -> None:
-        await self.channel.basic_reject(self.delivery_tag, requeue=requeue)
+        await written(self.channel, partial(self.channel.basic_reject, self.delivery_tag,
+                                            requeue=requeue))  # fmt: skip
 
 
 def copy_properties(p: Basic.Properties, headers: dict[str, Any]) -> Basic.Properties:

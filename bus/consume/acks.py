@@ -19,9 +19,11 @@ import asyncio
 import logging
 from collections import deque
 from enum import Enum
+from functools import partial
 from typing import Any
 
 from bus.amqp.delivery import Delivery
+from bus.amqp.writes import written
 
 log = logging.getLogger(__name__)
 
@@ -136,12 +138,14 @@ class Acker:
                 last_ack = tag
         # wait=False: the frame is in the connection's (ordered) write queue; awaiting the
         # socket's drain only held back the next turn's acks, and with them the prefetch window
+        # (`written`: a dead connection's full write queue must not hold every later ack)
+        channel = ch.channel
         if last_ack is not None:
-            await ch.channel.basic_ack(delivery_tag=last_ack, multiple=True, wait=False)
+            await written(channel, partial(channel.basic_ack, last_ack, multiple=True, wait=False))
         stragglers = [t for t, s in ch.state.items() if s is _State.ACK]
         for tag in stragglers:
             ch.state[tag] = _State.SETTLED
-            await ch.channel.basic_ack(delivery_tag=tag, wait=False)
+            await written(channel, partial(channel.basic_ack, tag, wait=False))
 
     async def drain(self) -> None:
         """Wait until every ack asked for so far has been written."""

@@ -333,21 +333,22 @@ class Runtime:
             await self._ordered.route(m)  # first: the publishes keep the deliveries' order
         except Exception as exc:
             self._acks.settled(m)  # back to the queue with the channel, in place
-            if (
-                self._ordered.partitioner is not None
-                and self._ordered.partitioner.failed
-                and (not self._rerouting)
-            ):
-                self._rerouting = True
+            partitioner = self._ordered.partitioner
+            if partitioner is not None and partitioner.failed and not self._rerouting:
                 log.warning("could not move %s to its partition (%s); every event in hand "
                             "goes back to %s", m.message_id, exc, self.sub.queue)  # fmt: skip
-                self._again = asyncio.get_running_loop().create_task(self._consume_again())
+                self._reroute()
         else:
             self._acks.ack(m)
         finally:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+
+    def _reroute(self) -> None:
+        if not self._rerouting and not self._stopping:
+            self._rerouting = True
+            self._again = asyncio.get_running_loop().create_task(self._consume_again())
 
     async def _consume_again(self) -> None:
         """After a failed move: close the subscriber queue's channel (every event in hand goes
@@ -367,11 +368,13 @@ class Runtime:
                     self._ordered.partitioner.reset()
                     self._consumer = Consumer(channel, self.sub.queue, self._on_route)
                     await self._consumer.start()
-                    return
+                    break
                 except Exception as exc:
                     log.warning("cannot consume %s again yet (%s)", self.sub.queue, exc)
         finally:
             self._rerouting = False
+        if self._ordered.partitioner.failed:  # a move of the new channel failed meanwhile
+            self._reroute()
 
     async def _process_ordered(self, m: Delivery, decided: Decided) -> Ended | None:
         outcome = await self._process(m, decided)

@@ -12,17 +12,20 @@ Delivery tags must reach the broker in the order they were taken. So nothing els
 the channel while frames wait in the buffer: `await drained()` first (the publisher does so
 before any `basic_publish` of its own), and `bus.produce.publisher` sends nothing through this while
 such a `basic_publish` is under way. aiormq's write queue is bounded (10 frames): when it is
-full, the frames wait in a task, and later ones queue behind it.
+full, the frames wait in a task (until their channel closes), and later ones queue behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from functools import partial
 
 import aiormq
 from aiormq.abc import ChannelFrame
 from pamqp.commands import Basic
 
+from bus.amqp.writes import written
 from bus.envelope import Wire
 from bus.produce.frames import PublishFrames
 
@@ -58,12 +61,6 @@ class ConfirmWriter:
         frames = self._frames
         if channel is not self._channel or frames is None:  # a new channel after a reconnect
             self.flush()
-            old, putting = self._channel, self._putting
-            if old is not None and old.is_closed and putting is not None and not putting.done():
-                # frames of a channel that is gone (its confirms failed with it), waiting for
-                # room in a write queue nobody drains any more: later frames must not wait
-                putting.cancel()
-                self._putting = None
             frames = self._frames = PublishFrames(channel.number, channel.max_content_size)
             self._channel = channel
         return frames
@@ -118,8 +115,11 @@ class ConfirmWriter:
     ) -> None:
         if previous is not None:
             await asyncio.wait([previous])  # frames go out in order
-        if not channel.is_closed:
-            await channel.write_queue.put(frame)
+        # frames of a channel that closed are dropped (its confirms failed with it), also
+        # while they wait for room in a dead connection's queue (`bus.amqp.writes`)
+        if not channel.is_closed:  # on a live connection, frames of a closed channel close it
+            with contextlib.suppress(aiormq.exceptions.ChannelInvalidStateError):
+                await written(channel, partial(channel.write_queue.put, frame))
 
     async def drained(self) -> None:
         """Until every publish started so far is in the connection's write queue."""

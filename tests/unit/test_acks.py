@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from bus.consume.acks import Acker
+from tests.unit.fake_amqp import WritingChannel
 
 
 class FakeChannel:
@@ -86,3 +87,21 @@ async def test_a_held_ack_goes_out_after_the_hold_even_behind_a_slow_handler() -
     assert ch.acks == []
     await asyncio.sleep(0.05)
     assert ch.acks == [(1, True)], "held no longer than the hold"
+
+
+async def test_an_ack_waiting_in_a_dead_connections_full_queue_does_not_hold_later_acks() -> None:
+    """The connection died with its write queue full: the ack waiting for room there must give
+    up when its channel closes, or every later ack waits behind it and consuming stops."""
+    old, acker = WritingChannel(queue_size=1), Acker()
+    old.write_queue.put_nowait("never drained")
+    stuck = delivery(old, 1)  # type: ignore[arg-type]
+    acker.delivered(stuck)
+    acker.ack(stuck)
+    await settle()  # its ack waits for room
+    old.close()
+    new = WritingChannel()
+    m = delivery(new, 1)  # type: ignore[arg-type]
+    acker.delivered(m)
+    acker.ack(m)
+    await asyncio.wait_for(acker.drain(), 1)
+    assert new.write_queue.get_nowait() == ("ack", 1, True)

@@ -9,20 +9,20 @@ from aiormq.abc import ChannelFrame
 
 from bus.envelope import Event, encode
 from bus.produce.confirms import ConfirmWriter
+from tests.unit.fake_amqp import WritingChannel
 
 
-class FakeChannel:
+class FakeChannel(WritingChannel):
     """The parts of an aiormq channel the writer uses."""
 
     number = 1
     max_content_size = 131_064
 
     def __init__(self, queue_size: int = 0) -> None:
-        self.is_closed = False
+        super().__init__(queue_size)
         self.delivery_tag = 0
         self.confirmations: dict[int, asyncio.Future[Any]] = {}
         self.message_id_delivery_tag: dict[str, int] = {}
-        self.write_queue: asyncio.Queue[ChannelFrame] = asyncio.Queue(queue_size)
 
     def create_future(self) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().create_future()
@@ -69,12 +69,12 @@ async def test_frames_of_a_channel_that_closed_meanwhile_are_dropped() -> None:
     channel = FakeChannel()
     writer = ConfirmWriter()
     writer.start(channel, wire(0), "ex", "order.placed")  # type: ignore[arg-type]
-    channel.is_closed = True
+    channel.close()
     await writer.drained()
     assert channel.write_queue.empty()
 
 
-def test_forget_drops_only_its_own_message_id() -> None:
+async def test_forget_drops_only_its_own_message_id() -> None:
     channel = FakeChannel()
     channel.message_id_delivery_tag = {"a": 5}
     ConfirmWriter.forget(channel, "a", 4)  # type: ignore[arg-type]
@@ -90,7 +90,7 @@ async def test_frames_stuck_behind_a_closed_channels_full_queue_do_not_hold_a_ne
     writer.start(old, wire(0), "ex", "order.placed")  # type: ignore[arg-type]
     for _ in range(3):  # its frames wait for room that never comes: the connection died
         await asyncio.sleep(0)
-    old.is_closed = True
+    old.close()  # the connection died
     new = FakeChannel()
     writer.start(new, wire(1), "ex", "order.placed")  # type: ignore[arg-type]
     [payload] = await frames_of(new, 1)
