@@ -19,6 +19,7 @@ log = logging.getLogger("bus.amqp")
 
 # A record queue holds its newest message only: a new write drops the previous one.
 RECORD_ARGUMENTS: dict[str, Any] = {"x-queue-type": "classic", "x-max-length": 1}
+RECORD_TIMEOUT = 10.0  # seconds a record's publish may take before it fails
 
 
 async def close_quietly(thing: AbstractChannel | AbstractConnection) -> None:
@@ -90,4 +91,5 @@ async def write_record(
                 body, content_type=content_type, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
             ),
             routing_key=queue,
+            timeout=RECORD_TIMEOUT,  # a dead connection's full write queue: never for ever
         )

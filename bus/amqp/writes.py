@@ -6,8 +6,8 @@ its writer stops taking frames, the channel closes, but nothing wakes a write al
 it would wait for ever, and with it whatever comes after it (the acks of every later delivery,
 so the prefetch window fills and consuming stops while the connection looks fine again).
 
-`written(channel, send)` awaits *send* while there is room (then it cannot wait), and otherwise
-races it against the channel's close.
+`written(channel, send)` awaits *send* while there is room (then it does not wait for room),
+and otherwise races it against the channel's close.
 """
 
 from __future__ import annotations
@@ -23,17 +23,19 @@ async def written(channel: AbstractChannel, send: Callable[[], Awaitable[object]
     """`await send()`, a write on *channel*; raises `ChannelInvalidStateError` if the channel
     closes while the write waits for room (the frame is dropped: its channel is gone)."""
     queue: asyncio.Queue[object] | None = getattr(channel, "write_queue", None)
-    if queue is None or not queue.full():  # room: the write goes into the queue without waiting
+    if queue is None or not queue.full():  # room: the frame goes into the queue at once
         await send()
         return
     sending = asyncio.ensure_future(send())
-    closing = channel.closing
+    closing = channel.closing  # aiormq >= 7.2: an observer of the close, ours to cancel
     try:
         done, _ = await asyncio.wait([sending, closing], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        closing.cancel()  # an observer only: stops observing
+        closing.cancel()  # stops observing; the channel stays as it is
         if not sending.done():
             sending.cancel()
+        elif not sending.cancelled():
+            sending.exception()  # retrieved, also when we were cancelled in the same turn
     if sending not in done:
         raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
     sending.result()

@@ -13,6 +13,7 @@ duplicate, which the idempotency store absorbs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -266,6 +267,11 @@ class Runtime:
         """No new deliveries: cancel every consumer; waiting batches run now."""
         self._stopping = True
         self.metrics.ready.labels(self.sub.name).set_function(lambda: 0.0)  # and forget us
+        again = self._again  # consuming the subscriber's queue again after a failed move
+        if again is not None and not again.done():
+            again.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await again
         if self._consumer is not None:
             await self._consumer.cancel()
         if self._ordered is not None:

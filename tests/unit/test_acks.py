@@ -98,7 +98,7 @@ async def test_an_ack_waiting_in_a_dead_connections_full_queue_does_not_hold_lat
     acker.delivered(stuck)
     acker.ack(stuck)
     await settle()  # its ack waits for room
-    old.close()
+    await old.lose_connection()
     new = WritingChannel()
     m = delivery(new, 1)  # type: ignore[arg-type]
     acker.delivered(m)

@@ -69,7 +69,7 @@ async def test_frames_of_a_channel_that_closed_meanwhile_are_dropped() -> None:
     channel = FakeChannel()
     writer = ConfirmWriter()
     writer.start(channel, wire(0), "ex", "order.placed")  # type: ignore[arg-type]
-    channel.close()
+    channel.close_now()
     await writer.drained()
     assert channel.write_queue.empty()
 
@@ -90,7 +90,7 @@ async def test_frames_stuck_behind_a_closed_channels_full_queue_do_not_hold_a_ne
     writer.start(old, wire(0), "ex", "order.placed")  # type: ignore[arg-type]
     for _ in range(3):  # its frames wait for room that never comes: the connection died
         await asyncio.sleep(0)
-    old.close()  # the connection died
+    await old.lose_connection()
     new = FakeChannel()
     writer.start(new, wire(1), "ex", "order.placed")  # type: ignore[arg-type]
     [payload] = await frames_of(new, 1)
