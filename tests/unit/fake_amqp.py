@@ -15,6 +15,14 @@ class WritingChannel(Base):
         super().__init__(loop=asyncio.get_running_loop())
         self.write_queue: asyncio.Queue[Any] = asyncio.Queue(queue_size)
 
+    @classmethod
+    def full(cls) -> WritingChannel:
+        """A channel whose connection's write queue has no room: one frame the writer has not
+        taken yet."""
+        channel = cls(queue_size=1)
+        channel.write_queue.put_nowait("never drained")
+        return channel
+
     async def lose_connection(self) -> None:
         """The connection died: the channel closes, its queue is never drained again."""
         await self.close(ConnectionResetError("connection lost"))

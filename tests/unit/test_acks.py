@@ -92,8 +92,7 @@ async def test_a_held_ack_goes_out_after_the_hold_even_behind_a_slow_handler() -
 async def test_an_ack_waiting_in_a_dead_connections_full_queue_does_not_hold_later_acks() -> None:
     """The connection died with its write queue full: the ack waiting for room there must give
     up when its channel closes, or every later ack waits behind it and consuming stops."""
-    old, acker = WritingChannel(queue_size=1), Acker()
-    old.write_queue.put_nowait("never drained")
+    old, acker = WritingChannel.full(), Acker()
     stuck = delivery(old, 1)  # type: ignore[arg-type]
     acker.delivered(stuck)
     acker.ack(stuck)

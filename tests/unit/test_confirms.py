@@ -84,8 +84,7 @@ async def test_forget_drops_only_its_own_message_id() -> None:
 
 
 async def test_frames_stuck_behind_a_closed_channels_full_queue_do_not_hold_a_new_channel() -> None:
-    old = FakeChannel(queue_size=1)
-    old.write_queue.put_nowait(ChannelFrame(payload=b"never drained", should_close=False))
+    old = FakeChannel.full()
     writer = ConfirmWriter()
     writer.start(old, wire(0), "ex", "order.placed")  # type: ignore[arg-type]
     for _ in range(3):  # its frames wait for room that never comes: the connection died
